@@ -1,0 +1,212 @@
+"""The YAML config: one typed section per stage, validated whole before anything runs.
+
+Every default lives here, with a one-line description; stage code reads these fields and never
+re-defaults them. Unknown keys are errors that name the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tuneforge.errors import UserError
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(description="Hub id (Qwen/Qwen3-8B) or a local folder with config.json.")
+    hub: Literal["huggingface", "modelscope"] = Field("huggingface", description="Where a hub id is fetched from.")
+    revision: str | None = Field(None, description="Branch, tag or commit of the hub repository.")
+    cache_dir: str | None = Field(None, description="Download cache folder (default: the hub's own).")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="pretrained weights, or random weights from config.json (demos, tests)."
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer folder or id, when not beside the model.")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."
+    )
+    attn: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="Attention kernel; auto picks flash-attn 2 where usable, else sdpa."
+    )
+    trust_remote_code: bool = Field(False, description="Allow custom modelling code from the hub.")
+
+
+class DatasetConfig(Section):
+    path: str = Field(description="File, folder of files, or a Hugging Face / ModelScope dataset id.")
+    source: Literal["auto", "local", "huggingface", "modelscope"] = Field(
+        "auto", description="auto: a local path when it exists, else a Hugging Face dataset id."
+    )
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "reasoning", "query_response"] = "auto"
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Rename the format's columns: {role_in_format: column_in_file}."
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=dict, description="Fill {{name}} / {{NAME}} style placeholders in every text."
+    )
+    system: str | None = Field(None, description="Default system prompt for records that have none.")
+    weight: float | None = Field(None, gt=0, description="Share of this dataset in the mix (relative).")
+    max_samples: int | None = Field(None, gt=0, description="Keep at most this many records (after shuffle).")
+    split: str = Field("train", description="Split of a hub dataset.")
+    subset: str | None = Field(None, description="Subset (config name) of a hub dataset.")
+
+
+class DataConfig(Section):
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    thinking: Literal["auto", "off", "keep_empty"] = Field(
+        "auto",
+        description="auto: train reasoning where a sample has it, empty think block on the prompt side "
+        "otherwise; off: drop reasoning; keep_empty: train the empty think block too.",
+    )
+    train_on: Literal["all_turns", "last_turn"] = "all_turns"
+    max_length: int = Field(2048, ge=16, description="Longest sample in tokens.")
+    truncation: Literal["drop", "truncate"] = Field("drop", description="What to do with longer samples.")
+    val_size: float = Field(0.0, ge=0, description="Validation share (< 1) or count (>= 1).")
+    seed: int = Field(42, description="Seed for shuffling, mixing and splitting.")
+    packing: bool = Field(False, description="Pack several samples into each row (no cross-sample attention).")
+    num_proc: int | None = Field(None, ge=1, description="Tokenizer processes (default: by dataset size).")
+    cache_dir: str | None = Field(None, description="Tokenized-data cache (default ~/.cache/tuneforge/data).")
+
+
+class MethodConfig(Section):
+    type: Literal["lora", "full"] = "lora"
+    rank: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="all-linear, or module names.")
+    use_rslora: bool = False
+    use_dora: bool = False
+    modules_to_save: list[str] | None = Field(None, description="Modules trained in full beside LoRA.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    learning_rate: float = Field(1e-4, gt=0)
+    lr_scheduler: str = Field("cosine", description="Any transformers scheduler name.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    per_device_batch_size: int = Field(1, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+    optim: str = Field("adamw_torch", description="Optimizer name as transformers knows it.")
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: each save).")
+    save_steps: int = Field(500, ge=1)
+    save_total_limit: int | None = Field(3, ge=1, description="Checkpoints kept.")
+    seed: int = 42
+    resume: str | None = Field(None, description="auto (newest checkpoint of the run) or a checkpoint path.")
+    report_to: Literal["none", "tensorboard", "swanlab", "wandb", "mlflow"] = "none"
+
+
+class OutputConfig(Section):
+    dir: str = Field(description="Run folder: config, adapter or model, checkpoints, metrics.")
+    overwrite: bool = Field(False, description="Allow a fresh run in a folder that holds a finished run.")
+
+
+class Config(Section):
+    model: ModelConfig
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig
+
+    def fingerprint(self) -> str:
+        """A short hash of the resolved config (used to check that all processes agree)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the section that `loc` (a pydantic error location) points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+        else:
+            return []
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(err["loc"][-1]), _valid_keys(Config, err["loc"]), n=1)
+        hint = f"; did you mean '{'.'.join(str(p) for p in err['loc'][:-1] + (close[0],))}'?" if close else ""
+        return f"{source}: unknown key '{key}'{hint}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key '{key}'"
+    return f"{source}: {key}: {err['msg']} (got {err.get('input')!r})"
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a config mapping; every problem is reported at once, one line each."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError("\n".join(_describe(e, source) for e in exc.errors())) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}': expected key.sub=value, e.g. train.epochs=1")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{item}': '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a one-line error naming the file and line on bad syntax."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections (model, data, method, train, output)")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a config file. Relative data paths stay relative to the cwd."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate(raw, str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomic)."""
+    from tuneforge.io import atomic_write_text
+
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    atomic_write_text(Path(path), text)
