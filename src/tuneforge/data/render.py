@@ -1,0 +1,137 @@
+"""Conversation → (input_ids, labels), rendered by the tokenizer's own chat template, token-exactly.
+
+The ids are exactly `tokenizer.apply_chat_template(messages, tools=..., enable_thinking=...)`. Which
+tokens are trained is found from character offsets in that rendered text, using markers learnt
+from the template itself by rendering probe conversations (no per-model template is written here):
+
+- `header`: what opens every assistant turn ("<|im_start|>assistant\\n" for Qwen);
+- `think_off`: what the generation prompt adds after the header with thinking off (Qwen3's empty
+  "<think>\\n\\n</think>\\n\\n"); it stays on the prompt side unless thinking is keep_empty;
+- `think_on`: what the generation prompt adds with thinking on (QwQ / R1 open "<think>\\n"); prompt side,
+  since inference feeds it to the model;
+- `end`: the end-of-turn text ("<|im_end|>"), trained so the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tuneforge.data.conversation import Conversation
+
+IGNORE = -100
+Thinking = Literal["auto", "off", "keep_empty"]
+_PROBE_Q, _PROBE_A = "PROBE-QUESTION-7f3a", "PROBE-ANSWER-7f3a"
+
+
+@dataclass(frozen=True)
+class TemplateMarkers:
+    """Text markers of a chat template, learnt by rendering probes."""
+
+    header: str
+    think_off: str
+    think_on: str
+    end: str
+
+
+def _chat_text(tokenizer, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def _common_prefix(*texts: str) -> str:
+    first = min(texts, key=len)
+    for i, ch in enumerate(first):
+        if any(t[i] != ch for t in texts):
+            return first[:i]
+    return first
+
+
+@functools.lru_cache(maxsize=8)
+def _markers_for(tokenizer) -> TemplateMarkers:
+    user = [{"role": "user", "content": _PROBE_Q}]
+    base = _chat_text(tokenizer, user)
+    gen_on = _chat_text(tokenizer, user, add_generation_prompt=True, enable_thinking=True)[len(base):]
+    gen_off = _chat_text(tokenizer, user, add_generation_prompt=True, enable_thinking=False)[len(base):]
+    turn = _chat_text(tokenizer, user + [{"role": "assistant", "content": _PROBE_A}])[len(base):]
+    opening = turn[: turn.index(_PROBE_A)]
+    header = _common_prefix(gen_on, gen_off, opening)
+    end = turn[turn.index(_PROBE_A) + len(_PROBE_A):].rstrip()
+    if not header or not end:
+        raise ValueError("cannot find the assistant header and end-of-turn text in the chat template")
+    return TemplateMarkers(header, gen_off[len(header):], gen_on[len(header):], end)
+
+
+def template_markers(tokenizer) -> TemplateMarkers:
+    """The markers of this tokenizer's chat template (cached per tokenizer)."""
+    return _markers_for(tokenizer)
+
+
+def template_inputs(conv: Conversation, thinking: Thinking) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Messages and template kwargs for apply_chat_template, as the thinking mode implies."""
+    messages = []
+    for m in conv.messages:
+        msg = m.to_template()
+        if thinking == "off":
+            msg.pop("reasoning_content", None)
+        messages.append(msg)
+    kwargs: dict[str, Any] = {"enable_thinking": thinking != "off" and conv.has_reasoning}
+    if conv.tools:
+        kwargs["tools"] = conv.tools
+    return messages, kwargs
+
+
+def trained_spans(text: str, conv: Conversation, markers: TemplateMarkers, thinking: Thinking,
+                  last_turn_only: bool) -> list[tuple[int, int]]:
+    """Character spans of `text` that carry loss: each assistant turn's output through its end marker."""
+    spans, cursor = [], 0
+    assistants = [m for m in conv.messages if m.role == "assistant"]
+    for message in assistants:
+        start = text.find(markers.header, cursor)
+        if start < 0:
+            raise ValueError("an assistant turn was not found in the rendered text")
+        start += len(markers.header)
+        has_reasoning = bool(message.reasoning) and thinking != "off"
+        if markers.think_off and not has_reasoning and thinking != "keep_empty" and text.startswith(
+            markers.think_off, start
+        ):
+            start += len(markers.think_off)  # the empty think block is prompt, as at inference
+        elif markers.think_on and text.startswith(markers.think_on, start):
+            start += len(markers.think_on)  # the template's own opening, fed by inference too
+        end = text.find(markers.end, start)
+        if end < 0:
+            raise ValueError("an assistant turn has no end-of-turn marker in the rendered text")
+        end += len(markers.end)
+        spans.append((start, end))
+        cursor = end
+    return spans[-1:] if last_turn_only else spans
+
+
+@dataclass
+class Rendered:
+    """One tokenized sample: ids, labels (IGNORE where masked) and the rendered text."""
+
+    input_ids: list[int]
+    labels: list[int]
+    text: str
+
+
+def render(conv: Conversation, tokenizer, thinking: Thinking = "auto", train_on: str = "all_turns") -> Rendered:
+    """Render a conversation with the tokenizer's chat template and label the assistant's output."""
+    messages, kwargs = template_inputs(conv, thinking)
+    text = _chat_text(tokenizer, messages, **kwargs)
+    spans = trained_spans(text, conv, template_markers(tokenizer), thinking, train_on == "last_turn")
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoding["input_ids"]
+    labels = [IGNORE] * len(ids)
+    span_iter = iter(spans)
+    span = next(span_iter, None)
+    for i, (begin, finish) in enumerate(encoding["offset_mapping"]):
+        while span is not None and begin >= span[1]:
+            span = next(span_iter, None)
+        if span is None:
+            break
+        # A token is trained only when it lies wholly inside a span.
+        if begin >= span[0] and finish <= span[1]:
+            labels[i] = ids[i]
+    return Rendered(ids, labels, text)

@@ -1,0 +1,205 @@
+"""Load datasets (local files, folders, Hugging Face, ModelScope), convert them, mix and split.
+
+Local files are read here rather than through `datasets.load_dataset` so that every record keeps
+its file and line: a bad record is reported as `file:line: reason`, not as an Arrow traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.config import DataConfig, DatasetConfig
+from tuneforge.data.conversation import Conversation
+from tuneforge.data.formats import RecordError, detect_format, fill_placeholders, to_conversation
+from tuneforge.errors import UserError
+
+SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+
+@dataclass
+class Located:
+    """A raw record and where it came from (for error messages)."""
+
+    record: Any
+    where: str
+
+
+def _json_array(path: Path, text: str) -> Iterator[Located]:
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line_at = _line_counter(text)
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text):
+            raise UserError(f"{path}:{line_at(pos)}: invalid JSON (unterminated array)")
+        if text[pos] == "]":
+            return
+        try:
+            record, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        yield Located(record, f"{path}:{line_at(pos)}")
+        pos = end
+
+
+def _line_counter(text: str):
+    """pos → 1-based line number, amortised over increasing positions."""
+    state = {"pos": 0, "line": 1}
+
+    def line_at(pos: int) -> int:
+        state["line"] += text.count("\n", state["pos"], pos)
+        state["pos"] = pos
+        return state["line"]
+
+    return line_at
+
+
+def _jsonl(path: Path, text: str) -> Iterator[Located]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield Located(json.loads(line), f"{path}:{number}")
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: invalid JSON line ({exc.msg} at column {exc.colno})") from None
+
+
+def read_file(path: Path) -> Iterator[Located]:
+    """Records of one local file, each with its `file:line`."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield Located(row, f"{path}:row {i + 1}")
+        return
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if suffix == ".csv":
+        for i, row in enumerate(csv.DictReader(text.splitlines()), start=2):
+            yield Located(row, f"{path}:{i}")
+    elif suffix == ".json" and text.lstrip().startswith("["):
+        yield from _json_array(path, text)
+    elif suffix in (".json", ".jsonl"):
+        yield from _jsonl(path, text)
+    else:
+        raise UserError(f"{path}: unsupported file type '{suffix}'; expected one of {', '.join(SUFFIXES)}")
+
+
+def _hub_records(ds: DatasetConfig, source: str) -> Iterator[Located]:
+    try:
+        if source == "modelscope":
+            from modelscope import MsDataset
+
+            rows = MsDataset.load(ds.path, subset_name=ds.subset, split=ds.split)
+        else:
+            import datasets
+
+            rows = datasets.load_dataset(ds.path, name=ds.subset, split=ds.split)
+    except ImportError:
+        raise UserError(f"data.datasets: '{ds.path}' needs ModelScope: pip install 'tuneforge[modelscope]'") from None
+    except Exception as exc:  # hub clients raise many types; all mean "could not load"
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(
+            f"data.datasets: '{ds.path}' is not a local path and could not be loaded from {source} ({reason}); "
+            "check the path or id, the network, or set source:"
+        ) from None
+    for i, row in enumerate(rows):
+        yield Located(dict(row), f"{source}:{ds.path}[{i}]")
+
+
+def raw_records(ds: DatasetConfig) -> Iterator[Located]:
+    """Every record of one configured dataset, with its location."""
+    path = Path(ds.path)
+    source = ds.source if ds.source != "auto" else ("local" if path.exists() else "huggingface")
+    if source != "local":
+        yield from _hub_records(ds, source)
+        return
+    if not path.exists():
+        raise UserError(f"data.datasets: {path}: file or folder not found")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES) if path.is_dir() else [path]
+    if not files:
+        raise UserError(f"data.datasets: {path}: no {'/'.join(SUFFIXES)} files in this folder")
+    for file in files:
+        yield from read_file(file)
+
+
+def load_conversations(ds: DatasetConfig, log=print) -> list[Conversation]:
+    """Load and convert one dataset; `format: auto` detects the layout from the first record."""
+    fmt = ds.format
+    out: list[Conversation] = []
+    for item in raw_records(ds):
+        if fmt == "auto":
+            fmt = detect_format(item.record, ds.columns) if isinstance(item.record, dict) else None
+            if fmt is None:
+                keys = sorted(item.record) if isinstance(item.record, dict) else type(item.record).__name__
+                raise UserError(
+                    f"{item.where}: cannot detect the data format from columns {keys}; set format: to one of "
+                    "alpaca, sharegpt, messages, reasoning, query_response (and columns: to map names)"
+                )
+            log(f"{ds.path}: format auto → {fmt}")
+        try:
+            conv = to_conversation(item.record, fmt, ds.columns)
+        except RecordError as exc:
+            raise UserError(f"{item.where}: {exc}") from None
+        if ds.system and not any(m.role == "system" for m in conv.messages):
+            from tuneforge.data.conversation import Message
+
+            conv.messages.insert(0, Message("system", ds.system))
+        out.append(fill_placeholders(conv, ds.placeholders))
+    if not out:
+        raise UserError(f"data.datasets: {ds.path}: the dataset is empty")
+    return out
+
+
+def mix(parts: list[list[Conversation]], weights: list[float | None], seed: int) -> list[Conversation]:
+    """Combine datasets. With weights, each gets its share of the total, limited by the scarcest one."""
+    rng = random.Random(seed)
+    if all(w is None for w in weights):
+        combined = [c for part in parts for c in part]
+    else:
+        shares = [w if w is not None else 1.0 for w in weights]
+        total_share = sum(shares)
+        # The largest total that needs no dataset to be repeated: every sample is seen at most once.
+        total = min(len(part) * total_share / share for part, share in zip(parts, shares))
+        combined = []
+        for part, share in zip(parts, shares):
+            combined += rng.sample(part, min(len(part), round(total * share / total_share)))
+    rng.shuffle(combined)
+    return combined
+
+
+def split(convs: list[Conversation], val_size: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """Seeded split into (train, validation); val_size is a share (< 1) or a count (>= 1)."""
+    count = int(val_size) if val_size >= 1 else round(len(convs) * val_size)
+    if count >= len(convs):
+        raise UserError(f"data.val_size: {val_size} leaves no training samples (dataset has {len(convs)})")
+    order = list(range(len(convs)))
+    random.Random(seed + 1).shuffle(order)
+    val = set(order[:count])
+    return [c for i, c in enumerate(convs) if i not in val], [c for i, c in enumerate(convs) if i in val]
+
+
+def build_conversations(cfg: DataConfig, log=print) -> tuple[list[Conversation], list[Conversation]]:
+    """All configured datasets loaded, capped, mixed and split: (train, validation)."""
+    parts = []
+    for ds in cfg.datasets:
+        convs = load_conversations(ds, log)
+        random.Random(cfg.seed).shuffle(convs)
+        if ds.max_samples:
+            convs = convs[: ds.max_samples]
+        parts.append(convs)
+    mixed = mix(parts, [ds.weight for ds in cfg.datasets], cfg.seed)
+    train, val = split(mixed, cfg.val_size, cfg.seed)
+    counts = ", ".join(f"{ds.path}: {len(p)}" for ds, p in zip(cfg.datasets, parts))
+    log(f"data: {counts} → mixed {len(mixed)} → train {len(train)}, validation {len(val)}")
+    return train, val

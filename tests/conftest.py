@@ -1,0 +1,81 @@
+"""Shared fixtures: the real Qwen3 tokenizer and real datasets from ../shared/assets, tiny random Qwen3 models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+TOKENIZER_DIR = ASSETS / "qwen3-tokenizer"
+DATA_DIR = ASSETS / "data"
+
+needs_assets = pytest.mark.skipif(
+    not TOKENIZER_DIR.is_dir(), reason=f"real Qwen3 tokenizer and datasets not found at {ASSETS} (../shared/assets)"
+)
+
+# A Qwen3 small enough to train in seconds on 2 CPU cores, with the real 151,936-token vocabulary.
+TINY_QWEN3 = dict(
+    vocab_size=151936,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    bos_token_id=151643,
+    eos_token_id=151645,
+    pad_token_id=151643,
+)
+
+
+def make_tiny_qwen3(folder: Path, seed: int = 0, weights: bool = True, **overrides) -> Path:
+    """Write a tiny Qwen3 (config, real tokenizer, and random weights unless weights=False) into `folder`."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(**{**TINY_QWEN3, **overrides})
+    folder.mkdir(parents=True, exist_ok=True)
+    if weights:
+        torch.manual_seed(seed)
+        Qwen3ForCausalLM(config).save_pretrained(folder)
+    else:
+        config.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    """The real Qwen3 tokenizer (skips where ../shared/assets is absent)."""
+    if not TOKENIZER_DIR.is_dir():
+        pytest.skip(f"real Qwen3 tokenizer not found at {TOKENIZER_DIR} (../shared/assets)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory) -> Path:
+    """A folder holding a tiny random-weight Qwen3 with the real tokenizer (read-only: copy before writing)."""
+    if not TOKENIZER_DIR.is_dir():
+        pytest.skip(f"real Qwen3 tokenizer not found at {TOKENIZER_DIR} (../shared/assets)")
+    return make_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+@pytest.fixture
+def data_copy(tmp_path):
+    """Copy a shared dataset into tmp_path and return its new path."""
+
+    def copy(name: str) -> Path:
+        if not (DATA_DIR / name).exists():
+            pytest.skip(f"dataset {name} not found in {DATA_DIR} (../shared/assets)")
+        return Path(shutil.copy(DATA_DIR / name, tmp_path / name))
+
+    return copy
