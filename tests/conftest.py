@@ -29,6 +29,7 @@ TINY_QWEN3 = dict(
     tie_word_embeddings=True,
     rope_theta=1000000.0,
     rms_norm_eps=1e-6,
+    initializer_range=0.2,  # wider logits than the default 0.02, so a few LoRA steps can move greedy output
     bos_token_id=151643,
     eos_token_id=151645,
     pad_token_id=151643,

@@ -1,0 +1,89 @@
+"""Trainer callbacks: metrics.jsonl, a progress bar with loss, tokens/s and ETA, and the loss plot."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from transformers import TrainerCallback
+
+from tuneforge.rundir import RunDir
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends every log entry to RUN/metrics.jsonl (rank 0); on resume, drops entries after the checkpoint."""
+
+    def __init__(self, run: RunDir, resume: str | None) -> None:
+        self.run = run
+        self.resume = resume
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if not self.resume:
+            self.run.metrics.unlink(missing_ok=True)
+        elif self.run.metrics.exists():
+            # Steps logged after the checkpoint by the interrupted run are about to be run again.
+            step = int(self.resume.rstrip("/").split("-")[-1])
+            kept = [line for line in self.run.metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
+            self.run.metrics.write_text("".join(line + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            entry = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with self.run.metrics.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+
+
+class ProgressBarCallback(TrainerCallback):
+    """A tqdm bar over optimizer steps showing the latest loss, tokens/s and the ETA."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.start_tokens = 0
+        self.start_time = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step")
+            self.start_tokens, self.start_time = state.num_input_tokens_seen, time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            elapsed = max(time.perf_counter() - self.start_time, 1e-9)
+            rate = (state.num_input_tokens_seen - self.start_tokens) / elapsed
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{rate:.0f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_loss(run: RunDir) -> None:
+    """Draw RUN/loss.png from RUN/metrics.jsonl (train and validation loss against step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [json.loads(line) for line in run.metrics.read_text().splitlines()] if run.metrics.exists() else []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "validation")):
+        points = [(e["step"], e[key]) for e in entries if key in e]
+        if points:
+            ax.plot(*zip(*points), label=label, marker="." if len(points) < 50 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(run.root.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tmp = run.loss_plot.with_name(".loss.tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(run.loss_plot)
