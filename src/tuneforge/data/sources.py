@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import DataConfig, DatasetConfig
-from tuneforge.data.conversation import Conversation
+from tuneforge.data.conversation import Conversation, Message
 from tuneforge.data.formats import RecordError, detect_format, fill_placeholders, to_conversation
 from tuneforge.errors import UserError
 
@@ -152,8 +152,6 @@ def load_conversations(ds: DatasetConfig, log=print) -> list[Conversation]:
         except RecordError as exc:
             raise UserError(f"{item.where}: {exc}") from None
         if ds.system and not any(m.role == "system" for m in conv.messages):
-            from tuneforge.data.conversation import Message
-
             conv.messages.insert(0, Message("system", ds.system))
         out.append(fill_placeholders(conv, ds.placeholders))
     if not out:
