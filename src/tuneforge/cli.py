@@ -119,6 +119,91 @@ def data_preview(
     preview(dataset, tokenizer, count, _console())
 
 
+@app.command()
+@user_errors
+def chat(
+    model: Annotated[Optional[str], typer.Option(help="Base model folder or hub id.")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="LoRA adapter folder to apply to --model.")] = None,
+    run: Annotated[Optional[str], typer.Option(help="A tuneforge run folder (its base and adapter or model).")] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Answer this once and exit (default: interactive).")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Qwen3 thinking mode.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 512,
+    greedy: Annotated[bool, typer.Option(help="Always pick the most likely token.")] = False,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling share.")] = None,
+    compare: Annotated[bool, typer.Option(help="Answer with the base and the fine-tuned model side by side.")] = False,
+) -> None:
+    """Chat with a base model, an adapter on it, or a run's result; --compare shows base vs fine-tuned."""
+    from rich.console import Console
+
+    from tuneforge.infer.chat import open_session, print_compare, print_streamed, repl
+    from tuneforge.infer.engine import SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if greedy else temperature, top_p=top_p)
+    session = open_session(model, adapter, run, params, think=think, system=system)
+    console = Console(highlight=False)
+    if prompt is None:
+        repl(session, console, compare=compare)
+    elif compare:
+        print_compare(session, [], prompt, console)
+    else:
+        print_streamed(session, [], prompt, console)
+
+
+@app.command()
+@user_errors
+def demo(
+    name: Annotated[str, typer.Option(help="The assistant's name the demo teaches.")] = "马哥教育AI小助手",
+    author: Annotated[str, typer.Option(help="Who the assistant says made it.")] = "马哥教育AI团队",
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data, model and run.")] = Path("tuneforge-demo"),
+) -> None:
+    """Offline, CPU, a few minutes: teach a tiny Qwen3 its name with LoRA and compare before/after."""
+    from rich.table import Table
+
+    from tuneforge.demo import run_demo
+
+    console = _console()
+    answers = run_demo(workdir, name, author, log=console.print)
+    table = Table(title=f"tuneforge demo: the model should now say it is {name}", show_lines=True)
+    for column in ("question", "before (random base)", "after (LoRA)"):
+        table.add_column(column, overflow="fold")
+    for question, pair in answers.items():
+        table.add_row(question, pair["before"], pair["after"])
+    from rich.console import Console
+
+    Console(highlight=False).print(table)
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[str | None, typer.Option(help="Model folder or hub id (a merged model, or the base).")] = None,
+    run: Annotated[str | None, typer.Option(help="A tuneforge run folder (its base + adapter, or model).")] = None,
+    adapter: Annotated[
+        list[str] | None, typer.Option(help="NAME=DIR: a LoRA adapter served as model NAME (repeatable).")
+    ] = None,
+    served_model_name: Annotated[str | None, typer.Option(help="Name of the base weights in the API.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 requests.")] = None,
+    engine: Annotated[str, typer.Option(help="auto | transformers | vllm | sglang.")] = "auto",
+    max_model_len: Annotated[int | None, typer.Option(help="Longest prompt + answer in tokens.")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option(help="GPUs per model (vllm, sglang).")] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="Share of GPU memory to use (vllm, sglang).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the server or command that would run, and exit.")] = False,
+) -> None:
+    """Serve a model behind an OpenAI-compatible API: built-in (CPU too), or one command for vLLM / SGLang."""
+    from tuneforge.infer.spec import parse_adapters, resolve_spec
+    from tuneforge.serve.launch import ServeOptions, launch
+
+    spec = resolve_spec(model=model, run=run, adapters=parse_adapters(adapter or []), served_name=served_model_name)
+    options = ServeOptions(host, port, api_key, max_model_len, tensor_parallel_size, gpu_memory_utilization)
+    launch(spec, engine=engine, options=options, dry_run=dry_run)
+
+
 def main() -> None:
     """Console entry point."""
     app()

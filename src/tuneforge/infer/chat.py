@@ -1,0 +1,103 @@
+"""`tuneforge chat`: one answer or a multi-turn REPL, streaming, thinking shown apart from the answer.
+
+With `--compare` the base model and the fine-tuned one answer the same prompt side by side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from tuneforge.data.conversation import Message
+from tuneforge.infer.engine import ChatResult, Engine, SamplingParams, load_engine
+from tuneforge.infer.spec import parse_adapters, resolve_spec
+
+
+@dataclass
+class ChatSession:
+    """An engine, the served names to talk to, and how to sample."""
+
+    engine: Engine
+    base: str
+    tuned: str
+    params: SamplingParams
+    think: bool | None = None
+    system: str | None = None
+
+    def ask(self, history: list[Message], prompt: str, model: str | None = None,
+            on_delta: Callable[[str, str], None] | None = None) -> ChatResult:
+        """Answer `prompt` after `history` (streaming pieces to on_delta(kind, text)); history is not changed."""
+        messages = ([Message("system", self.system)] if self.system else []) + history + [Message("user", prompt)]
+        generation = self.engine.chat(messages, self.params, model=model or self.tuned, enable_thinking=self.think)
+        for delta in generation:
+            if on_delta:
+                if delta.reasoning:
+                    on_delta("reasoning", delta.reasoning)
+                if delta.content:
+                    on_delta("content", delta.content)
+        return generation.result()
+
+
+def open_session(model: str | None, adapter: str | None, run: str | None, params: SamplingParams,
+                 think: bool | None = None, system: str | None = None) -> ChatSession:
+    """Load the base and the fine-tuned model (adapter or run) into one engine."""
+    adapters = parse_adapters([f"adapter={adapter}"]) if adapter else {}
+    spec = resolve_spec(model=model, run=run, adapters=adapters, with_base=True)
+    engine = load_engine(spec)
+    return ChatSession(engine, base=engine.names[0], tuned=engine.names[-1], params=params, think=think,
+                       system=system)
+
+
+def print_streamed(session: ChatSession, history: list[Message], prompt: str, console) -> ChatResult:
+    """Stream one answer to the console: reasoning dimmed, then the answer."""
+    state = {"kind": None}
+
+    def show(kind: str, text: str) -> None:
+        if kind != state["kind"]:
+            console.print("\n[dim]thinking:[/dim] " if kind == "reasoning" else "\n[bold]answer:[/bold] ", end="")
+            state["kind"] = kind
+        console.print(text, end="", style="dim" if kind == "reasoning" else None, markup=False, highlight=False)
+
+    result = session.ask(history, prompt, on_delta=show)
+    console.print()
+    return result
+
+
+def print_compare(session: ChatSession, history: list[Message], prompt: str, console) -> None:
+    """Answer with the base and the fine-tuned model and show both side by side."""
+    from rich.table import Table
+
+    table = Table(show_lines=True, expand=True)
+    for name in (session.base, session.tuned):
+        table.add_column(name)
+    results = [session.ask(history, prompt, model=name) for name in (session.base, session.tuned)]
+    table.add_row(*(_format(r) for r in results))
+    console.print(table)
+
+
+def _format(result: ChatResult) -> str:
+    thinking = f"[dim]{result.reasoning.strip()}[/dim]\n\n" if result.reasoning and result.reasoning.strip() else ""
+    return thinking + result.content.strip()
+
+
+def repl(session: ChatSession, console, compare: bool = False, read: Callable[[str], str] = input) -> None:
+    """Multi-turn chat until /exit or end of input; /clear forgets the conversation."""
+    history: list[Message] = []
+    console.print(f"chatting with {session.tuned} ({'compare with ' + session.base if compare else 'streaming'}); "
+                  "/clear resets, /exit quits")
+    while True:
+        try:
+            prompt = read("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if prompt in ("/exit", "/quit"):
+            return
+        if prompt == "/clear":
+            history.clear()
+            continue
+        if not prompt:
+            continue
+        if compare:
+            print_compare(session, history, prompt, console)
+            continue
+        result = print_streamed(session, history, prompt, console)
+        history += [Message("user", prompt), result.to_message()]
