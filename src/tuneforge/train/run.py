@@ -100,7 +100,7 @@ def _save_final(trainer, cfg: Config, run: RunDir, tokenizer) -> Path:
 
 def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
     """Run one training job from a validated config; returns the run folder."""
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
 
     from tuneforge.data.collate import PadCollator
     from tuneforge.data.prepare import prepare
@@ -133,6 +133,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
         processing_class=tokenizer,
         callbacks=[MetricsCallback(run, resume), ProgressBarCallback(), *(callbacks or [])],
     )
+    trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl show the logs
     log(f"training → {run.root}" + (f" (resuming from {resume})" if resume else ""))
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
