@@ -47,6 +47,21 @@ def check_run_dir(cfg: Config, run: RunDir, resume: str | None) -> None:
         )
 
 
+def setup_tracker(cfg: Config, run: RunDir) -> None:
+    """Check the chosen tracker is installed; TensorBoard logs go under RUN/logs."""
+    import importlib.util
+    import os
+
+    name = cfg.train.report_to
+    if name == "none":
+        return
+    if importlib.util.find_spec(name) is None:
+        raise UserError(f"train.report_to: {name} is not installed; pip install 'tuneforge[{name}]' or set report_to: none")
+    if name == "tensorboard":
+        # transformers reads this variable only; without it the logs land inside checkpoints/.
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.root / "logs" / "tensorboard"))
+
+
 def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
     """transformers TrainingArguments from the config (the only place they are built)."""
     import torch
@@ -110,6 +125,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
     run = RunDir(Path(cfg.output.dir))
     resume = resolve_resume(cfg, run)
     check_run_dir(cfg, run, resume)
+    setup_tracker(cfg, run)
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
