@@ -1,0 +1,46 @@
+"""`tuneforge chat`: multi-turn REPL keeps history, /clear forgets it, thinking is shown apart."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from conftest import needs_assets
+from tuneforge.infer.chat import open_session, print_streamed, repl
+from tuneforge.infer.engine import SamplingParams
+
+
+@needs_assets
+def test_repl_keeps_history_and_clear_resets_it(tiny_qwen3_dir):
+    session = open_session(str(tiny_qwen3_dir), None, None, SamplingParams(max_new_tokens=3, temperature=0),
+                           think=False, system="be brief")
+    seen: list[list[str]] = []
+    chat = session.engine.chat
+
+    def recording_chat(messages, *args, **kwargs):
+        seen.append([f"{m.role}:{m.content}" for m in messages])
+        return chat(messages, *args, **kwargs)
+
+    session.engine.chat = recording_chat
+    inputs = iter(["first", "second", "/clear", "third", "/exit"])
+    out = io.StringIO()
+    repl(session, Console(file=out, width=120), read=lambda _: next(inputs))
+
+    assert [m[0] for m in seen] == ["system:be brief"] * 3
+    assert [m[1:] for m in seen][0] == ["user:first"]
+    assert seen[1][1] == "user:first" and seen[1][2].startswith("assistant:") and seen[1][3] == "user:second"
+    assert seen[2][1:] == ["user:third"]
+    assert out.getvalue().count("answer:") == 3
+
+
+@needs_assets
+def test_streamed_answer_shows_reasoning_apart(tiny_qwen3_dir):
+    session = open_session(str(tiny_qwen3_dir), None, None, SamplingParams(max_new_tokens=32, temperature=0))
+    tokenizer = session.engine.tokenizer
+    scripted = tokenizer.encode("<think>\nplan it\n</think>\n\ndone", add_special_tokens=False)
+    session.engine.source = lambda prompt_ids, params, name: iter([*scripted, tokenizer.eos_token_id])
+    out = io.StringIO()
+    result = print_streamed(session, [], "hi", Console(file=out, width=120))
+    assert (result.reasoning, result.content) == ("plan it", "done")
+    assert "thinking: plan it" in out.getvalue() and "answer: done" in out.getvalue()
