@@ -12,6 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publishable(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; give them the modes a plain write would."""
+    os.chmod(path, mode & ~_umask())
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text to `path` through a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -19,6 +30,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        _publishable(Path(tmp), 0o666)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -36,6 +48,7 @@ def atomic_dir(path: Path, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path`, on failure it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _publishable(tmp, 0o777)
     try:
         yield tmp
         if path.exists():

@@ -1,0 +1,28 @@
+"""After training: merge an adapter into its base, convert to GGUF, write an Ollama Modelfile.
+
+merge.py (adapter + base -> Hugging Face folder), gguf.py (Hugging Face folder -> one .gguf file),
+ollama.py (.gguf -> Modelfile), pipeline.py (a run folder -> all of these in one go).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuneforge.errors import UserError
+
+
+def refuse_existing(path: Path, force: bool) -> None:
+    """Stop before any work when `path` exists and the user did not ask to replace it."""
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; pass --force to replace it")
+
+
+@contextlib.contextmanager
+def interrupt_as_user_error(target: Path) -> Iterator[None]:
+    """Report Ctrl-C during a write as one line; the atomic writers have already removed partial output."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise UserError(f"{target}: interrupted; nothing was written under this name") from None

@@ -1,0 +1,150 @@
+"""merge: a LoRA run folder becomes a plain model whose logits are the adapter's; bad input fails in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_tiny_qwen3
+from tiny_adapter import make_tiny_adapter
+from typer.testing import CliRunner
+
+from tuneforge.cli import app
+from tuneforge.config import Config, DataConfig, DatasetConfig, ModelConfig, OutputConfig, save_config
+from tuneforge.errors import UserError
+from tuneforge.export.merge import merge_adapter, run_sources
+
+PROMPT = "<|im_start|>user\n用一句话介绍 Python.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def make_lora_run(run: Path, base_dir: Path, seed: int = 0) -> Path:
+    """A finished LoRA run folder as training leaves it: config.yaml, adapter/ with the tokenizer beside it."""
+    make_tiny_adapter(base_dir, run / "adapter", seed=seed)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(base_dir / name, run / "adapter" / name)
+    return write_run_config(run, base_dir)
+
+
+def write_run_config(run: Path, base_dir: Path) -> Path:
+    """RUN/config.yaml for a run of `base_dir`, as training writes it."""
+    config = Config(
+        model=ModelConfig(name_or_path=str(base_dir)),
+        data=DataConfig(datasets=[DatasetConfig(path="train.jsonl")]),
+        output=OutputConfig(dir=str(run)),
+    )
+    save_config(config, run / "config.yaml")
+    return run
+
+
+def logits(model, tokenizer, text: str = PROMPT):
+    import torch
+
+    with torch.no_grad():
+        return model(**tokenizer(text, return_tensors="pt")).logits[0]
+
+
+def error_line(result) -> str:
+    """The CLI's error: exactly one line, the last thing printed (progress bars may come before it)."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:], result.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_qwen3_dir) -> Path:
+    return make_lora_run(tmp_path_factory.mktemp("lora-run"), tiny_qwen3_dir)
+
+
+@pytest.fixture(scope="module")
+def merged_fp32(tmp_path_factory, lora_run):
+    base, adapter = run_sources(lora_run)
+    out = tmp_path_factory.mktemp("merged") / "model"
+    return merge_adapter(base, adapter, out, dtype="fp32")
+
+
+def test_merged_logits_equal_adapter_logits(merged_fp32, lora_run, tiny_qwen3_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(merged_fp32.out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype="float32").eval()
+    base_logits = logits(base, tokenizer)
+    adapted = PeftModel.from_pretrained(base, lora_run / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_fp32.out).eval()
+
+    adapter_logits = logits(adapted, tokenizer)
+    assert (adapter_logits - base_logits).abs().max() > 0.1  # the adapter really changes the model
+    assert (logits(merged, tokenizer) - adapter_logits).abs().max() < 1e-4
+    assert merged_fp32.max_logit_diff < 1e-4
+    assert merged.dtype.is_floating_point and str(merged.dtype) == "torch.float32"
+
+
+def test_merged_folder_is_self_contained(merged_fp32):
+    out = merged_fp32.out
+    assert (out / "model.safetensors").is_file() and not list(out.glob("adapter_*"))
+    assert (out / "tokenizer.json").is_file()
+    assert "<think>" in (out / "chat_template.jinja").read_text()
+    generation = json.loads((out / "generation_config.json").read_text())
+    eos = generation["eos_token_id"]
+    assert 151645 in (eos if isinstance(eos, list) else [eos])  # <|im_end|>: generation stops at the turn's end
+    assert generation["pad_token_id"] == 151643
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary folders left
+
+
+def test_merge_cli_run_defaults_to_bf16_in_run_folder(lora_run):
+    result = CliRunner().invoke(app, ["merge", "--run", str(lora_run)])
+    assert result.exit_code == 0, result.output
+    assert "largest logit difference from the adapter's own outputs on 3 chat prompts" in result.stdout
+    assert json.loads((lora_run / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
+
+    again = CliRunner().invoke(app, ["merge", "--run", str(lora_run)])
+    assert "merged already exists; pass --force to replace it" in error_line(again)
+
+
+@pytest.mark.parametrize("overrides", [{"hidden_size": 96}, {"num_hidden_layers": 1}], ids=["wider", "shallower"])
+def test_adapter_for_a_different_base_is_refused(tmp_path, lora_run, overrides):
+    other = make_tiny_qwen3(tmp_path / "other-base", **overrides)
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(
+        app, ["merge", "--model", str(other), "--adapter", str(lora_run / "adapter"), "--out", str(out)]
+    )
+    line = error_line(result)
+    assert "this adapter was trained for a different base" in line and "model.layers." in line
+    assert not out.exists()
+
+
+def test_existing_output_needs_force(tmp_path, lora_run):
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    base, adapter = run_sources(lora_run)
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        merge_adapter(base, adapter, out)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_interrupted_merge_leaves_nothing(tmp_path, lora_run, monkeypatch):
+    from transformers import PreTrainedModel
+
+    def interrupted_save(self, folder, **kwargs):
+        (Path(folder) / "model-00001-of-00002.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", interrupted_save)
+    base, adapter = run_sources(lora_run)
+    with pytest.raises(UserError, match="interrupted; nothing was written") as err:
+        merge_adapter(base, adapter, tmp_path / "merged")
+    assert "\n" not in str(err.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_full_fine_tune_run_has_nothing_to_merge(tmp_path, tiny_qwen3_dir):
+    run = write_run_config(tmp_path / "full-run", tiny_qwen3_dir)
+    (run / "model").mkdir()
+    with pytest.raises(UserError, match="is a full fine-tune"):
+        run_sources(run)
