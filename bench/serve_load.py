@@ -1,0 +1,150 @@
+"""Load on the built-in server: N concurrent streaming clients against a tiny Qwen3 with the real tokenizer.
+
+For each client count it sends the same number of chat requests (greedy, `max_tokens` each) through the
+official `openai` client and measures requests/s, generated tokens/s, p50/p95 latency and p50 time to
+first token. Ratios are against the first client count of the same invocation. Not part of the tests.
+
+    .venv/bin/python bench/serve_load.py --clients 1 4 16 --requests 48 --max-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny Qwen3 the tests use (conftest.make_tiny_qwen3)
+
+
+def one_request(client, model: str, index: int, max_tokens: int) -> dict[str, float]:
+    """Stream one chat answer; return its latency, time to first token and generated tokens."""
+    start = time.perf_counter()
+    first = None
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": f"Tell me about item {index}."}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    tokens = 0
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - start
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    latency = time.perf_counter() - start
+    return {"latency": latency, "ttft": first if first is not None else latency, "tokens": tokens}
+
+
+def run_level(url: str, model: str, clients: int, requests: int, max_tokens: int) -> dict[str, float]:
+    """`requests` requests spread over `clients` concurrent clients; aggregate figures."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="bench", timeout=600, max_retries=0)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        done = list(pool.map(lambda i: one_request(client, model, i, max_tokens), range(requests)))
+    wall = time.perf_counter() - start
+    latencies = sorted(r["latency"] for r in done)
+    return {
+        "clients": clients,
+        "requests": requests,
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(requests / wall, 3),
+        "tokens_per_s": round(sum(r["tokens"] for r in done) / wall, 1),
+        "p50_latency_s": round(statistics.median(latencies), 3),
+        "p95_latency_s": round(latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))], 3),
+        "p50_ttft_s": round(statistics.median(r["ttft"] for r in done), 3),
+    }
+
+
+def machine() -> dict[str, str]:
+    import fastapi
+    import openai
+    import psutil
+    import torch
+    import transformers
+    import uvicorn
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "memory_gb": str(round(psutil.virtual_memory().total / 2**30)),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "load_average_1m_before": str(round(os.getloadavg()[0], 2)),  # other work on the machine skews figures
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "fastapi": fastapi.__version__,
+        "uvicorn": uvicorn.__version__,
+        "openai": openai.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="Concurrent clients per level.")
+    parser.add_argument("--requests", type=int, default=48, help="Requests per level.")
+    parser.add_argument("--max-tokens", type=int, default=32, help="Tokens generated per request.")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_load.json")
+    args = parser.parse_args()
+
+    from conftest import make_tiny_qwen3
+
+    from tuneforge.infer.engine import load_engine
+    from tuneforge.infer.spec import resolve_spec
+    from tuneforge.io import atomic_write_json
+    from tuneforge.serve.app import create_app, serve_in_background
+
+    host = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = make_tiny_qwen3(Path(tmp) / "tiny-qwen3")
+        engine = load_engine(resolve_spec(model=str(model_dir), served_name="tiny-qwen3"))
+        with serve_in_background(create_app(engine)) as url:
+            run_level(url, "tiny-qwen3", 1, 2, args.max_tokens)  # warm-up
+            levels = [run_level(url, "tiny-qwen3", n, args.requests, args.max_tokens) for n in args.clients]
+
+    base = levels[0]
+    for level in levels:
+        level["requests_per_s_ratio"] = round(level["requests_per_s"] / base["requests_per_s"], 2)
+        level["p50_latency_ratio"] = round(level["p50_latency_s"] / base["p50_latency_s"], 2)
+    header = ["clients", "req/s", "tok/s", "p50 s", "p95 s", "p50 TTFT s", "req/s ×", "p50 latency ×"]
+    keys = [
+        "clients",
+        "requests_per_s",
+        "tokens_per_s",
+        "p50_latency_s",
+        "p95_latency_s",
+        "p50_ttft_s",
+        "requests_per_s_ratio",
+        "p50_latency_ratio",
+    ]
+    print(" | ".join(header))
+    for level in levels:
+        print(" | ".join(str(level[k]) for k in keys))
+    command = " ".join([".venv/bin/python", "bench/serve_load.py", *sys.argv[1:]])
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "serve_load",
+            "command": command,
+            "machine": host,
+            "max_tokens": args.max_tokens,
+            "baseline_clients": base["clients"],
+            "levels": levels,
+        },
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

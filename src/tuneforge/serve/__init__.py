@@ -1,0 +1,1 @@
+"""Serving: the built-in OpenAI-compatible server (app.py) and one-command vLLM / SGLang launchers (launch.py)."""

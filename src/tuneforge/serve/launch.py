@@ -1,0 +1,155 @@
+"""`tuneforge serve`: pick an engine and start it: the built-in server, or the equivalent vLLM / SGLang command.
+
+The vLLM and SGLang commands serve the same names as the built-in server (infer/spec.py), with the parsers
+that give the same answer shape: `--reasoning-parser qwen3` for Qwen3, the hermes-style tool parser for the
+Qwen family. `--dry-run` prints the command (it needs neither engine installed); otherwise the process
+becomes that command (exec), so signals and exit codes are the engine's own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneforge.config import ModelConfig
+from tuneforge.errors import UserError
+from tuneforge.infer.spec import ModelSpec
+
+ENGINES = ("auto", "transformers", "vllm", "sglang")
+# vLLM sizes its LoRA buffers for --max-lora-rank (default 16) and accepts only these values.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Server flags shared by all engines (the last two only matter to vLLM and SGLang)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_model_len: int | None = None
+    tensor_parallel_size: int | None = None
+    gpu_memory_utilization: float | None = None
+
+
+def choose_engine(requested: str) -> str:
+    """The engine to run: `auto` is vLLM on a machine with a GPU where vLLM is installed, else the built-in one."""
+    if requested not in ENGINES:
+        raise UserError(f"--engine {requested}: expected one of {', '.join(ENGINES)}")
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and shutil.which("vllm") else "transformers"
+
+
+def build_command(engine: str, spec: ModelSpec, options: ServeOptions) -> tuple[list[str], dict[str, str]]:
+    """The vLLM or SGLang command line serving `spec`, and the environment variables it needs."""
+    model = spec.model
+    family = _family(model)
+    vllm = engine == "vllm"
+    cmd = (
+        ["vllm", "serve", model.name_or_path]
+        if vllm
+        else [sys.executable, "-m", "sglang.launch_server", "--model-path", model.name_or_path]
+    )
+    cmd += ["--served-model-name", spec.name, "--host", options.host, "--port", str(options.port)]
+    if model.revision:
+        cmd += ["--revision", model.revision]
+    if spec.tokenizer.name_or_path != model.name_or_path:  # a run's adapter folder carries the trained tokenizer
+        cmd += ["--tokenizer" if vllm else "--tokenizer-path", spec.tokenizer.name_or_path]
+    if model.trust_remote_code:
+        cmd += ["--trust-remote-code"]
+    if spec.adapters:
+        modules = [f"{name}={path}" for name, path in spec.adapters.items()]
+        cmd += ["--enable-lora", "--lora-modules" if vllm else "--lora-paths", *modules]
+        rank = max(_lora_rank(path) for path in spec.adapters.values())
+        if vllm and rank > 16:
+            cmd += ["--max-lora-rank", str(min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank))]
+    if "qwen3" in family:
+        cmd += ["--reasoning-parser", "qwen3"]
+    if "qwen" in family:
+        cmd += (
+            ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"] if vllm else ["--tool-call-parser", "qwen25"]
+        )
+    flags = {
+        "vllm": ("--tensor-parallel-size", "--max-model-len", "--gpu-memory-utilization"),
+        "sglang": ("--tp-size", "--context-length", "--mem-fraction-static"),
+    }[engine]
+    values = (options.tensor_parallel_size, options.max_model_len, options.gpu_memory_utilization)
+    for flag, value in zip(flags, values):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if options.api_key:
+        cmd += ["--api-key", options.api_key]
+    env = {"VLLM_USE_MODELSCOPE": "True"} if vllm else {"SGLANG_USE_MODELSCOPE": "true"}
+    return cmd, env if model.hub == "modelscope" else {}
+
+
+def launch(
+    spec: ModelSpec, *, engine: str = "auto", options: ServeOptions = ServeOptions(), dry_run: bool = False
+) -> None:
+    """Serve `spec` with the chosen engine (runs until interrupted), or print what would run."""
+    chosen = choose_engine(engine)
+    if chosen == "transformers":
+        _serve_builtin(spec, options, dry_run)
+        return
+    if not dry_run:
+        _require(chosen)
+    cmd, env = build_command(chosen, spec, options)
+    print(shlex.join([f"{k}={v}" for k, v in env.items()] + cmd), flush=True)
+    if not dry_run:
+        os.execvpe(cmd[0], cmd, {**os.environ, **env})
+
+
+def _serve_builtin(spec: ModelSpec, options: ServeOptions, dry_run: bool) -> None:
+    gpu_flags = {
+        "--tensor-parallel-size": options.tensor_parallel_size,
+        "--gpu-memory-utilization": options.gpu_memory_utilization,
+    }
+    ignored = [flag for flag, value in gpu_flags.items() if value is not None]
+    if ignored:
+        print(f"note: {', '.join(ignored)} only apply to --engine vllm or sglang; the built-in engine ignores them")
+    print(f"built-in engine: serving {', '.join(spec.names)} at http://{options.host}:{options.port}/v1", flush=True)
+    if dry_run:
+        return
+    from tuneforge.infer.engine import load_engine
+
+    try:
+        from tuneforge.serve.app import run_server
+    except ImportError as exc:
+        raise UserError(f"the built-in server needs {exc.name}: pip install 'tuneforge[serve]'") from None
+
+    engine = load_engine(spec, max_model_len=options.max_model_len)
+    run_server(engine, host=options.host, port=options.port, api_key=options.api_key)
+
+
+def _require(engine: str) -> None:
+    """A clear error when the chosen engine is not installed."""
+    found = shutil.which("vllm") if engine == "vllm" else importlib.util.find_spec("sglang")
+    if not found:
+        install = "pip install vllm" if engine == "vllm" else "pip install 'sglang[all]'"
+        raise UserError(
+            f"--engine {engine}: {engine} is not installed in this environment ({install}, on Linux with an NVIDIA "
+            "GPU); use --engine transformers for the built-in server, or --dry-run to print the command"
+        )
+
+
+def _family(model: ModelConfig) -> str:
+    """The model family: config.json's model_type for a local folder, else the hub id (Qwen/Qwen3-8B)."""
+    config = Path(model.name_or_path) / "config.json"
+    if config.is_file():
+        return str(json.loads(config.read_text(encoding="utf-8")).get("model_type", "")).lower()
+    return model.name_or_path.lower()
+
+
+def _lora_rank(adapter: Path) -> int:
+    """The largest LoRA rank in an adapter (its `r`, or a larger one from `rank_pattern`)."""
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    return max([int(config.get("r") or 8), *(int(r) for r in (config.get("rank_pattern") or {}).values())])

@@ -1,0 +1,496 @@
+"""The built-in OpenAI-compatible server, driven with the official `openai` client, and the vLLM / SGLang launchers.
+
+Two servers on 127.0.0.1: a tiny random Qwen3 with the real tokenizer plus a LoRA adapter (real weights), and
+the same tokenizer over a scripted token source that answers like a Qwen3 trained for reasoning and tool
+calls (exact outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from tiny_adapter import make_tiny_adapter
+from typer.testing import CliRunner
+
+from tuneforge.cli import app as cli
+from tuneforge.data.conversation import Message
+from tuneforge.infer.engine import Engine, SamplingParams, load_engine
+from tuneforge.infer.spec import resolve_spec
+from tuneforge.serve.app import create_app, serve_in_background
+
+KEY = "sk-test-key"
+TIMEOUT = 60.0
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+TOOL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def client(url: str, key: str = KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, timeout=TIMEOUT, max_retries=0)
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+# --- servers ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real(tiny_qwen3_dir, tmp_path_factory) -> Iterator[tuple[str, Engine]]:
+    """The tiny Qwen3 (served under its path) and a LoRA adapter named 'tuned', behind an API key."""
+    adapter = make_tiny_adapter(tiny_qwen3_dir, tmp_path_factory.mktemp("adapter"))
+    engine = load_engine(resolve_spec(model=str(tiny_qwen3_dir), adapters={"tuned": adapter}))
+    with serve_in_background(create_app(engine, api_key=KEY)) as url:
+        yield url, engine
+
+
+class Qwen3Script:
+    """A TokenSource answering by cue in the prompt, the way a Qwen3 fine-tuned for these turns would."""
+
+    REASONED = "<think>\nThe user greets me.\n</think>\n\nHello! How can I help?"
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.slow_closed = threading.Event()
+
+    def __call__(self, prompt_ids: list[int], params: SamplingParams, model: str) -> Iterator[int]:
+        prompt = self.tokenizer.decode(prompt_ids)
+        if "slow" in prompt:
+            yield from self._slow()
+            return
+        if "explode" in prompt:
+            yield from self.tokenizer.encode("Partial")
+            raise RuntimeError("the GPU caught fire")
+        if "<tool_response>\n22°C\n</tool_response>" in prompt:
+            # The call must come back exactly as the model wrote it, or the model sees a different history.
+            text = "It is 22°C in Paris." if f"Let me check.\n{TOOL_TEXT}<|im_end|>" in prompt else "MISMATCH"
+        elif "get_weather" in prompt:
+            text = f"<think>\nI need the weather tool.\n</think>\n\nLet me check.\n{TOOL_TEXT}"
+        elif prompt.endswith("<think>\n\n</think>\n\n"):  # enable_thinking: false
+            text = "Plain answer."
+        else:
+            text = self.REASONED
+        yield from self.tokenizer.encode(text)
+        yield self.tokenizer.eos_token_id
+
+    def _slow(self) -> Iterator[int]:
+        word = self.tokenizer.encode(" word")[0]
+        try:
+            for _ in range(100_000):
+                time.sleep(0.01)
+                yield word
+        finally:
+            self.slow_closed.set()
+
+
+@pytest.fixture(scope="module")
+def scripted(qwen3_tokenizer) -> Iterator[tuple[str, Qwen3Script]]:
+    script = Qwen3Script(qwen3_tokenizer)
+    engine = Engine(qwen3_tokenizer, {"qwen3-scripted": None}, script, max_model_len=1_000_000)
+    with serve_in_background(create_app(engine)) as url:
+        yield url, script
+
+
+# --- chat and completions on real weights ----------------------------------------------------------------
+
+
+def expected(engine: Engine, model: str, text: str, max_tokens: int) -> str:
+    """What the engine answers greedily, called directly (no server)."""
+    return (
+        engine.chat([Message("user", text)], SamplingParams(max_new_tokens=max_tokens, temperature=0), model=model)
+        .result()
+        .content
+    )
+
+
+def test_chat_non_stream_and_stream_agree_with_the_engine(real, tiny_qwen3_dir):
+    url, engine = real
+    base = str(tiny_qwen3_dir)
+    reply = client(url).chat.completions.create(model=base, messages=ask("Who are you?"), max_tokens=8, temperature=0)
+    prompt_tokens = len(
+        engine.tokenizer.apply_chat_template(ask("Who are you?"), add_generation_prompt=True, tokenize=True)[
+            "input_ids"
+        ]
+    )
+    assert (reply.model, reply.object, reply.id[:9]) == (base, "chat.completion", "chatcmpl-")
+    assert reply.choices[0].message.content == expected(engine, base, "Who are you?", 8)
+    assert reply.choices[0].finish_reason == "length"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (
+        prompt_tokens,
+        8,
+        prompt_tokens + 8,
+    )
+
+    chunks = list(
+        client(url).chat.completions.create(
+            model=base,
+            messages=ask("Who are you?"),
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+
+
+def test_adapter_is_chosen_by_model_name(real, tiny_qwen3_dir):
+    url, engine = real
+    answers = {
+        model: client(url)
+        .chat.completions.create(model=model, messages=ask("Hello"), max_tokens=6, temperature=0)
+        .choices[0]
+        .message.content
+        for model in (str(tiny_qwen3_dir), "tuned")
+    }
+    assert answers == {model: expected(engine, model, "Hello", 6) for model in answers}
+    assert answers[str(tiny_qwen3_dir)] != answers["tuned"]
+
+
+def test_completions_endpoint_continues_raw_text(real):
+    url, engine = real
+    reply = client(url).completions.create(
+        model="tuned", prompt="The capital of France is", max_tokens=5, temperature=0
+    )
+    direct = engine.complete(
+        "The capital of France is", SamplingParams(max_new_tokens=5, temperature=0), model="tuned"
+    ).result()
+    assert reply.choices[0].text == direct.content
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (direct.prompt_tokens, 5)
+    streamed = client(url).completions.create(
+        model="tuned", prompt="The capital of France is", max_tokens=5, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == direct.content
+
+
+def test_models_lists_base_and_adapters(real, tiny_qwen3_dir):
+    url, _ = real
+    response = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=TIMEOUT)
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert [(m["id"], m["object"], m["parent"]) for m in data] == [
+        (str(tiny_qwen3_dir), "model", None),
+        ("tuned", "model", str(tiny_qwen3_dir)),
+    ]
+    assert [m.id for m in client(url).models.list()] == [str(tiny_qwen3_dir), "tuned"]
+
+
+# --- errors ----------------------------------------------------------------------------------------------
+
+
+def test_wrong_or_missing_api_key_is_401(real):
+    url, _ = real
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client(url, key="wrong").chat.completions.create(model="tuned", messages=ask("hi"), max_tokens=2)
+    assert caught.value.status_code == 401
+    assert caught.value.body["type"] == "authentication_error"
+    assert httpx.get(f"{url}/v1/models", timeout=TIMEOUT).status_code == 401
+    assert httpx.get(f"{url}/health", timeout=TIMEOUT).json()["status"] == "ok"  # probes need no key
+
+
+def body(**fields) -> bytes:
+    """A chat request for 'tuned' with one user message, fields added or replaced."""
+    return json.dumps({"model": "tuned", "messages": ask("x"), **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        (b'{"model": "tuned", "messages": [', "body"),  # not JSON
+        (b'{"model": "tuned"}', "messages"),
+        (body(messages=[]), "messages"),
+        (body(messages=[{"role": "robot", "content": "x"}]), "messages.0.role"),
+        (body(n=2), "n"),
+        (body(temperature=-1), "temperature"),
+        (body(max_tokens=100_000), None),  # longer than the context
+        (body(chat_template_kwargs={"tokenize": True}), None),
+    ],
+)
+def test_malformed_body_is_400_with_an_openai_error_object(real, content, param):
+    url, _ = real
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        content=content,
+        timeout=TIMEOUT,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"]
+
+
+def test_unknown_model_is_404(real):
+    url, _ = real
+    with pytest.raises(openai.NotFoundError) as caught:
+        client(url).chat.completions.create(model="no-such-model", messages=ask("hi"), max_tokens=2)
+    assert caught.value.status_code == 404
+    assert caught.value.body["code"] == "model_not_found"
+
+
+# --- reasoning and tool calls (scripted outputs) ---------------------------------------------------------
+
+
+def test_reasoning_is_split_from_the_answer_in_full_and_in_stream_deltas(scripted):
+    url, _ = scripted
+    message = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi")).choices[0].message
+    assert (message.reasoning_content, message.content) == ("The user greets me.", "Hello! How can I help?")
+
+    chunks = list(client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"), stream=True))
+    deltas = [c.choices[0].delta for c in chunks]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "The user greets me."
+    assert "".join(d.content or "" for d in deltas) == "Hello! How can I help?"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_enable_thinking_false_reaches_the_template(scripted):
+    url, _ = scripted
+    reply = client(url).chat.completions.create(
+        model="qwen3-scripted", messages=ask("hi"), extra_body={"chat_template_kwargs": {"enable_thinking": False}}
+    )
+    message = reply.choices[0].message
+    assert (message.content, getattr(message, "reasoning_content", None)) == ("Plain answer.", None)
+
+
+def test_tool_calls_then_tool_results_in_the_next_turn(scripted):
+    url, _ = scripted
+    messages = ask("What is the weather in Paris?")
+    reply = client(url).chat.completions.create(model="qwen3-scripted", messages=messages, tools=TOOLS)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check."
+    assert choice.message.reasoning_content == "I need the weather tool."
+    [call] = choice.message.tool_calls
+    assert (call.type, call.function.name, json.loads(call.function.arguments)) == (
+        "function",
+        "get_weather",
+        {"city": "Paris"},
+    )
+
+    chunks = list(
+        client(url).chat.completions.create(model="qwen3-scripted", messages=messages, tools=TOOLS, stream=True)
+    )
+    streamed = [t for c in chunks for t in c.choices[0].delta.tool_calls or []]
+    assert [(t.index, t.function.name, t.function.arguments) for t in streamed] == [
+        (0, "get_weather", call.function.arguments)
+    ]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    follow_up = messages + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "22°C"},
+    ]
+    answer = client(url).chat.completions.create(model="qwen3-scripted", messages=follow_up, tools=TOOLS)
+    assert answer.choices[0].message.content == "It is 22°C in Paris."
+    assert answer.choices[0].finish_reason == "stop"
+
+
+# --- concurrency ----------------------------------------------------------------------------------------
+
+
+def test_sixteen_concurrent_streaming_clients_all_complete(real):
+    url, engine = real
+    prompts = [f"Question number {i}" for i in range(16)]
+
+    def stream(prompt: str) -> tuple[str, str | None]:
+        chunks = list(
+            client(url).chat.completions.create(
+                model="tuned", messages=ask(prompt), max_tokens=6, temperature=0, stream=True
+            )
+        )
+        return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].finish_reason
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(stream, prompts, timeout=120))
+    assert results == [(expected(engine, "tuned", p, 6), "length") for p in prompts]
+
+
+def health_becomes(url: str, expected: dict[str, object], seconds: float = 10.0) -> dict[str, object]:
+    """Poll /health until it equals `expected` (or the time is up); return the last answer."""
+    deadline = time.monotonic() + seconds
+    while (state := httpx.get(f"{url}/health", timeout=TIMEOUT).json()) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return state
+
+
+def test_a_client_that_disconnects_mid_stream_does_not_stall_the_others(scripted):
+    url, script = scripted
+    slow = client(url).chat.completions.create(
+        model="qwen3-scripted", messages=ask("slow"), max_tokens=100_000, stream=True
+    )
+    chunks = iter(slow)
+    for _ in range(3):
+        next(chunks)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(lambda: client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi")))
+        busy = {"status": "ok", "running": 1, "waiting": 1}
+        assert health_becomes(url, busy) == busy  # the second request is queued behind the slow one
+        slow.close()  # the slow client goes away after 3 chunks of 100,000
+        assert waiting.result(timeout=20).choices[0].message.content == "Hello! How can I help?"
+    assert script.slow_closed.wait(10)
+    idle = {"status": "ok", "running": 0, "waiting": 0}
+    assert health_becomes(url, idle) == idle
+
+
+def test_a_failing_generation_is_reported_and_the_next_request_is_served(scripted):
+    url, _ = scripted
+    with pytest.raises(openai.InternalServerError) as caught:
+        client(url).chat.completions.create(model="qwen3-scripted", messages=ask("explode"))
+    assert caught.value.status_code == 500
+    assert caught.value.body["message"] == "internal error: the GPU caught fire"
+    with pytest.raises(openai.APIError, match="generation failed: the GPU caught fire"):
+        list(client(url).chat.completions.create(model="qwen3-scripted", messages=ask("explode"), stream=True))
+    reply = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"))
+    assert reply.choices[0].message.content == "Hello! How can I help?"
+
+
+# --- vLLM / SGLang launchers ---------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["serve", *args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    """A folder with a Qwen3 config.json (the launcher reads only the model type)."""
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    return folder
+
+
+def fake_adapter(folder: Path, rank: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank}))
+    return folder
+
+
+def test_vllm_dry_run_for_a_merged_model(model_dir):
+    code, output = run_cli(
+        "--model",
+        str(model_dir),
+        "--engine",
+        "vllm",
+        "--dry-run",
+        "--served-model-name",
+        "mybot",
+        "--port",
+        "9000",
+        "--max-model-len",
+        "8192",
+        "--tensor-parallel-size",
+        "2",
+        "--gpu-memory-utilization",
+        "0.85",
+        "--api-key",
+        "secret",
+    )
+    assert code == 0, output
+    assert output.strip() == (
+        f"vllm serve {model_dir} --served-model-name mybot --host 127.0.0.1 --port 9000 "
+        "--reasoning-parser qwen3 --enable-auto-tool-choice --tool-call-parser hermes "
+        "--tensor-parallel-size 2 --max-model-len 8192 --gpu-memory-utilization 0.85 --api-key secret"
+    )
+
+
+def test_vllm_and_sglang_dry_run_for_base_plus_adapters(model_dir, tmp_path):
+    a, b = fake_adapter(tmp_path / "a", 8), fake_adapter(tmp_path / "b", 40)
+    flags = ["--model", str(model_dir), "--adapter", f"alpha={a}", "--adapter", f"beta={b}", "--dry-run"]
+    code, output = run_cli(*flags, "--engine", "vllm")
+    assert code == 0, output
+    assert output.strip() == (
+        f"vllm serve {model_dir} --served-model-name {model_dir} --host 127.0.0.1 --port 8000 "
+        f"--enable-lora --lora-modules alpha={a} beta={b} --max-lora-rank 64 "
+        "--reasoning-parser qwen3 --enable-auto-tool-choice --tool-call-parser hermes"
+    )
+    code, output = run_cli(*flags, "--engine", "sglang", "--max-model-len", "4096")
+    assert code == 0, output
+    assert output.strip() == shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            str(model_dir),
+            "--served-model-name",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "8000",
+            "--enable-lora",
+            "--lora-paths",
+            f"alpha={a}",
+            f"beta={b}",
+            "--reasoning-parser",
+            "qwen3",
+            "--tool-call-parser",
+            "qwen25",
+            "--context-length",
+            "4096",
+        ]
+    )
+
+
+def test_vllm_dry_run_for_a_lora_run_folder(tmp_path):
+    from tuneforge.config import save_config, validate
+
+    run = tmp_path / "mybot"
+    config = validate(
+        {
+            "model": {"name_or_path": "Qwen/Qwen3-8B"},
+            "data": {"datasets": [{"path": "d.json"}]},
+            "output": {"dir": str(run)},
+        }
+    )
+    save_config(config, run / "config.yaml")
+    adapter = fake_adapter(run / "adapter", 8)
+    (adapter / "tokenizer_config.json").write_text("{}")
+    code, output = run_cli("--run", str(run), "--engine", "vllm", "--dry-run")
+    assert code == 0, output
+    assert output.strip() == (
+        f"vllm serve Qwen/Qwen3-8B --served-model-name Qwen/Qwen3-8B --host 127.0.0.1 --port 8000 "
+        f"--tokenizer {adapter} --enable-lora --lora-modules mybot={adapter} "
+        "--reasoning-parser qwen3 --enable-auto-tool-choice --tool-call-parser hermes"
+    )
+
+
+def test_missing_engine_is_a_one_line_error(model_dir, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    code, output = run_cli("--model", str(model_dir), "--engine", "vllm")
+    assert code == 2
+    assert output.startswith("error: --engine vllm: vllm is not installed") and output.count("\n") == 1
+    code, output = run_cli("--model", str(model_dir), "--engine", "tpu")
+    assert (code, output.strip()) == (2, "error: --engine tpu: expected one of auto, transformers, vllm, sglang")
+
+
+def test_builtin_dry_run_names_what_it_serves(model_dir):
+    code, output = run_cli("--model", str(model_dir), "--engine", "transformers", "--dry-run", "--port", "8123")
+    assert (code, output.strip()) == (0, f"built-in engine: serving {model_dir} at http://127.0.0.1:8123/v1")
