@@ -46,14 +46,22 @@ def _console():
 @user_errors
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
+    nproc: Annotated[int | None, typer.Option(help="Processes on this node, one per GPU (distributed.nproc).")] = None,
+    nnodes: Annotated[int | None, typer.Option(help="Machines taking part (distributed.nnodes).")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="This machine's index, 0 to nnodes-1.")] = None,
+    master_addr: Annotated[str | None, typer.Option(help="Address of node 0 (distributed.master_addr).")] = None,
+    master_port: Annotated[int | None, typer.Option(help="Rendezvous port on node 0.")] = None,
 ) -> None:
-    """Fine-tune a model as the config says; everything lands in output.dir."""
-    from tuneforge.config import load_config
-    from tuneforge.train.run import train as run_training
+    """Fine-tune a model as the config says; everything lands in output.dir. --nproc/--nnodes use torchrun."""
+    from tuneforge.train.launch import train_command
 
-    cfg = load_config(config, overrides)
-    run_training(cfg, log=_console().print)
+    flags = {"nproc": nproc, "nnodes": nnodes, "node_rank": node_rank, "master_addr": master_addr,
+             "master_port": master_port}
+    overrides = [*(overrides or []), *(f"distributed.{k}={v}" for k, v in flags.items() if v is not None)]
+    status = train_command(config, overrides, log=_console().print)
+    if status:
+        raise typer.Exit(status)
 
 
 @config_app.command("check")
@@ -202,6 +210,93 @@ def serve(
     spec = resolve_spec(model=model, run=run, adapters=parse_adapters(adapter or []), served_name=served_model_name)
     options = ServeOptions(host, port, api_key, max_model_len, tensor_parallel_size, gpu_memory_utilization)
     launch(spec, engine=engine, options=options, dry_run=dry_run)
+
+
+# --- merge and export (export/) -----------------------------------------------------------------------------
+
+export_app = typer.Typer(help="Export a model: GGUF for llama.cpp / LM Studio, a Modelfile for Ollama.")
+app.add_typer(export_app, name="export")
+_GGUF_TYPE_HELP = "GGUF type: f32 | f16 | bf16 | q8_0 | q4_k_m | q5_k_m | q6_k (k-quants need tuneforge\\[llamacpp])."
+_FORCE_HELP = "Replace existing outputs."
+
+
+@app.command()
+@user_errors
+def merge(
+    run: Annotated[Path | None, typer.Option(help="A LoRA run folder (its base and adapter).")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model folder or hub id (with --adapter).")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder to merge into --model.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (with --run, default RUN/merged).")] = None,
+    dtype: Annotated[str, typer.Option(help="Weights of the merged model: bf16 | fp16 | fp32.")] = "bf16",
+    force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
+) -> None:
+    """Merge a LoRA adapter into its base: a plain Hugging Face model for vLLM, GGUF export, anything."""
+    from tuneforge.config import ModelConfig
+    from tuneforge.export.merge import merge_adapter, run_sources
+
+    if run is not None and (model or adapter):
+        raise UserError("merge: pass either --run RUN_DIR or --model BASE --adapter DIR, not both")
+    if run is not None:
+        base, adapter = run_sources(run)
+        out = out or run / "merged"
+    elif model is None or adapter is None or out is None:
+        raise UserError("merge: pass --run RUN_DIR, or --model BASE --adapter DIR --out DIR")
+    else:
+        base = ModelConfig(name_or_path=model)
+    typer.echo(merge_adapter(base, adapter, out, dtype=dtype, force=force).summary())
+
+
+@export_app.callback(invoke_without_command=True)
+@user_errors
+def export(
+    ctx: typer.Context,
+    run: Annotated[Path | None, typer.Option(help="A finished run folder: merge, GGUF, Modelfile in one go.")] = None,
+    to: Annotated[str, typer.Option(help="Comma-separated: gguf, ollama (ollama implies gguf).")] = "gguf,ollama",
+    type_: Annotated[str, typer.Option("--type", help=_GGUF_TYPE_HELP)] = "q4_k_m",
+    force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
+) -> None:
+    """Export a run in one go (--run), or one step with a sub-command (gguf, ollama)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if run is None:
+        raise UserError("export: pass --run RUN_DIR, or use `tuneforge export gguf` / `tuneforge export ollama`")
+    from tuneforge.export.pipeline import export_run
+
+    result = export_run(run, [t.strip() for t in to.split(",") if t.strip()], type_, force=force)
+    typer.echo(result.merge.summary() if result.merge else f"using the model in {result.model}")
+    typer.echo(f"wrote {result.gguf}")
+    if result.ollama_create:
+        typer.echo(f"create the Ollama model with:\n  {result.ollama_create}")
+
+
+@export_app.command("gguf")
+@user_errors
+def export_gguf_command(
+    model: Annotated[Path, typer.Option(help="Hugging Face model folder (merged, or a full fine-tune).")],
+    out: Annotated[Path, typer.Option(help="Output .gguf file.")],
+    type_: Annotated[str, typer.Option("--type", help=_GGUF_TYPE_HELP)] = "f16",
+    force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
+) -> None:
+    """Convert a Hugging Face Qwen3 / Qwen2 / Llama folder into one GGUF file."""
+    from tuneforge.export.gguf import export_gguf
+
+    path = export_gguf(model, out, type_, force=force)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@export_app.command("ollama")
+@user_errors
+def export_ollama_command(
+    gguf: Annotated[Path, typer.Option(help="The .gguf file (Qwen3 chat template).")],
+    out: Annotated[Path, typer.Option(help="Folder for the Modelfile.")],
+    sampling: Annotated[str, typer.Option(help="Qwen3 sampling defaults: thinking | non-thinking.")] = "thinking",
+    force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
+) -> None:
+    """Write an Ollama Modelfile: FROM the GGUF, Qwen3's chat template, stop tokens, sampling."""
+    from tuneforge.export.ollama import export_ollama
+
+    command = export_ollama(gguf, out, sampling=sampling, force=force)
+    typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
 
 
 def main() -> None:

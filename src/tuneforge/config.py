@@ -40,6 +40,9 @@ class ModelConfig(Section):
         "auto", description="Attention kernel; auto picks flash-attn 2 where usable, else sdpa."
     )
     trust_remote_code: bool = Field(False, description="Allow custom modelling code from the hub.")
+    kernels: Literal["none", "liger"] = Field(
+        "none", description="liger: Liger-Kernel RMSNorm, RoPE and SwiGLU (CUDA GPU, pip install 'tuneforge[liger]')."
+    )
 
 
 class DatasetConfig(Section):
@@ -73,13 +76,25 @@ class DataConfig(Section):
     truncation: Literal["drop", "truncate"] = Field("drop", description="What to do with longer samples.")
     val_size: float = Field(0.0, ge=0, description="Validation share (< 1) or count (>= 1).")
     seed: int = Field(42, description="Seed for shuffling, mixing and splitting.")
-    packing: bool = Field(False, description="Pack several samples into each row (no cross-sample attention).")
+    packing: bool = Field(
+        True, description="Pack each batch's samples into rows without padding; each sample attends only to itself."
+    )
+    group_by_length: bool = Field(True, description="Batch samples of similar length together (less padding; seeded).")
     num_proc: int | None = Field(None, ge=1, description="Tokenizer processes (default: by dataset size).")
     cache_dir: str | None = Field(None, description="Tokenized-data cache (default ~/.cache/tuneforge/data).")
 
 
 class MethodConfig(Section):
-    type: Literal["lora", "full"] = "lora"
+    type: Literal["lora", "qlora", "full"] = Field(
+        "lora", description="lora; qlora: LoRA on a bitsandbytes-quantized base; full: every weight trains."
+    )
+    bits: Literal[4, 8] = Field(4, description="qlora: bits per quantized base weight.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora 4-bit: NormalFloat4 (QLoRA's) or fp4.")
+    double_quant: bool = Field(True, description="qlora 4-bit: quantize the block scales too (0.37 bit/weight less).")
+    quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="qlora 4-bit: dtype the packed weights are stored as; auto: the model dtype, so FSDP and "
+        "ZeRO-3 can shard them together with the 16-bit weights.",
+    )
     rank: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -101,7 +116,14 @@ class TrainConfig(Section):
     per_device_batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     gradient_checkpointing: bool = False
-    optim: str = Field("adamw_torch", description="Optimizer name as transformers knows it.")
+    loss: Literal["chunked", "standard"] = Field(
+        "chunked", description="chunked: cross-entropy without the full logits (Liger fused on GPU); standard: plain."
+    )
+    compile: bool = Field(False, description="torch.compile each decoder layer (first steps are slower).")
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor"] = Field(
+        "adamw_torch", description="8bit: optimizer state in 8 bits (bitsandbytes); paged: state paged to CPU "
+        "memory under GPU memory pressure (bitsandbytes, CUDA).",
+    )
     logging_steps: int = Field(10, ge=1)
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: each save).")
     save_steps: int = Field(500, ge=1)
@@ -116,12 +138,31 @@ class OutputConfig(Section):
     overwrite: bool = Field(False, description="Allow a fresh run in a folder that holds a finished run.")
 
 
+class DistributedConfig(Section):
+    nproc: int = Field(1, ge=1, description="Processes per node, one per GPU; above 1, training runs under torchrun.")
+    nnodes: int = Field(1, ge=1, description="Machines taking part; every machine runs the same command.")
+    node_rank: int = Field(0, ge=0, description="This machine's index; node 0 hosts the rendezvous and writes the run.")
+    master_addr: str = Field("127.0.0.1", description="Address of node 0, reachable from every node.")
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="Rendezvous port on node 0 (default: free port on one node, 29500 on more)."
+    )
+    strategy: Literal["ddp", "deepspeed", "fsdp"] = Field(
+        "ddp", description="ddp: a full copy per GPU; deepspeed: ZeRO sharding; fsdp: PyTorch fully sharded."
+    )
+    deepspeed: str = Field(
+        "zero2", description="DeepSpeed preset (zero2, zero2_offload, zero3, zero3_offload) or a DeepSpeed JSON file."
+    )
+    fsdp_offload: bool = Field(False, description="FSDP: keep parameters, gradients and optimizer state in CPU memory.")
+    timeout_minutes: int = Field(30, ge=1, description="How long one collective may wait before the run fails.")
+
+
 class Config(Section):
     model: ModelConfig
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     def fingerprint(self) -> str:
         """A short hash of the resolved config (used to check that all processes agree)."""

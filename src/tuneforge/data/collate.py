@@ -1,4 +1,4 @@
-"""Batches: samples padded to the longest in the batch (pad ≠ eos, labels masked on padding)."""
+"""Batches: padded rows (pad ≠ eos, labels masked on padding), or packed rows where each sample sees only itself."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tuneforge.config import DataConfig
+from tuneforge.data.packing import best_fit_decreasing
 from tuneforge.data.render import IGNORE
+
+# Attention kernels that keep packed samples apart: flash-attn runs varlen over cu_seq_lens; sdpa and eager
+# get a block-diagonal causal mask that transformers derives from position_ids when no attention_mask and
+# no KV cache are passed (transformers.masking_utils.find_packed_sequence_indices).
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+PACKABLE_ATTENTION = ("sdpa", "eager", *VARLEN_ATTENTION)
 
 
 @dataclass
@@ -31,3 +39,62 @@ class PadCollator:
             labels[row, :n] = torch.as_tensor(s["labels"])
             mask[row, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+@dataclass
+class PackCollator:
+    """Packs the batch's samples into rows with per-sample position_ids and no attention_mask.
+
+    The batch keeps its samples (same steps, same loss as padding; no sample is cut): with `varlen`
+    (flash-attn) they form one row with no padding at all and cu_seq_lens for the varlen kernel.
+    Otherwise they go best-fit decreasing into rows as wide as the batch's longest sample, padded, the
+    padding a segment of its own: sdpa and eager attend over whole rows (masked), so a wider row would
+    cost more attention compute and memory than padding saves. `seq_lens` lists the real samples'
+    lengths (the trainer counts tokens from it and drops it before the forward).
+    """
+
+    pad_token_id: int
+    varlen: bool = False
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        lengths = [len(s["input_ids"]) for s in samples]
+        rows = [list(range(len(samples)))] if self.varlen else best_fit_decreasing(lengths, max(lengths))
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        seq_lens = []
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                n = lengths[i]
+                ids[r, at : at + n] = torch.as_tensor(samples[i]["input_ids"])
+                labels[r, at : at + n] = torch.as_tensor(samples[i]["labels"])
+                # The previous sample's last token must not learn to predict this sample's first one.
+                labels[r, at] = IGNORE
+                positions[r, at : at + n] = torch.arange(n)
+                at += n
+                seq_lens.append(n)
+            positions[r, at:] = torch.arange(width - at)
+        batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "seq_lens": torch.tensor(seq_lens)}
+        if self.varlen:
+            cu = torch.tensor([0, *seq_lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            batch |= {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(seq_lens),
+                      "max_length_k": max(seq_lens)}
+        return batch
+
+
+def make_collator(cfg: DataConfig, pad_token_id: int, model, log=print) -> PadCollator | PackCollator:
+    """The collator for `data.packing` and the model's attention kernel (packing only where samples stay apart)."""
+    if not cfg.packing:
+        return PadCollator(pad_token_id)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    attn = getattr(base.config, "_attn_implementation", None)
+    # Remote modelling code may build its own masks and ignore position_ids, letting samples see each other.
+    if attn not in PACKABLE_ATTENTION or not type(base).__module__.startswith("transformers."):
+        log(f"data.packing: padding instead, {type(base).__name__} with attention {attn!r} cannot keep packed "
+            "samples apart")
+        return PadCollator(pad_token_id)
+    return PackCollator(pad_token_id, varlen=attn in VARLEN_ATTENTION)

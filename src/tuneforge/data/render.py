@@ -9,7 +9,11 @@ from the template itself by rendering probe conversations (no per-model template
   "<think>\\n\\n</think>\\n\\n"); it stays on the prompt side unless thinking is keep_empty;
 - `think_on`: what the generation prompt adds with thinking on (QwQ / R1 open "<think>\\n"); prompt side,
   since inference feeds it to the model;
-- `end`: the end-of-turn text ("<|im_end|>"), trained so the model learns to stop.
+- `end`: the end-of-turn text ("<|im_end|>"), trained so the model learns to stop;
+- `reasoning`: where the template lets the last assistant turn show its reasoning. "field": it renders
+  `reasoning_content` (Qwen3); "content": it keeps a think block written into the content (QwQ); "prompt": it
+  strips reasoning from every turn (DeepSeek-R1 distills), so a last turn with reasoning is rendered as the
+  template's generation prompt followed by what the model generates after it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from tuneforge.data.conversation import Conversation
 
 IGNORE = -100
 Thinking = Literal["auto", "off", "keep_empty"]
-_PROBE_Q, _PROBE_A = "PROBE-QUESTION-7f3a", "PROBE-ANSWER-7f3a"
+ReasoningStyle = Literal["field", "content", "prompt"]
+_PROBE_Q, _PROBE_A, _PROBE_R = "PROBE-QUESTION-7f3a", "PROBE-ANSWER-7f3a", "PROBE-REASONING-7f3a"
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,24 @@ class TemplateMarkers:
     think_off: str
     think_on: str
     end: str
+    reasoning: ReasoningStyle = "field"
 
 
 def _chat_text(tokenizer, messages: list[dict[str, Any]], **kwargs: Any) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def with_think_block(reasoning: str, content: str) -> str:
+    """The assistant's output with its reasoning, as DESIGN.md invariant 2 writes it (and Qwen3's template does)."""
+    return f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content.lstrip(chr(10))}"
+
+
+def _reasoning_style(tokenizer, user: list[dict[str, Any]]) -> ReasoningStyle:
+    field = {"role": "assistant", "content": _PROBE_A, "reasoning_content": _PROBE_R}
+    if _PROBE_R in _chat_text(tokenizer, user + [field]):
+        return "field"
+    content = {"role": "assistant", "content": with_think_block(_PROBE_R, _PROBE_A)}
+    return "content" if _PROBE_R in _chat_text(tokenizer, user + [content]) else "prompt"
 
 
 def _common_prefix(*texts: str) -> str:
@@ -59,7 +78,7 @@ def _markers_for(tokenizer) -> TemplateMarkers:
     end = turn[turn.index(_PROBE_A) + len(_PROBE_A):].rstrip()
     if not header or not end:
         raise ValueError("cannot find the assistant header and end-of-turn text in the chat template")
-    return TemplateMarkers(header, gen_off[len(header):], gen_on[len(header):], end)
+    return TemplateMarkers(header, gen_off[len(header):], gen_on[len(header):], end, _reasoning_style(tokenizer, user))
 
 
 def template_markers(tokenizer) -> TemplateMarkers:
@@ -67,18 +86,44 @@ def template_markers(tokenizer) -> TemplateMarkers:
     return _markers_for(tokenizer)
 
 
-def template_inputs(conv: Conversation, thinking: Thinking) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Messages and template kwargs for apply_chat_template, as the thinking mode implies."""
+def _final_reasoning(conv: Conversation, thinking: Thinking) -> str | None:
+    """The reasoning of a conversation-ending assistant turn, where it is to be shown."""
+    last = conv.messages[-1]
+    return last.reasoning if last.role == "assistant" and thinking != "off" else None
+
+
+def template_inputs(
+    conv: Conversation, thinking: Thinking, style: ReasoningStyle = "field"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Messages and template kwargs for apply_chat_template, as the thinking mode and the template's style imply.
+
+    For the "prompt" style, a last turn with reasoning is left out and the generation prompt asked for instead:
+    `completion` gives the text that follows it.
+    """
     messages = []
     for m in conv.messages:
         msg = m.to_template()
-        if thinking == "off":
+        if thinking == "off" or style != "field":
+            # Templates that ignore reasoning_content drop it from history, as they do at inference.
             msg.pop("reasoning_content", None)
         messages.append(msg)
     kwargs: dict[str, Any] = {"enable_thinking": thinking != "off" and conv.has_reasoning}
+    reasoning = _final_reasoning(conv, thinking)
+    if reasoning and style == "content":
+        messages[-1]["content"] = with_think_block(reasoning, conv.messages[-1].content)
+    elif reasoning and style == "prompt" and not conv.messages[-1].tool_calls:
+        messages.pop()
+        kwargs["add_generation_prompt"] = True
     if conv.tools:
         kwargs["tools"] = conv.tools
     return messages, kwargs
+
+
+def completion(conv: Conversation, markers: TemplateMarkers) -> str:
+    """The last turn as the model generates it after the generation prompt (which may open the think block)."""
+    last = conv.messages[-1]
+    text = with_think_block(last.reasoning or "", last.content)
+    return text.removeprefix(markers.think_on) + markers.end
 
 
 def trained_spans(text: str, conv: Conversation, markers: TemplateMarkers, thinking: Thinking,
@@ -118,9 +163,12 @@ class Rendered:
 
 def render(conv: Conversation, tokenizer, thinking: Thinking = "auto", train_on: str = "all_turns") -> Rendered:
     """Render a conversation with the tokenizer's chat template and label the assistant's output."""
-    messages, kwargs = template_inputs(conv, thinking)
+    markers = template_markers(tokenizer)
+    messages, kwargs = template_inputs(conv, thinking, markers.reasoning)
     text = _chat_text(tokenizer, messages, **kwargs)
-    spans = trained_spans(text, conv, template_markers(tokenizer), thinking, train_on == "last_turn")
+    if kwargs.get("add_generation_prompt"):
+        text += completion(conv, markers)
+    spans = trained_spans(text, conv, markers, thinking, train_on == "last_turn")
     encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoding["input_ids"]
     labels = [IGNORE] * len(ids)

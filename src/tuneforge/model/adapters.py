@@ -1,17 +1,28 @@
-"""The training method on top of the base model: LoRA adapters (peft) or full fine-tuning."""
+"""The training method on the base model: LoRA adapters (peft) on a 16-bit or quantized base, or full fine-tuning."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from tuneforge.config import MethodConfig
 
 
-def apply_method(model, method: MethodConfig, log=print):
+def is_quantized(model) -> bool:
+    """True when the model's weights were loaded through a transformers quantizer (bitsandbytes here)."""
+    return getattr(model, "hf_quantizer", None) is not None
+
+
+def apply_method(model, method: MethodConfig, log: Callable = print):
     """Wrap the model for the chosen method and report how many parameters will train."""
     if method.type == "full":
         model.requires_grad_(True)
     else:
         from peft import LoraConfig, get_peft_model
 
+        # A quantized base needs no more preparation than freezing, which get_peft_model does. peft's
+        # prepare_model_for_kbit_training would also copy every 16-bit weight (embeddings, lm_head, norms)
+        # to fp32: +5 GB on Qwen3-8B for nothing under bf16/fp16 autocast; and gradient checkpointing runs
+        # non-reentrant (train/run.py), so the inputs need no requires_grad hook either.
         lora = LoraConfig(
             r=method.rank,
             lora_alpha=method.alpha,
@@ -22,8 +33,10 @@ def apply_method(model, method: MethodConfig, log=print):
             modules_to_save=method.modules_to_save,
             task_type="CAUSAL_LM",
         )
+        # autocast_adapter_dtype (peft's default) keeps the LoRA weights in fp32 on a bf16 / fp16 base.
         model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    log(f"method {method.type}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
+    name = "qlora" if method.type != "full" and is_quantized(model) else method.type
+    log(f"method {name}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
     return model

@@ -1,23 +1,36 @@
-"""Load the tokenizer and the base model: from a local folder, Hugging Face or ModelScope, pretrained or random."""
+"""Load the tokenizer and the base model: from a local folder, Hugging Face or ModelScope, 16-bit or quantized.
+
+GPU-dependent choices (bf16 or fp16, flash-attn 2) are read from `torch.cuda` queries only, so tests can
+monkeypatch them on a CPU machine.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge.config import ModelConfig
+from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import UserError
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+AMPERE = (8, 0)  # first compute capability with native bf16 and flash-attn 2
+
 
 def resolve_model_path(cfg: ModelConfig) -> str:
     """A local folder for `cfg.name_or_path` (downloaded from ModelScope if asked), or the hub id itself."""
-    if Path(cfg.name_or_path).is_dir():
-        return cfg.name_or_path
+    name = cfg.name_or_path
+    if Path(name).is_dir():
+        return name
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model.name_or_path: {name} looks like a path but is not a folder (nor an org/name hub id)")
     if cfg.hub == "modelscope":
         try:
             from modelscope import snapshot_download
@@ -26,19 +39,26 @@ def resolve_model_path(cfg: ModelConfig) -> str:
                 "model.hub: modelscope needs the modelscope package: pip install 'tuneforge[modelscope]'"
             ) from None
         try:
-            return snapshot_download(cfg.name_or_path, revision=cfg.revision, cache_dir=cfg.cache_dir)
+            # Resumes a partial download by itself; files land in cache_dir or ~/.cache/modelscope.
+            return snapshot_download(name, revision=cfg.revision, cache_dir=cfg.cache_dir)
         except Exception as exc:  # modelscope raises many types; all mean "not fetched"
             raise UserError(_not_found(cfg, exc)) from None
-    return cfg.name_or_path
+    return name
 
 
 def _not_found(cfg: ModelConfig, exc: BaseException) -> str:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if cfg.hub == "huggingface" else "ModelScope"
+    if cfg.hub == "huggingface":
+        source = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            source += ", offline: HF_HUB_OFFLINE is set, so only the local cache was searched"
+    else:
+        source = "https://modelscope.cn"
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    other = "modelscope" if cfg.hub == "huggingface" else "huggingface"
     return (
         f"model.name_or_path: '{cfg.name_or_path}' is not a local folder and could not be fetched from "
-        f"{cfg.hub} ({endpoint}): {reason[:200]}. Check the id and revision, your network or HF_ENDPOINT, "
-        f"or set model.hub: {'modelscope' if cfg.hub == 'huggingface' else 'huggingface'}"
+        f"{cfg.hub} ({source}): {reason[:200].rstrip('.')}. Check the id and model.revision, the network "
+        f"(or HF_ENDPOINT, HF_HUB_OFFLINE), or set model.hub: {other}"
     )
 
 
@@ -56,7 +76,8 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # pad must differ from eos, or masking pads would also hide the end-of-turn token.
         for candidate in ("<|endoftext|>", "<|fim_pad|>"):
-            if candidate in tokenizer.get_vocab() and tokenizer.convert_tokens_to_ids(candidate) != tokenizer.eos_token_id:
+            candidate_id = tokenizer.convert_tokens_to_ids(candidate)
+            if candidate in tokenizer.get_vocab() and candidate_id != tokenizer.eos_token_id:
                 tokenizer.pad_token = candidate
                 break
         else:
@@ -66,45 +87,140 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def pick_dtype(name: str) -> torch.dtype:
-    """Map model.dtype to a torch dtype: auto means bf16 on capable GPUs, fp16 on others, fp32 on CPU."""
+def _gpu() -> str:
+    """The current GPU's name and compute capability, for messages."""
     import torch
 
+    major, minor = torch.cuda.get_device_capability()
+    return f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
+
+
+def _ampere_or_newer() -> bool:
+    import torch
+
+    # Not torch.cuda.is_bf16_supported(): it counts bf16 emulated on V100/T4 (slow) as supported.
+    return tuple(torch.cuda.get_device_capability()) >= AMPERE
+
+
+def pick_dtype(name: str) -> torch.dtype:
+    """model.dtype as a torch dtype: auto is bf16 on Ampere+ GPUs, fp16 (warned once) on older ones, fp32 on CPU."""
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if not torch.cuda.is_available():
+        return dtypes.get(name, torch.float32)
+    if _ampere_or_newer():
+        return dtypes.get(name, torch.bfloat16)
+    if name == "bf16":
+        raise UserError(
+            f"model.dtype: bf16 needs an Ampere or newer GPU (compute capability 8.0+, e.g. A100, RTX 3090/4090, "
+            f"H100); this is {_gpu()}: set model.dtype: auto (fp16 with loss scaling) or fp16"
+        )
     if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+        # warnings shows a given message once per process, however often the dtype is picked.
+        warnings.warn(f"{_gpu()} has no bf16: training in fp16 with loss scaling; LoRA weights stay fp32", stacklevel=2)
+        return torch.float16
+    return dtypes[name]
+
+
+def _flash_attn_problem() -> str | None:
+    """Why flash-attn 2 cannot run here, or None when it can."""
+    import torch
+
+    if importlib.util.find_spec("flash_attn") is None:
+        return "needs the flash-attn package (pip install flash-attn --no-build-isolation)"
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if not _ampere_or_newer():
+        return f"needs an Ampere or newer GPU (compute capability 8.0+); this is {_gpu()}"
+    return None
 
 
 def pick_attn(name: str) -> str:
-    """The attention implementation to ask transformers for."""
+    """The attention implementation to ask transformers for: auto is flash-attn 2 where it can run, else sdpa."""
+    if name in ("sdpa", "eager"):
+        return name
+    problem = _flash_attn_problem()
     if name == "auto":
-        import importlib.util
-
-        import torch
-
-        usable = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
-        return "flash_attention_2" if usable and torch.cuda.get_device_capability()[0] >= 8 else "sdpa"
+        return "sdpa" if problem else "flash_attention_2"
+    if problem:
+        raise UserError(f"model.attn: flash_attention_2 {problem}; set model.attn: auto or sdpa")
     return name
 
 
-def load_model(cfg: ModelConfig, seed: int = 42) -> PreTrainedModel:
-    """The base causal LM: pretrained weights, or random weights from config.json (seeded)."""
+def save_random_base(cfg: ModelConfig, folder: Path, tokenizer: PreTrainedTokenizerBase, seed: int) -> ModelConfig:
+    """Write seeded random weights for cfg's config.json to `folder` (unless there); return the config loading them."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from tuneforge.io import atomic_dir
+
+    if not folder.is_dir():
+        try:
+            config = AutoConfig.from_pretrained(
+                resolve_model_path(cfg), revision=cfg.revision, cache_dir=cfg.cache_dir,
+                trust_remote_code=cfg.trust_remote_code,
+            )
+        except (OSError, ValueError) as exc:
+            raise UserError(_not_found(cfg, exc)) from None
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=pick_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+        )
+        # FileExistsError: another node wrote it first, with the same weights.
+        with contextlib.suppress(FileExistsError), atomic_dir(folder, overwrite=False) as tmp:
+            model.save_pretrained(str(tmp))
+            tokenizer.save_pretrained(str(tmp))
+    return cfg.model_copy(update={"name_or_path": str(folder), "init": "pretrained", "tokenizer": None})
+
+
+def load_model(cfg: ModelConfig, method: MethodConfig | None = None, log: Callable = print) -> PreTrainedModel:
+    """The base causal LM: quantized for qlora, as saved when pre-quantized, else 16-bit (method None: inference)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tuneforge.model.quant import plan_quantization, quantized_bytes
+
+    if cfg.init != "pretrained":
+        # Training writes random weights to RUN/base first (save_random_base); only a run that never started has none.
+        raise UserError(f"model.init: random: no weights to load for {cfg.name_or_path}; train the run first")
     path = resolve_model_path(cfg)
-    dtype = pick_dtype(cfg.dtype)
-    attn = pick_attn(cfg.attn)
+    dtype, attn = pick_dtype(cfg.dtype), pick_attn(cfg.attn)
+    if dtype == torch.float16 and method is not None and method.type == "full":
+        dtype = torch.float32  # fp16 training keeps fp32 master weights (autocast computes in fp16)
     common = dict(revision=cfg.revision, cache_dir=cfg.cache_dir, trust_remote_code=cfg.trust_remote_code)
     try:
-        if cfg.init == "random":
-            config = AutoConfig.from_pretrained(path, **common)
-            torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **common)
+        config = AutoConfig.from_pretrained(path, **common)
     except (OSError, ValueError) as exc:
         raise UserError(_not_found(cfg, exc)) from None
+    quant = plan_quantization(config, cfg, method, dtype, log)
+    extra = {} if quant is None else {"device_map": _quantized_device_map()}
+    if quant is not None and quant.config is not None:
+        extra["quantization_config"] = quant.config
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, attn_implementation=attn, **extra, **common
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(_not_found(cfg, exc)) from None
+    if quant is not None:
+        if quant.prequantized:
+            _set_compute_dtype(model, dtype)
+        log(f"{quant.describe()}: {quantized_bytes(model)}")
     return model
+
+
+def _quantized_device_map() -> dict[str, int | str]:
+    """Where bitsandbytes puts the weights: this process's GPU (one per rank under torchrun), else the CPU."""
+    import torch
+
+    return {"": int(os.environ.get("LOCAL_RANK", 0))} if torch.cuda.is_available() else {"": "cpu"}
+
+
+def _set_compute_dtype(model: PreTrainedModel, dtype: torch.dtype) -> None:
+    """Compute in model.dtype, not the dtype the checkpoint was saved for (bf16 cannot run on a T4)."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.compute_dtype = dtype

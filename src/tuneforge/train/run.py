@@ -16,6 +16,8 @@ from tuneforge.errors import UserError
 from tuneforge.io import atomic_dir, atomic_write_json
 from tuneforge.rundir import RunDir
 from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, plot_loss
+from tuneforge.train.distributed import Processes, agree, init_processes, node_first
+from tuneforge.train.scratch import own_run_folder
 from tuneforge.train.trainer import SFTTrainer
 
 
@@ -62,16 +64,54 @@ def setup_tracker(cfg: Config, run: RunDir) -> None:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.root / "logs" / "tensorboard"))
 
 
+def check_optimizer(name: str) -> None:
+    """Fail, with the fix, where train.optim cannot run: bitsandbytes missing, or paging without a CUDA GPU."""
+    import torch
+
+    from tuneforge.model.quant import require_bitsandbytes
+
+    if name.endswith("_8bit") or name.startswith("paged_"):
+        require_bitsandbytes(f"train.optim: {name}")
+    if name.startswith("paged_") and not torch.cuda.is_available():
+        raise UserError(
+            f"train.optim: {name} pages optimizer state between GPU and CPU memory, which needs a CUDA GPU; "
+            "here set train.optim: adamw_torch or adamw_8bit"
+        )
+
+
+def check_hardware(cfg: Config) -> None:
+    """Fail before any work where dtype, attention, optimizer or quantization cannot run here (all problems at once)."""
+    from tuneforge.model.load import pick_attn, pick_dtype
+    from tuneforge.model.quant import require_bitsandbytes
+
+    checks = [lambda: pick_dtype(cfg.model.dtype), lambda: pick_attn(cfg.model.attn),
+              lambda: check_optimizer(cfg.train.optim)]
+    if cfg.method.type == "qlora":
+        checks.append(lambda: require_bitsandbytes("method.type: qlora"))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError("\n".join(problems))
+
+
 def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
     """transformers TrainingArguments from the config (the only place they are built)."""
     import torch
     from transformers import TrainingArguments
 
+    from tuneforge.model.load import pick_dtype
+    from tuneforge.train.strategy import strategy_arguments
+
     t = cfg.train
-    dtype = cfg.model.dtype
+    dtype = pick_dtype(cfg.model.dtype)
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and (dtype == "bf16" or (dtype == "auto" and torch.cuda.is_bf16_supported()))
-    fp16 = on_gpu and not bf16 and dtype in ("auto", "fp16")
+    bf16 = on_gpu and dtype == torch.bfloat16
+    fp16 = on_gpu and dtype == torch.float16  # with loss scaling; LoRA weights stay fp32 (model/adapters.py)
+    cpu_processes = Processes.from_env().launched and not on_gpu
     return TrainingArguments(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
@@ -84,7 +124,8 @@ def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        gradient_checkpointing=t.gradient_checkpointing,
+        # Under FSDP, FSDP itself checkpoints activations (see strategy_arguments).
+        gradient_checkpointing=t.gradient_checkpointing and cfg.distributed.strategy != "fsdp",
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         optim=t.optim,
         logging_steps=t.logging_steps,
@@ -100,71 +141,107 @@ def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our own bar shows loss, tokens/s and ETA
+        **strategy_arguments(cfg.distributed, t.gradient_checkpointing, cpu_processes=cpu_processes),
     )
 
 
 def _save_final(trainer, cfg: Config, run: RunDir, tokenizer) -> Path:
     target = run.adapter if cfg.method.type != "full" else run.model
+    if not trainer.is_world_process_zero():
+        trainer.save_model(str(target))  # joins the ZeRO-3 / FSDP weight gathering; writes nothing here
+        return target
     with atomic_dir(target) as tmp:
         trainer.save_model(str(tmp))
         tokenizer.save_pretrained(str(tmp))
     return target
 
 
+def _start(cfg: Config, run: RunDir, procs: Processes) -> str | None:
+    """Checks before any work; all processes agree on config and resume point, or all stop. Returns the resume point."""
+    resume, problem = None, None
+    try:
+        resume = resolve_resume(cfg, run)
+        if procs.is_main:
+            check_run_dir(cfg, run, resume)
+        setup_tracker(cfg, run)
+        check_hardware(cfg)
+    except UserError as exc:
+        problem = str(exc)
+    agree(cfg, procs, resume, problem)
+    if procs.is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run.config)
+    return resume
+
+
 def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
     """Run one training job from a validated config; returns the run folder."""
     from transformers import PrinterCallback, set_seed
 
-    from tuneforge.data.collate import PadCollator
+    from tuneforge.data.collate import PackCollator, make_collator
     from tuneforge.data.prepare import prepare
     from tuneforge.model.adapters import apply_method
-    from tuneforge.model.load import load_model, load_tokenizer
+    from tuneforge.model.kernels import apply_kernels, compile_layers
+    from tuneforge.model.load import load_model, load_tokenizer, save_random_base
 
+    procs = Processes.from_env()
+    init_processes(cfg.distributed, procs)
     run = RunDir(Path(cfg.output.dir))
-    resume = resolve_resume(cfg, run)
-    check_run_dir(cfg, run, resume)
-    setup_tracker(cfg, run)
+    resume = _start(cfg, run, procs)
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
-    data = prepare(cfg.data, tokenizer, log)
-    model = load_model(cfg.model, seed=cfg.train.seed)
-    if cfg.model.init == "random" and not run.base.exists():
-        # Random weights exist nowhere else: keep them so merge, chat and serve find the same base.
-        with atomic_dir(run.base) as tmp:
-            model.save_pretrained(str(tmp))
-            tokenizer.save_pretrained(str(tmp))
-    model = apply_method(model, cfg.method, log)
-
-    run.root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run.config)
-    trainer = SFTTrainer(
-        model=model,
-        args=training_arguments(cfg, run, data.validation is not None),
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[MetricsCallback(run, resume), ProgressBarCallback(), *(callbacks or [])],
-    )
-    trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl show the logs
-    log(f"training → {run.root}" + (f" (resuming from {resume})" if resume else ""))
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - start
+    with node_first(procs):  # tokenized once per node; the other processes read the cache
+        data = prepare(cfg.data, tokenizer, log)
+    # Past node_first's barrier rank 0 has written config.yaml: a process that cannot see it is on another node
+    # without shared storage, and keeps what it must write itself (random base, checkpoint shares) in scratch.
+    with own_run_folder(run) as (mine, own_callbacks):
+        model_cfg = cfg.model
+        if model_cfg.init == "random":
+            # Random weights exist nowhere else: written once per node as the run's base (identical: seeded), which
+            # merge, chat and serve load too; every process then loads them like any checkpoint (quantized for qlora).
+            with node_first(procs):
+                model_cfg = save_random_base(model_cfg, mine.base, tokenizer, seed=cfg.train.seed)
+        model = load_model(model_cfg, cfg.method, log=log)
+        model = apply_method(model, cfg.method, log)
+        kernels = apply_kernels(model, cfg.model.kernels, log)
+        if cfg.train.compile:
+            log(f"train.compile: {compile_layers(model)} decoder layers compile on first use")
+        collator = make_collator(cfg.data, tokenizer.pad_token_id, model, log)
+        trainer = SFTTrainer(
+            model=model,
+            args=training_arguments(cfg, mine, data.validation is not None),
+            train_dataset=data.train,
+            eval_dataset=data.validation,
+            data_collator=collator,
+            processing_class=tokenizer,
+            loss=cfg.train.loss,
+            callbacks=[MetricsCallback(run, resume), ProgressBarCallback(), *own_callbacks, *(callbacks or [])],
+        )
+        trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl show the logs
+        log(f"training → {run.root}" + (f" (resuming from {resume})" if resume else ""))
+        start = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        wall = time.perf_counter() - start
     if trainer.state.global_step < trainer.state.max_steps:
         log(f"stopped early at step {trainer.state.global_step}; resume with train.resume=auto")
         return run
+    tokens = trainer.token_summary(wall)  # every process: it sums their counts
+    target = _save_final(trainer, cfg, run, tokenizer)
     if trainer.is_world_process_zero():
-        target = _save_final(trainer, cfg, run, tokenizer)
-        summary = trainer.token_summary(wall) | {
+        summary = tokens | {
             "steps": trainer.state.global_step,
             "epochs": trainer.state.epoch,
             "train_loss": result.training_loss,
             "resumed_from": resume,
             "output": str(target),
+            "packing": ("varlen" if collator.varlen else "rows") if isinstance(collator, PackCollator) else "off",
+            "loss": "liger_fused" if trainer.lean_loss and trainer.lean_loss.liger_used else cfg.train.loss,
+            "kernels": kernels,
+            "compile": cfg.train.compile,
         }
         atomic_write_json(run.summary, summary)
         plot_loss(run)

@@ -1,0 +1,142 @@
+"""`tuneforge train`: run in this process, or re-launch through torchrun on N processes and M nodes.
+
+Under a launcher (torchrun, accelerate launch, or tuneforge's own re-launch) the same command trains as one
+of the processes; checks that can fail run before anything starts, so errors come as one line, never a hang.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from tuneforge.config import Config, DistributedConfig, load_config
+from tuneforge.errors import UserError
+from tuneforge.train.distributed import Processes, agree, init_processes
+
+# Node 0 of a multi-node run listens here unless told otherwise (torchrun's own default).
+MULTI_NODE_PORT = 29500
+
+
+def check_gpus(nproc: int) -> None:
+    """On GPU machines, one process per visible GPU at most."""
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        count = torch.cuda.device_count()
+        raise UserError(f"distributed.nproc: {nproc} processes but {count} GPU(s) visible{shown}; "
+                        f"use --nproc {count} or fewer")
+
+
+def check_port(addr: str, port: int) -> None:
+    """Node 0 must be able to listen on master_addr:master_port (checked before torchrun takes it)."""
+    with socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET) as sock:
+        # TIME_WAIT leftovers of an earlier run do not block torchrun's store (it sets SO_REUSEADDR too).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((addr, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"distributed.master_port: {addr}:{port} is already in use (another run?); "
+                                "pick a free port with --master-port") from None
+            raise UserError(f"distributed.master_addr: cannot listen on {addr}:{port} ({exc.strerror}); node 0 "
+                            "must own master_addr, give it this machine's address with --master-addr") from None
+
+
+def check_strategy(cfg: Config) -> None:
+    """The strategy's package is installed, its DeepSpeed file exists, and no accelerate config contradicts it."""
+    from tuneforge.train.strategy import deepspeed_config, require_deepspeed
+
+    strategy = cfg.distributed.strategy
+    if strategy == "deepspeed":
+        require_deepspeed()
+        deepspeed_config(cfg.distributed.deepspeed)
+    # `accelerate launch --config_file` may ask for DeepSpeed or FSDP itself; tuneforge takes the strategy
+    # from its own config, so a different one there would silently be ignored.
+    for variable, wanted in (("ACCELERATE_USE_DEEPSPEED", "deepspeed"), ("ACCELERATE_USE_FSDP", "fsdp")):
+        if os.environ.get(variable, "false").lower() == "true" and strategy != wanted:
+            raise UserError(f"distributed.strategy: the accelerate config asks for {wanted} but the tuneforge "
+                            f"config says {strategy}; set distributed.strategy={wanted} or drop it from the "
+                            "accelerate config")
+
+
+def check_topology(dist: DistributedConfig) -> None:
+    """Node rank within range; on node 0, a port torchrun can take."""
+    if dist.node_rank >= dist.nnodes:
+        raise UserError(f"distributed.node_rank: {dist.node_rank} with {dist.nnodes} node(s); "
+                        f"ranks go from 0 to {dist.nnodes - 1}")
+    check_gpus(dist.nproc)
+    if dist.node_rank == 0 and (dist.nnodes > 1 or dist.master_port is not None):
+        check_port(dist.master_addr, dist.master_port or MULTI_NODE_PORT)
+
+
+def torchrun_args(config: Path, overrides: list[str], dist: DistributedConfig) -> list[str]:
+    """The torchrun command line that runs `python -m tuneforge.train CONFIG OVERRIDES` on every process."""
+    args = [f"--nproc-per-node={dist.nproc}", f"--nnodes={dist.nnodes}", f"--node-rank={dist.node_rank}",
+            f"--master-addr={dist.master_addr}"]
+    if dist.nnodes > 1 or dist.master_port is not None:
+        # Without a port torchrun picks any free one, which only works on a single node.
+        args.append(f"--master-port={dist.master_port or MULTI_NODE_PORT}")
+    return [*args, "-m", "tuneforge.train", str(config), *overrides]
+
+
+def relaunch(config: Path, overrides: list[str], dist: DistributedConfig) -> int:
+    """Run torchrun in this process; returns the exit status (the workers print their own errors)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    # torchrun would give each process one thread; share the cores out instead (tokenizing, CPU training).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // dist.nproc)))
+    # Its agent logs every worker exit and signal at length; failures are reported below, in one line.
+    for name in [name for name in logging.root.manager.loggerDict if name.startswith("torch.distributed.elastic")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(torchrun_args(config, overrides, dist)))
+    except ChildFailedError as exc:
+        codes = {failure.exitcode for failure in exc.failures.values()}
+        # 2: a UserError, printed by the workers on one line each; negative: stopped by torchrun after it.
+        if 2 in codes and all(code == 2 or code < 0 for code in codes):
+            return 2
+        ranks = ", ".join(str(rank) for rank in sorted(exc.failures))
+        raise UserError(f"training process(es) {ranks} failed (exit {sorted(codes)}); see their output above") from None
+    return 0
+
+
+def train_command(config: Path, overrides: list[str], log: Callable[..., None]) -> int:
+    """What `tuneforge train` does: train here, or re-launch on the configured processes; returns the exit status."""
+    cfg = load_config(config, overrides)
+    check_strategy(cfg)
+    if Processes.from_env().launched:
+        return _worker(cfg, log)
+    dist = cfg.distributed
+    # DeepSpeed and FSDP need a process group even on one process, and torchrun provides it.
+    if dist.nproc * dist.nnodes == 1 and dist.strategy == "ddp":
+        from tuneforge.train.run import train
+
+        train(cfg, log=log)
+        return 0
+    check_topology(dist)
+    return relaunch(config, overrides, dist)
+
+
+def _worker(cfg: Config, log: Callable[..., None]) -> int:
+    """One of the processes a launcher started: check, join the others, train; only rank 0 logs."""
+    check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    procs = Processes.from_env()
+    # Compare configs before the slow imports of the training stack, so disagreeing nodes hear it in
+    # seconds; `train` agrees again on what it finds in the run folder.
+    init_processes(cfg.distributed, procs)
+    agree(cfg, procs, resume=None, problem=None)
+    from tuneforge.train.run import train
+
+    train(cfg, log=log if procs.is_main else _quiet)
+    return 0
+
+
+def _quiet(*_args: object, **_kwargs: object) -> None:
+    """The log of processes other than rank 0: one copy of each message is enough."""

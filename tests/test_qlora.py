@@ -1,0 +1,142 @@
+"""QLoRA on the CPU (bitsandbytes >= 0.45): it learns, chat runs the adapter on the 16-bit base, pre-quantized
+checkpoints load as saved, and 4-bit weights take about a quarter of their bf16 bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ASSETS, needs_assets
+from safetensors import safe_open
+from safetensors.torch import save_file
+from test_train import NAME, greedy_answers, identity_config, step_losses
+
+from tuneforge.config import MethodConfig, ModelConfig
+from tuneforge.model import load
+from tuneforge.model.load import load_model
+from tuneforge.model.quant import quantized_bytes
+from tuneforge.train.run import train
+
+bnb = pytest.importorskip("bitsandbytes")
+
+
+def bnb_layers(model) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
+
+
+@needs_assets
+def test_qlora_learns_the_name_and_chat_uses_the_16bit_base(tiny_qwen3_dir, tmp_path, monkeypatch):
+    # 16 steps at a higher rate instead of the LoRA test's 72: the same assertions in a fraction of the time.
+    cfg = identity_config(tiny_qwen3_dir, tmp_path / "run", method={"type": "qlora"},
+                          train={"max_steps": 16, "learning_rate": 2e-2, "logging_steps": 1})
+    lines: list[str] = []
+    run = train(cfg, log=lambda *a: lines.append(" ".join(map(str, a))))
+
+    report = "bitsandbytes 4-bit nf4, double quant: 14 quantized linear layers"
+    assert any(line.startswith(report) for line in lines), lines
+    assert any(line.startswith("method qlora:") for line in lines)
+    assert (run.adapter / "adapter_config.json").is_file()  # the same run folder as LoRA
+    losses = list(step_losses(run).values())
+    assert losses[-1] < losses[0] - 2.0
+
+    loaded = []
+
+    def spy(*args, **kwargs):
+        loaded.append(load_model(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(load, "load_model", spy)  # what chat loads
+    answers = greedy_answers(run.root)
+    assert NAME not in answers["before"]
+    assert NAME in answers["after"], answers
+    assert loaded and not any(bnb_layers(model) for model in loaded)  # the adapter ran on the 16-bit base
+
+
+def save_4bit(source: Path, folder: Path, **quant) -> Path:
+    """Quantize a checkpoint with transformers + bitsandbytes and save it 4-bit, as published ones are."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, **quant)
+    AutoModelForCausalLM.from_pretrained(source, quantization_config=config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+@needs_assets
+def test_prequantized_checkpoint_loads_as_saved_and_trains(tiny_qwen3_dir, tmp_path):
+    # Dynamic-4-bit style: fp4 without double quant (not tuneforge's nf4 default), one block kept 16-bit.
+    folder = save_4bit(tiny_qwen3_dir, tmp_path / "tiny-bnb-4bit", bnb_4bit_quant_type="fp4",
+                       llm_int8_skip_modules=["lm_head", "model.layers.1.mlp"])
+    saved = json.loads((folder / "config.json").read_text())["quantization_config"]
+    assert saved["quant_method"] == "bitsandbytes" and "model.layers.1.mlp" in saved["llm_int8_skip_modules"]
+
+    lines: list[str] = []
+    log = lambda *a: lines.append(" ".join(map(str, a)))  # noqa: E731
+    model = load_model(ModelConfig(name_or_path=str(folder)), MethodConfig(type="lora"), log=log)
+    assert f"{folder} is pre-quantized (bitsandbytes 4-bit fp4): method.type lora trains it as QLoRA" in lines
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit) and q_proj.weight.quant_type == "fp4"
+    assert type(model.model.layers[1].mlp.down_proj) is torch.nn.Linear  # llm_int8_skip_modules kept 16-bit
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:  # not re-quantized: the very bytes saved
+        assert torch.equal(q_proj.weight.data.view(torch.uint8).flatten(),
+                           f.get_tensor("model.layers.0.self_attn.q_proj.weight").view(torch.uint8).flatten())
+
+    cfg = identity_config(folder, tmp_path / "run", model={"init": "pretrained"}, train={"max_steps": 2})
+    lines.clear()
+    run = train(cfg, log=log)
+    assert any(line.startswith("method qlora:") for line in lines), lines
+    adapter = run.adapter / "adapter_model.safetensors"
+    with safe_open(str(adapter), "pt") as f:
+        lora_b = [f.get_tensor(k) for k in f.keys() if "lora_B" in k]  # noqa: SIM118 (safe_open has no __iter__)
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # trained away from zero
+    assert greedy_answers(run.root)["after"]  # chat runs the adapter on the 4-bit base, the only one there is
+
+
+def write_random_checkpoint(config_json: Path, folder: Path, seed: int = 0) -> None:
+    """Random bf16 weights for `config_json`, written one decoder layer per shard (never the whole model in memory)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(config_json)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    shards: dict[str, dict[str, torch.Tensor]] = {}
+    for name, param in skeleton.named_parameters():  # tied weights appear once
+        parts = name.split(".")
+        shards.setdefault(f"layer-{parts[2]}" if parts[1] == "layers" else "other", {})[name] = param
+    generator = torch.Generator().manual_seed(seed)
+    weight_map = {}
+    folder.mkdir(parents=True)
+    for shard, params in shards.items():
+        tensors = {name: torch.ones(p.shape, dtype=torch.bfloat16) if p.dim() == 1 else
+                   torch.randn(p.shape, generator=generator, dtype=torch.bfloat16) * config.initializer_range
+                   for name, p in params.items()}
+        save_file(tensors, str(folder / f"{shard}.safetensors"), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, f"{shard}.safetensors"))
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config.save_pretrained(folder)
+
+
+@pytest.mark.skipif(not (ASSETS / "model-configs").is_dir(), reason=f"model configs not found in {ASSETS}")
+def test_qwen3_06b_4bit_layers_take_under_030_of_bf16(tmp_path):
+    folder = tmp_path / "qwen3-0.6b-random"
+    write_random_checkpoint(ASSETS / "model-configs" / "Qwen3-0.6B.config.json", folder)
+    lines: list[str] = []
+    model = load_model(ModelConfig(name_or_path=str(folder), dtype="bf16"), MethodConfig(type="qlora"),
+                       log=lambda *a: lines.append(" ".join(map(str, a))))
+    print(*lines, sep="\n")
+
+    report = quantized_bytes(model)
+    assert report.layers == 28 * 7  # q, k, v, o, gate, up, down in each decoder layer; embeddings stay bf16
+    assert report.bf16 == 2 * 28 * (1024 * 2048 * 2 + 1024 * 1024 * 2 + 3 * 1024 * 3072)
+    assert report.ratio <= 0.30
+    assert lines == [f"bitsandbytes 4-bit nf4, double quant: {report}"]
+
+
+@needs_assets
+def test_8bit_loads_and_reports(tiny_qwen3_dir):
+    model = load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), MethodConfig(type="qlora", bits=8),
+                       log=lambda *_: None)
+    report = quantized_bytes(model)
+    assert len(bnb_layers(model)) == report.layers == 14 and 0.5 <= report.ratio <= 0.6
