@@ -109,13 +109,17 @@ def bf16_peak_flops() -> float:
 
 
 class TrainingMeter(TrainerCallback):
-    """CPU seconds and peak RSS of this process while it trains (setup, such as writing the random base, excluded).
+    """CPU seconds and peak memory of this process while it trains (setup, such as writing the random base, excluded).
 
     CPU time is disturbed far less than wall time by other jobs on a shared machine.
     """
 
     def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
         Path("/proc/self/clear_refs").write_text("5")  # Linux: restart the peak-RSS (VmHWM) count here
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         self.start = time.process_time()
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -32,7 +32,7 @@ class Prepared:
 
 def _fingerprint(cfg: DataConfig, tokenizer, convs: list[Conversation]) -> str:
     digest = hashlib.sha256()
-    settings = cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir", "packing"})
+    settings = cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir", "packing", "group_by_length"})
     digest.update(json.dumps([CACHE_VERSION, settings], sort_keys=True).encode())
     digest.update((tokenizer.chat_template or "").encode())
     digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
