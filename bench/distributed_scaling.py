@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "assets" / "data" / "medical_o1_reasoning_demo.json"
@@ -58,27 +57,6 @@ def run(config: Path, work: Path) -> dict[str, float]:
     return summary | {"wall_with_startup_s": round(wall, 2)}
 
 
-def machine() -> dict[str, str]:
-    import accelerate
-    import peft
-    import psutil
-    import torch
-    import transformers
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": str(os.cpu_count()),
-        "memory_gb": str(round(psutil.virtual_memory().total / 2**30)),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "load_average_1m_before": str(round(os.getloadavg()[0], 2)),  # other work on the machine skews figures
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "peft": peft.__version__,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2], help="Process counts; the first is the base.")
@@ -95,7 +73,7 @@ def main() -> None:
 
     from tuneforge.io import atomic_write_json
 
-    host = machine()
+    host = machine("transformers", "accelerate", "peft")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = make_tiny_qwen3(work / "tiny-qwen3")

@@ -10,14 +10,14 @@ first token. Ratios are against the first client count of the same invocation. N
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny Qwen3 the tests use (conftest.make_tiny_qwen3)
@@ -67,29 +67,6 @@ def run_level(url: str, model: str, clients: int, requests: int, max_tokens: int
     }
 
 
-def machine() -> dict[str, str]:
-    import fastapi
-    import openai
-    import psutil
-    import torch
-    import transformers
-    import uvicorn
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": str(os.cpu_count()),
-        "memory_gb": str(round(psutil.virtual_memory().total / 2**30)),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "load_average_1m_before": str(round(os.getloadavg()[0], 2)),  # other work on the machine skews figures
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "fastapi": fastapi.__version__,
-        "uvicorn": uvicorn.__version__,
-        "openai": openai.__version__,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="Concurrent clients per level.")
@@ -105,7 +82,7 @@ def main() -> None:
     from tuneforge.io import atomic_write_json
     from tuneforge.serve.app import create_app, serve_in_background
 
-    host = machine()
+    host = machine("transformers", "fastapi", "uvicorn", "openai")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_tiny_qwen3(Path(tmp) / "tiny-qwen3")
         engine = load_engine(resolve_spec(model=str(model_dir), served_name="tiny-qwen3"))
