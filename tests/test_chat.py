@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
+from conftest import needs_assets
 from rich.console import Console
 
-from conftest import needs_assets
 from tuneforge.infer.chat import open_session, print_streamed, repl
 from tuneforge.infer.engine import SamplingParams
 

@@ -7,14 +7,20 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import DATA_DIR, needs_assets
+
 from tuneforge.data.render import IGNORE
 
 
 def tuneforge(*args: str, cwd=None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout, env={**__import__("os").environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
 
 
 def test_demo_teaches_the_name_offline(tmp_path):
@@ -31,8 +37,12 @@ def test_demo_teaches_the_name_offline(tmp_path):
 def _config(tmp_path, model_dir, **train) -> str:
     cfg = {
         "model": {"name_or_path": str(model_dir), "init": "random"},
-        "data": {"datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "N", "author": "A"}}],
-                 "max_length": 128, "val_size": 4, "cache_dir": str(tmp_path / "cache")},
+        "data": {
+            "datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "N", "author": "A"}}],
+            "max_length": 128,
+            "val_size": 4,
+            "cache_dir": str(tmp_path / "cache"),
+        },
         "train": {"max_steps": 2, "per_device_batch_size": 2, "logging_steps": 1, **train},
         "output": {"dir": str(tmp_path / "run")},
     }
@@ -53,7 +63,9 @@ def test_data_render_writes_ids_and_labels(tmp_path, tiny_qwen3_dir, qwen3_token
         trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE]
         assert qwen3_tokenizer.decode(trained).endswith("<|im_end|>")
         prompt = qwen3_tokenizer.decode(row["input_ids"][: row["labels"].index(trained[0])])
-        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+        assert prompt.startswith("<|im_start|>user\n") and prompt.endswith(
+            "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        )
     assert "train 87, validation 4" in result.stderr
 
 
@@ -76,7 +88,8 @@ def test_train_with_tensorboard_then_chat(tmp_path, tiny_qwen3_dir):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["tokens_per_s"] > 0
 
-    chat = tuneforge("chat", "--run", str(run), "--prompt", "你是谁？", "--greedy", "--max-new-tokens", "4",
-                     "--no-think")
+    chat = tuneforge(
+        "chat", "--run", str(run), "--prompt", "你是谁？", "--greedy", "--max-new-tokens", "4", "--no-think"
+    )
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert "answer:" in chat.stdout

@@ -17,10 +17,15 @@ quiet = {"log": lambda *_: None}
 def test_alpaca_input_history_system():
     conv = to_conversation(
         {"instruction": "翻译", "input": "hello", "output": "你好", "system": "sys", "history": [["q1", "a1"]]},
-        "alpaca", {},
+        "alpaca",
+        {},
     )
     assert [(m.role, m.content) for m in conv.messages] == [
-        ("system", "sys"), ("user", "q1"), ("assistant", "a1"), ("user", "翻译\nhello"), ("assistant", "你好")
+        ("system", "sys"),
+        ("user", "q1"),
+        ("assistant", "a1"),
+        ("user", "翻译\nhello"),
+        ("assistant", "你好"),
     ]
 
 
@@ -52,8 +57,14 @@ def test_sharegpt_function_call_and_observation():
 
 def test_messages_with_reasoning_content():
     conv = to_conversation(
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": "r"}]},
-        "messages", {},
+        {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a", "reasoning_content": "r"},
+            ]
+        },
+        "messages",
+        {},
     )
     assert conv.messages[1] == Message("assistant", "a", reasoning="r")
 
@@ -61,8 +72,9 @@ def test_messages_with_reasoning_content():
 def test_reasoning_defaults_and_columns_override():
     conv = to_conversation({"Question": "q", "Complex_CoT": "c", "Response": "r"}, "reasoning", {})
     assert conv.messages[1] == Message("assistant", "r", reasoning="c")
-    conv = to_conversation({"ask": "q", "cot": "c", "ans": "r"}, "reasoning",
-                           {"question": "ask", "reasoning": "cot", "answer": "ans"})
+    conv = to_conversation(
+        {"ask": "q", "cot": "c", "ans": "r"}, "reasoning", {"question": "ask", "reasoning": "cot", "answer": "ans"}
+    )
     assert conv.messages[1] == Message("assistant", "r", reasoning="c")
 
 
@@ -102,7 +114,9 @@ def test_default_system_prompt_and_placeholders(tmp_path):
     path = tmp_path / "d.json"
     path.write_text(json.dumps([{"instruction": "你是谁", "output": "我是{{NAME}}，来自{{author}}"}]), encoding="utf-8")
     conv = load_conversations(
-        DatasetConfig(path=str(path), system="现在你要扮演皇帝身边的女人--甄嬛", placeholders={"name": "N", "author": "A"}),
+        DatasetConfig(
+            path=str(path), system="现在你要扮演皇帝身边的女人--甄嬛", placeholders={"name": "N", "author": "A"}
+        ),
         **quiet,
     )[0]
     assert conv.messages[0] == Message("system", "现在你要扮演皇帝身边的女人--甄嬛")
@@ -116,8 +130,13 @@ def _dataset(tmp_path, name, n, key):
 
 
 def test_weighted_mix_keeps_ratio_and_counts(tmp_path):
-    cfg = DataConfig(datasets=[{**_dataset(tmp_path, "r.json", 30, "r"), "weight": 0.75},
-                               {**_dataset(tmp_path, "c.json", 100, "c"), "weight": 0.25}], val_size=0.1)
+    cfg = DataConfig(
+        datasets=[
+            {**_dataset(tmp_path, "r.json", 30, "r"), "weight": 0.75},
+            {**_dataset(tmp_path, "c.json", 100, "c"), "weight": 0.25},
+        ],
+        val_size=0.1,
+    )
     lines = []
     train, val = build_conversations(cfg, log=lines.append)
     everything = train + val

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import needs_assets
+
 from tuneforge.config import DataConfig
 from tuneforge.data import prepare as prepare_module
 from tuneforge.data.prepare import prepare

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import DATA_DIR, needs_assets
+
 from tuneforge.config import DatasetConfig
 from tuneforge.data.conversation import Conversation, Message, ToolCall
 from tuneforge.data.render import IGNORE, render, template_inputs
@@ -79,7 +79,9 @@ def test_every_record_renders_token_exactly(name, qwen3_tokenizer):
 @needs_assets
 def test_placeholders_filled_in_both_styles(qwen3_tokenizer):
     for name in ("identity.json", "self_cognition_think.jsonl"):
-        convs = load_conversations(DatasetConfig(path=str(DATA_DIR / name), placeholders=PLACEHOLDERS), log=lambda *_: None)
+        convs = load_conversations(
+            DatasetConfig(path=str(DATA_DIR / name), placeholders=PLACEHOLDERS), log=lambda *_: None
+        )
         text = "".join(m.content + (m.reasoning or "") for c in convs for m in c.messages)
         assert "{{" not in text and PLACEHOLDERS["name"] in text
 
@@ -130,19 +132,28 @@ def test_reasoning_is_trained_in_auto_mode(qwen3_tokenizer):
 
 @needs_assets
 def test_last_turn_only(qwen3_tokenizer):
-    conv = Conversation([Message("user", "a"), Message("assistant", "b"), Message("user", "c"), Message("assistant", "d")])
+    conv = Conversation(
+        [Message("user", "a"), Message("assistant", "b"), Message("user", "c"), Message("assistant", "d")]
+    )
     all_turns = render(conv, qwen3_tokenizer, train_on="all_turns")
     last = render(conv, qwen3_tokenizer, train_on="last_turn")
     decode = qwen3_tokenizer.decode
-    assert [decode(s) for s in labelled_segments(all_turns.input_ids, all_turns.labels)] == ["b<|im_end|>", "d<|im_end|>"]
+    assert [decode(s) for s in labelled_segments(all_turns.input_ids, all_turns.labels)] == [
+        "b<|im_end|>",
+        "d<|im_end|>",
+    ]
     assert [decode(s) for s in labelled_segments(last.input_ids, last.labels)] == ["d<|im_end|>"]
 
 
 @needs_assets
 def test_tool_call_turn_is_trained_and_tool_result_is_not(qwen3_tokenizer):
     conv = Conversation(
-        [Message("user", "weather?"), Message("assistant", "", tool_calls=[ToolCall("get_weather", {"city": "北京"})]),
-         Message("tool", '{"temp": 20}'), Message("assistant", "20 度。")],
+        [
+            Message("user", "weather?"),
+            Message("assistant", "", tool_calls=[ToolCall("get_weather", {"city": "北京"})]),
+            Message("tool", '{"temp": 20}'),
+            Message("assistant", "20 度。"),
+        ],
         tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
     )
     rendered = render(conv, qwen3_tokenizer)

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import DATA_DIR, needs_assets
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from conftest import DATA_DIR, needs_assets
 from tuneforge.config import validate
 from tuneforge.infer.chat import open_session
 from tuneforge.infer.engine import SamplingParams
@@ -23,11 +23,20 @@ quiet = {"log": lambda *_: None}
 def identity_config(model_dir, out, **sections):
     raw = {
         "model": {"name_or_path": str(model_dir), "init": "random"},
-        "data": {"datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": NAME, "author": AUTHOR}}],
-                 "max_length": 256, "cache_dir": str(out.parent / "cache")},
+        "data": {
+            "datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": NAME, "author": AUTHOR}}],
+            "max_length": 256,
+            "cache_dir": str(out.parent / "cache"),
+        },
         "method": {"type": "lora", "rank": 8, "alpha": 32, "dropout": 0.0},
-        "train": {"epochs": 6, "learning_rate": 1e-2, "per_device_batch_size": 8, "logging_steps": 5,
-                  "save_steps": 1000, "lr_scheduler": "constant"},
+        "train": {
+            "epochs": 6,
+            "learning_rate": 1e-2,
+            "per_device_batch_size": 8,
+            "logging_steps": 5,
+            "save_steps": 1000,
+            "lr_scheduler": "constant",
+        },
         "output": {"dir": str(out)},
     }
     for section, values in sections.items():
@@ -38,8 +47,10 @@ def identity_config(model_dir, out, **sections):
 def greedy_answers(run_dir) -> dict[str, str]:
     """What the base and the fine-tuned model answer to 你是谁？ (greedy, thinking off)."""
     session = open_session(None, None, str(run_dir), SamplingParams(max_new_tokens=24, temperature=0), think=False)
-    return {role: session.ask([], "你是谁？", model=name).content
-            for role, name in (("before", session.base), ("after", session.tuned))}
+    return {
+        role: session.ask([], "你是谁？", model=name).content
+        for role, name in (("before", session.base), ("after", session.tuned))
+    }
 
 
 @needs_assets
@@ -81,8 +92,14 @@ def test_resume_auto_matches_an_uninterrupted_run(tiny_qwen3_dir, tmp_path):
     settings = dict(
         data={"val_size": 0.0},
         method={"dropout": 0.1},
-        train={"max_steps": 6, "save_steps": 3, "logging_steps": 1, "per_device_batch_size": 4,
-               "lr_scheduler": "cosine", "learning_rate": 5e-3},
+        train={
+            "max_steps": 6,
+            "save_steps": 3,
+            "logging_steps": 1,
+            "per_device_batch_size": 4,
+            "lr_scheduler": "cosine",
+            "learning_rate": 5e-3,
+        },
     )
     straight = train(identity_config(tiny_qwen3_dir, tmp_path / "straight", **settings), **quiet)
 
@@ -92,8 +109,9 @@ def test_resume_auto_matches_an_uninterrupted_run(tiny_qwen3_dir, tmp_path):
     assert not (tmp_path / "crashed" / "adapter").exists()
     shutil.rmtree(tmp_path / "crashed" / "checkpoints" / "checkpoint-6", ignore_errors=True)
 
-    resumed_cfg = identity_config(tiny_qwen3_dir, tmp_path / "crashed", **{**settings, "train": {
-        **settings["train"], "resume": "auto"}})
+    resumed_cfg = identity_config(
+        tiny_qwen3_dir, tmp_path / "crashed", **{**settings, "train": {**settings["train"], "resume": "auto"}}
+    )
     resumed = train(resumed_cfg, **quiet)
     assert json.loads(resumed.summary.read_text())["resumed_from"].endswith("checkpoint-3")
 

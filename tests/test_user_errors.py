@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TOKENIZER_DIR, needs_assets
 
 
 def tuneforge(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -38,7 +39,7 @@ def write_config(tmp_path, data_path, **data_extra) -> str:
 
 def test_unknown_config_key_names_key_and_suggestion(tmp_path):
     path = write_config(tmp_path, tmp_path / "d.json")
-    raw = yaml.safe_load(open(path))
+    raw = yaml.safe_load(Path(path).read_text())
     raw["train"] = {"learning_rat": 1e-4}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
     line = one_line_error(tuneforge("config", "check", path))
@@ -64,7 +65,9 @@ def test_missing_columns_name_file_and_line(tmp_path):
     data = tmp_path / "d.json"
     data.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c"}\n]\n', encoding="utf-8")
     line = one_line_error(
-        tuneforge("data", "render", write_config(tmp_path, data, dataset={"format": "alpaca"}), "--out", str(tmp_path / "o"))
+        tuneforge(
+            "data", "render", write_config(tmp_path, data, dataset={"format": "alpaca"}), "--out", str(tmp_path / "o")
+        )
     )
     assert f"{data}:3: missing column(s) ['output']" in line
 
@@ -82,8 +85,13 @@ def test_max_length_too_small_for_every_sample(tmp_path):
     data = tmp_path / "d.json"
     data.write_text(json.dumps([{"instruction": "hello " * 20, "output": "world " * 20}] * 3), encoding="utf-8")
     line = one_line_error(
-        tuneforge("data", "render", write_config(tmp_path, data, max_length=16, cache_dir=str(tmp_path / "c")),
-                  "--out", str(tmp_path / "o"))
+        tuneforge(
+            "data",
+            "render",
+            write_config(tmp_path, data, max_length=16, cache_dir=str(tmp_path / "c")),
+            "--out",
+            str(tmp_path / "o"),
+        )
     )
     assert "longer than data.max_length=16" in line
 

@@ -9,13 +9,15 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 from tuneforge.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune Qwen3-family models from one YAML config.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Fine-tune Qwen3-family models from one YAML config."
+)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect and validate config files.")
 data_app = typer.Typer(no_args_is_help=True, help="See exactly what the model will be trained on.")
 app.add_typer(config_app, name="config")
@@ -56,8 +58,13 @@ def train(
     """Fine-tune a model as the config says; everything lands in output.dir. --nproc/--nnodes use torchrun."""
     from tuneforge.train.launch import train_command
 
-    flags = {"nproc": nproc, "nnodes": nnodes, "node_rank": node_rank, "master_addr": master_addr,
-             "master_port": master_port}
+    flags = {
+        "nproc": nproc,
+        "nnodes": nnodes,
+        "node_rank": node_rank,
+        "master_addr": master_addr,
+        "master_port": master_port,
+    }
     overrides = [*(overrides or []), *(f"distributed.{k}={v}" for k, v in flags.items() if v is not None)]
     status = train_command(config, overrides, log=_console().print)
     if status:
@@ -68,7 +75,7 @@ def train(
 @user_errors
 def config_check(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
     """Validate a config without running anything."""
     from tuneforge.config import load_config
@@ -96,9 +103,9 @@ def _prepared(config: Path, overrides: list[str] | None, split: str):
 def data_render(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     out: Annotated[Path, typer.Option("--out", help="JSONL file to write.")],
-    limit: Annotated[Optional[int], typer.Option(help="Write at most N samples.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Write at most N samples.")] = None,
     split: Annotated[str, typer.Option(help="train or validation.")] = "train",
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
     """Write exactly what the trainer receives: one {"input_ids", "labels"} object per line."""
     import json
@@ -118,7 +125,7 @@ def data_preview(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
     count: Annotated[int, typer.Option("--count", "-n", help="Samples to show.")] = 3,
     split: Annotated[str, typer.Option(help="train or validation.")] = "train",
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.sub=value overrides.")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
     """Show samples with the trained tokens highlighted, and a token-length summary."""
     from tuneforge.data.preview import preview
@@ -130,16 +137,16 @@ def data_preview(
 @app.command()
 @user_errors
 def chat(
-    model: Annotated[Optional[str], typer.Option(help="Base model folder or hub id.")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="LoRA adapter folder to apply to --model.")] = None,
-    run: Annotated[Optional[str], typer.Option(help="A tuneforge run folder (its base and adapter or model).")] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Answer this once and exit (default: interactive).")] = None,
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Qwen3 thinking mode.")] = None,
+    model: Annotated[str | None, typer.Option(help="Base model folder or hub id.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder to apply to --model.")] = None,
+    run: Annotated[str | None, typer.Option(help="A tuneforge run folder (its base and adapter or model).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Answer this once and exit (default: interactive).")] = None,
+    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
+    think: Annotated[bool | None, typer.Option("--think/--no-think", help="Qwen3 thinking mode.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 512,
     greedy: Annotated[bool, typer.Option(help="Always pick the most likely token.")] = False,
-    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling share.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling share.")] = None,
     compare: Annotated[bool, typer.Option(help="Answer with the base and the fine-tuned model side by side.")] = False,
 ) -> None:
     """Chat with a base model, an adapter on it, or a run's result; --compare shows base vs fine-tuned."""
@@ -164,7 +171,9 @@ def chat(
 def demo(
     name: Annotated[str, typer.Option(help="The assistant's name the demo teaches.")] = "马哥教育AI小助手",
     author: Annotated[str, typer.Option(help="Who the assistant says made it.")] = "马哥教育AI团队",
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data, model and run.")] = Path("tuneforge-demo"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data, model and run.")] = Path(
+        "tuneforge-demo"
+    ),
 ) -> None:
     """Offline, CPU, a few minutes: teach a tiny Qwen3 its name with LoRA and compare before/after."""
     from rich.table import Table

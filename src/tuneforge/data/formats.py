@@ -6,6 +6,7 @@ raise RecordError with a short reason; the caller adds the file and line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -13,10 +14,20 @@ from typing import Any
 from tuneforge.data.conversation import Conversation, Message, ToolCall, split_think
 
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
-    "alpaca": {"instruction": "instruction", "input": "input", "output": "output", "system": "system",
-               "history": "history"},
-    "sharegpt": {"conversations": "conversations", "tools": "tools", "system": "system", "role": "from",
-                 "content": "value"},
+    "alpaca": {
+        "instruction": "instruction",
+        "input": "input",
+        "output": "output",
+        "system": "system",
+        "history": "history",
+    },
+    "sharegpt": {
+        "conversations": "conversations",
+        "tools": "tools",
+        "system": "system",
+        "role": "from",
+        "content": "value",
+    },
     "messages": {"messages": "messages", "tools": "tools"},
     "reasoning": {"question": "Question", "reasoning": "Complex_CoT", "answer": "Response", "system": "system"},
     "query_response": {"query": "query", "response": "response", "system": "system"},
@@ -31,9 +42,17 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 # Order matters for detection: the most specific layouts first.
 DETECTION_ORDER = ("messages", "sharegpt", "reasoning", "alpaca", "query_response")
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "function_call": "function_call", "observation": "tool", "tool": "tool",
-                  "function": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "function_call",
+    "observation": "tool",
+    "tool": "tool",
+    "function": "tool",
+}
 
 
 class RecordError(ValueError):
@@ -115,13 +134,12 @@ def _tool_calls(value: Any, what: str) -> list[ToolCall]:
     for call in calls:
         call = call.get("function", call) if isinstance(call, dict) else call
         if not (isinstance(call, dict) and isinstance(call.get("name"), str)):
-            raise RecordError(f"{what}: expected {{\"name\": ..., \"arguments\": {{...}}}}")
+            raise RecordError(f'{what}: expected {{"name": ..., "arguments": {{...}}}}')
         arguments = call.get("arguments", {})
         if isinstance(arguments, str):
-            try:
+            # Invalid JSON stays the raw string: templates print string arguments as they are.
+            with contextlib.suppress(json.JSONDecodeError):
                 arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                pass  # keep the raw string: templates print string arguments as they are
         out.append(ToolCall(call["name"], arguments))
     return out
 
@@ -144,11 +162,14 @@ def from_sharegpt(record: Mapping[str, Any], cols: Mapping[str, str]) -> Convers
     messages: list[Message] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or cols["role"] not in turn:
-            raise RecordError(f"{cols['conversations']}[{i}]: expected {{'{cols['role']}': ..., '{cols['content']}': ...}}")
+            raise RecordError(
+                f"{cols['conversations']}[{i}]: expected {{'{cols['role']}': ..., '{cols['content']}': ...}}"
+            )
         role = SHAREGPT_ROLES.get(turn[cols["role"]])
         if role is None:
             raise RecordError(
-                f"{cols['conversations']}[{i}]: unknown role '{turn[cols['role']]}'; expected one of {sorted(SHAREGPT_ROLES)}"
+                f"{cols['conversations']}[{i}]: unknown role '{turn[cols['role']]}'; "
+                f"expected one of {sorted(SHAREGPT_ROLES)}"
             )
         value = turn.get(cols["content"])
         if role == "function_call":
@@ -214,8 +235,11 @@ def from_reasoning(record: Mapping[str, Any], cols: Mapping[str, str]) -> Conver
     """question / chain of thought / answer columns (medical-o1-reasoning-SFT by default)."""
     messages = [
         Message("user", _text(record[cols["question"]], cols["question"])),
-        Message("assistant", _text(record[cols["answer"]], cols["answer"]).lstrip("\n"),
-                reasoning=_text(record[cols["reasoning"]], cols["reasoning"]).strip("\n")),
+        Message(
+            "assistant",
+            _text(record[cols["answer"]], cols["answer"]).lstrip("\n"),
+            reasoning=_text(record[cols["reasoning"]], cols["reasoning"]).strip("\n"),
+        ),
     ]
     return Conversation(_with_system(record.get(cols["system"]), messages))
 
@@ -242,8 +266,11 @@ def fill_placeholders(conv: Conversation, values: Mapping[str, str]) -> Conversa
     """Replace {{name}} and {{NAME}} style placeholders in every text of the conversation."""
     if not values:
         return conv
-    pairs = [(f"{{{{{variant}}}}}", value) for key, value in values.items()
-             for variant in {key, key.lower(), key.upper(), key.capitalize()}]
+    pairs = [
+        (f"{{{{{variant}}}}}", value)
+        for key, value in values.items()
+        for variant in {key, key.lower(), key.upper(), key.capitalize()}
+    ]
 
     def fill(text: str | None) -> str | None:
         if text is None:

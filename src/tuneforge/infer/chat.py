@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
 from tuneforge.data.conversation import Message
 from tuneforge.infer.engine import ChatResult, Engine, SamplingParams, load_engine
 from tuneforge.infer.spec import parse_adapters, resolve_spec

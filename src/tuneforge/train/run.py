@@ -58,7 +58,9 @@ def setup_tracker(cfg: Config, run: RunDir) -> None:
     if name == "none":
         return
     if importlib.util.find_spec(name) is None:
-        raise UserError(f"train.report_to: {name} is not installed; pip install 'tuneforge[{name}]' or set report_to: none")
+        raise UserError(
+            f"train.report_to: {name} is not installed; pip install 'tuneforge[{name}]' or set report_to: none"
+        )
     if name == "tensorboard":
         # transformers reads this variable only; without it the logs land inside checkpoints/.
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.root / "logs" / "tensorboard"))
@@ -84,8 +86,11 @@ def check_hardware(cfg: Config) -> None:
     from tuneforge.model.load import pick_attn, pick_dtype
     from tuneforge.model.quant import require_bitsandbytes
 
-    checks = [lambda: pick_dtype(cfg.model.dtype), lambda: pick_attn(cfg.model.attn),
-              lambda: check_optimizer(cfg.train.optim)]
+    checks = [
+        lambda: pick_dtype(cfg.model.dtype),
+        lambda: pick_attn(cfg.model.attn),
+        lambda: check_optimizer(cfg.train.optim),
+    ]
     if cfg.method.type == "qlora":
         checks.append(lambda: require_bitsandbytes("method.type: qlora"))
     problems = []
