@@ -52,6 +52,17 @@ def make_tiny_qwen3(folder: Path, seed: int = 0, weights: bool = True, **overrid
     return folder
 
 
+def save_4bit(source: Path, folder: Path, **quant) -> Path:
+    """Quantize a checkpoint with transformers + bitsandbytes and save it 4-bit, as published ones are."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, **quant)
+    AutoModelForCausalLM.from_pretrained(source, quantization_config=config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def qwen3_tokenizer():
     """The real Qwen3 tokenizer (skips where ../shared/assets is absent)."""

@@ -8,30 +8,31 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_qwen3
+from conftest import make_tiny_qwen3, save_4bit
 from tiny_adapter import make_tiny_adapter
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
-from tuneforge.config import Config, DataConfig, DatasetConfig, ModelConfig, OutputConfig, save_config
+from tuneforge.config import Config, DataConfig, DatasetConfig, MethodConfig, ModelConfig, OutputConfig, save_config
 from tuneforge.errors import UserError
 from tuneforge.export.merge import merge_adapter, run_sources
 
 PROMPT = "<|im_start|>user\n用一句话介绍 Python.<|im_end|>\n<|im_start|>assistant\n"
 
 
-def make_lora_run(run: Path, base_dir: Path, seed: int = 0) -> Path:
-    """A finished LoRA run folder as training leaves it: config.yaml, adapter/ with the tokenizer beside it."""
+def make_lora_run(run: Path, base_dir: Path, seed: int = 0, method: MethodConfig | None = None) -> Path:
+    """A finished LoRA (or QLoRA) run folder as training leaves it: config.yaml, adapter/ with the tokenizer."""
     make_tiny_adapter(base_dir, run / "adapter", seed=seed)
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(base_dir / name, run / "adapter" / name)
-    return write_run_config(run, base_dir)
+    return write_run_config(run, base_dir, method)
 
 
-def write_run_config(run: Path, base_dir: Path) -> Path:
+def write_run_config(run: Path, base_dir: Path, method: MethodConfig | None = None) -> Path:
     """RUN/config.yaml for a run of `base_dir`, as training writes it."""
     config = Config(
         model=ModelConfig(name_or_path=str(base_dir)),
+        method=method or MethodConfig(),
         data=DataConfig(datasets=[DatasetConfig(path="train.jsonl")]),
         output=OutputConfig(dir=str(run)),
     )
@@ -148,3 +149,96 @@ def test_full_fine_tune_run_has_nothing_to_merge(tmp_path, tiny_qwen3_dir):
     (run / "model").mkdir()
     with pytest.raises(UserError, match="is a full fine-tune"):
         run_sources(run)
+
+
+# --- QLoRA: the adapter trained on quantized weights; both merges are measured, the chosen one is written ---
+
+
+def quantized_adapter_logits(base_dir: Path, adapter: Path, tokenizer, **quant):
+    """Logits of `adapter` on `base_dir` quantized by transformers + bitsandbytes itself (fp32 compute)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32, **quant)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=config, dtype=torch.float32)
+    return logits(PeftModel.from_pretrained(base, adapter).eval(), tokenizer)
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory, tiny_qwen3_dir) -> Path:
+    # fp4 without double quant: not the defaults, so the test sees that the run's own settings are used.
+    method = MethodConfig(type="qlora", quant_type="fp4", double_quant=False)
+    return make_lora_run(tmp_path_factory.mktemp("qlora-run"), tiny_qwen3_dir, seed=1, method=method)
+
+
+@pytest.mark.parametrize("onto", ["16bit", "dequantized"])
+def test_qlora_merge_reports_both_bases_and_writes_the_chosen(tmp_path, qlora_run, tiny_qwen3_dir, onto):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, adapter = run_sources(qlora_run)
+    report = merge_adapter(base, adapter, tmp_path / "merged", dtype="fp32", onto=onto, log=lambda *_: None)
+    assert report.onto == onto and list(report.diffs) == ["16bit", "dequantized"]
+    # Merged onto the dequantized weights, the model computes what the adapter computed in training.
+    assert report.diffs["dequantized"] < 1e-4
+    assert report.diffs["16bit"] > 100 * max(report.diffs["dequantized"], 1e-6)  # quantization error, undone
+    assert f"--onto {onto} {report.diffs[onto]:.3g} (written)" in report.summary()
+
+    tokenizer = AutoTokenizer.from_pretrained(report.out)
+    merged = AutoModelForCausalLM.from_pretrained(report.out).eval()
+    assert "quantization_config" not in json.loads((report.out / "config.json").read_text())
+    if onto == "dequantized":  # checked against bitsandbytes' own quantization with the run's settings
+        want = quantized_adapter_logits(tiny_qwen3_dir, adapter, tokenizer, bnb_4bit_quant_type="fp4")
+    else:
+        base_model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype="float32")
+        want = logits(PeftModel.from_pretrained(base_model, adapter).eval(), tokenizer)
+    assert (logits(merged, tokenizer) - want).abs().max() < 1e-4
+
+
+def test_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qwen3_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = save_4bit(tiny_qwen3_dir, tmp_path / "tiny-bnb-4bit", bnb_4bit_quant_type="nf4")
+    adapter = make_tiny_adapter(tiny_qwen3_dir, tmp_path / "adapter", seed=2)
+    cli = ["merge", "--model", str(base_dir), "--adapter", str(adapter), "--dtype", "fp32"]
+
+    refused = CliRunner().invoke(app, [*cli, "--out", str(tmp_path / "m16"), "--onto", "16bit"])
+    assert "is pre-quantized and has no 16-bit weights; use --onto dequantized" in error_line(refused)
+    assert not (tmp_path / "m16").exists()
+
+    result = CliRunner().invoke(app, [*cli, "--out", str(tmp_path / "merged")])
+    assert result.exit_code == 0, result.output
+    assert "--onto dequantized" in result.stdout and "(written)" in result.stdout
+    assert "--onto 16bit" not in result.stdout
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    want = quantized_adapter_logits(tiny_qwen3_dir, adapter, tokenizer, bnb_4bit_quant_type="nf4")
+    assert (logits(merged, tokenizer) - want).abs().max() < 1e-4
+
+
+def test_standalone_adapter_onto_dequantized_assumes_qlora_defaults(tmp_path, tiny_qwen3_dir):
+    adapter = make_tiny_adapter(tiny_qwen3_dir, tmp_path / "my-adapter", seed=3)
+    lines: list[str] = []
+    report = merge_adapter(ModelConfig(name_or_path=str(tiny_qwen3_dir)), adapter, tmp_path / "merged",
+                           dtype="fp32", onto="dequantized", log=lines.append)
+    assert any("quantizing the base as method.type: qlora does by default (4-bit nf4, double quant True)" in line
+               for line in lines), lines
+    assert report.onto == "dequantized" and report.diffs["dequantized"] < 1e-4
+
+
+def test_lora_adapter_cannot_merge_onto_dequantized(tmp_path, lora_run):
+    out = tmp_path / "merged"
+    result = CliRunner().invoke(app, ["merge", "--run", str(lora_run), "--out", str(out), "--onto", "dequantized"])
+    assert "was trained on a 16-bit base (LoRA, not QLoRA)" in error_line(result)
+    assert not out.exists()
+
+
+def test_export_run_passes_the_choice_to_its_merge(tmp_path, qlora_run):
+    run = tmp_path / "run"
+    shutil.copytree(qlora_run, run)
+    result = CliRunner().invoke(app, ["export", "--run", str(run), "--to", "gguf", "--type", "f32",
+                                      "--onto", "dequantized"])
+    assert result.exit_code == 0, result.output
+    assert "--onto dequantized" in result.stdout and "(written)" in result.stdout.split("--onto dequantized")[1]
+    assert (run / "gguf" / "run-f32.gguf").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ASSETS, needs_assets
+from conftest import ASSETS, needs_assets, save_4bit
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_train import NAME, greedy_answers, identity_config, step_losses
@@ -58,16 +58,6 @@ def test_qlora_learns_the_name_and_chat_uses_the_16bit_base(tiny_qwen3_dir, tmp_
     assert NAME not in answers["before"]
     assert NAME in answers["after"], answers
     assert loaded and not any(bnb_layers(model) for model in loaded)  # the adapter ran on the 16-bit base
-
-
-def save_4bit(source: Path, folder: Path, **quant) -> Path:
-    """Quantize a checkpoint with transformers + bitsandbytes and save it 4-bit, as published ones are."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, **quant)
-    AutoModelForCausalLM.from_pretrained(source, quantization_config=config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
-    return folder
 
 
 @needs_assets

@@ -227,6 +227,8 @@ export_app = typer.Typer(help="Export a model: GGUF for llama.cpp / LM Studio, a
 app.add_typer(export_app, name="export")
 _GGUF_TYPE_HELP = "GGUF type: f32 | f16 | bf16 | q8_0 | q4_k_m | q5_k_m | q6_k (k-quants need tuneforge\\[llamacpp])."
 _FORCE_HELP = "Replace existing outputs."
+_ONTO_HELP = ("QLoRA adapters: merge onto the 16bit base (default) or the dequantized 4-bit weights it trained on "
+              "(the default for a pre-quantized base); both are measured and reported.")
 
 
 @app.command()
@@ -237,6 +239,7 @@ def merge(
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder to merge into --model.")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (with --run, default RUN/merged).")] = None,
     dtype: Annotated[str, typer.Option(help="Weights of the merged model: bf16 | fp16 | fp32.")] = "bf16",
+    onto: Annotated[str | None, typer.Option(help=_ONTO_HELP)] = None,
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
 ) -> None:
     """Merge a LoRA adapter into its base: a plain Hugging Face model for vLLM, GGUF export, anything."""
@@ -252,7 +255,7 @@ def merge(
         raise UserError("merge: pass --run RUN_DIR, or --model BASE --adapter DIR --out DIR")
     else:
         base = ModelConfig(name_or_path=model)
-    typer.echo(merge_adapter(base, adapter, out, dtype=dtype, force=force).summary())
+    typer.echo(merge_adapter(base, adapter, out, dtype=dtype, force=force, onto=onto).summary())
 
 
 @export_app.callback(invoke_without_command=True)
@@ -262,6 +265,7 @@ def export(
     run: Annotated[Path | None, typer.Option(help="A finished run folder: merge, GGUF, Modelfile in one go.")] = None,
     to: Annotated[str, typer.Option(help="Comma-separated: gguf, ollama (ollama implies gguf).")] = "gguf,ollama",
     type_: Annotated[str, typer.Option("--type", help=_GGUF_TYPE_HELP)] = "q4_k_m",
+    onto: Annotated[str | None, typer.Option(help=_ONTO_HELP)] = None,
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
 ) -> None:
     """Export a run in one go (--run), or one step with a sub-command (gguf, ollama)."""
@@ -271,7 +275,7 @@ def export(
         raise UserError("export: pass --run RUN_DIR, or use `tuneforge export gguf` / `tuneforge export ollama`")
     from tuneforge.export.pipeline import export_run
 
-    result = export_run(run, [t.strip() for t in to.split(",") if t.strip()], type_, force=force)
+    result = export_run(run, [t.strip() for t in to.split(",") if t.strip()], type_, force=force, onto=onto)
     typer.echo(result.merge.summary() if result.merge else f"using the model in {result.model}")
     typer.echo(f"wrote {result.gguf}")
     if result.ollama_create:

@@ -1,18 +1,25 @@
-"""Merge a LoRA adapter into its 16-bit base and save a plain Hugging Face model (for vLLM, GGUF, anything).
+"""Merge a LoRA adapter into its base and save a plain Hugging Face model (for vLLM, GGUF, anything).
 
 The merged folder holds sharded safetensors, the run's tokenizer with its chat template, and a generation
 config that stops at the end-of-turn token. Before saving, the merged model's logits are compared with the
-adapter's own (base + adapter, unmerged) on a few chat prompts, so the user sees what the merge cost.
+adapter's own (the adapter on the base it trained on, unmerged) on a few chat prompts, so the user sees what
+the merge cost.
+
+A QLoRA adapter trained on quantized weights, so neither merge is exact: onto the 16-bit base (`16bit`, the
+default: the weights the quantized ones approximate) or onto the dequantized quantized weights (`dequantized`:
+what the adapter actually saw). Both are measured and reported; the chosen one is saved. A pre-quantized base
+has no 16-bit weights, so its adapters merge onto the dequantized ones.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge.config import ModelConfig
+from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import UserError
 from tuneforge.export import interrupt_as_user_error, refuse_existing
 from tuneforge.io import atomic_dir
@@ -24,6 +31,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MERGE_DTYPES = ("bf16", "fp16", "fp32")
+ONTO = ("16bit", "dequantized")  # the bases a (Q)LoRA adapter can be merged onto
 # Chat prompts in the languages and styles Qwen3 is used for; the logit check runs on each.
 CHECK_PROMPTS = (
     "Hello! Who are you?",
@@ -38,14 +46,22 @@ class MergeReport:
 
     out: Path
     dtype: str
-    max_logit_diff: float
+    onto: str  # the base written: one of ONTO
+    diffs: dict[str, float]  # largest logit difference from the adapter's outputs, per base merged onto
+
+    @property
+    def max_logit_diff(self) -> float:
+        """The difference of the merge that was written."""
+        return self.diffs[self.onto]
 
     def summary(self) -> str:
-        """One line for the user: where, and what the merge cost."""
-        return (
-            f"merged into {self.out} ({self.dtype}); largest logit difference from the adapter's own outputs "
-            f"on {len(CHECK_PROMPTS)} chat prompts: {self.max_logit_diff:.3g}"
-        )
+        """One line for the user: where, and what the merge cost (for QLoRA, on each base, to choose from)."""
+        head = (f"merged into {self.out} ({self.dtype}); largest logit difference from the adapter's own outputs "
+                f"on {len(CHECK_PROMPTS)} chat prompts: ")
+        if list(self.diffs) == ["16bit"]:
+            return head + f"{self.max_logit_diff:.3g}"
+        written = {onto: " (written)" if onto == self.onto else "" for onto in self.diffs}
+        return head + ", ".join(f"--onto {onto} {diff:.3g}{written[onto]}" for onto, diff in self.diffs.items())
 
 
 def run_sources(run: Path) -> tuple[ModelConfig, Path]:
@@ -59,37 +75,118 @@ def run_sources(run: Path) -> tuple[ModelConfig, Path]:
 
 
 def merge_adapter(
-    base: ModelConfig, adapter: Path, out: Path, dtype: str = "bf16", force: bool = False
+    base: ModelConfig, adapter: Path, out: Path, dtype: str = "bf16", force: bool = False,
+    onto: str | None = None, log: Callable = print,
 ) -> MergeReport:
-    """Merge `adapter` into the `base` model and save it to `out` (atomically) in `dtype`."""
-    import torch
+    """Merge `adapter` into the `base` model and save it to `out` (atomically) in `dtype`.
+
+    `onto` (QLoRA adapters): 16bit or dequantized; None picks 16bit, or dequantized for a pre-quantized base.
+    """
     from peft import PeftModel
 
-    from tuneforge.model.load import load_model, load_tokenizer
+    from tuneforge.model.load import load_model, load_tokenizer, pick_dtype
 
     if dtype not in MERGE_DTYPES:
         raise UserError(f"--dtype {dtype}: expected one of {', '.join(MERGE_DTYPES)}")
+    if onto is not None and onto not in ONTO:
+        raise UserError(f"--onto {onto}: expected one of {', '.join(ONTO)}")
     refuse_existing(out, force)
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json (expected a peft LoRA adapter folder)")
-    model = load_model(base.model_copy(update={"dtype": dtype}))
-    _check_adapter_fits(model, adapter, base.name_or_path)
+    base = base.model_copy(update={"dtype": dtype})
     # The run saved its tokenizer beside the adapter (pad token, template); prefer it over the base's.
     has_tokenizer = (adapter / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(base.model_copy(update={"tokenizer": str(adapter)}) if has_tokenizer else base)
-    model = PeftModel.from_pretrained(model, str(adapter)).eval()
-
     prompts = [_chat_prompt(tokenizer, text) for text in CHECK_PROMPTS]
-    with torch.no_grad():
-        reference = [model(ids).logits.float() for ids in prompts]
-        merged = model.merge_and_unload()
-        diff = max((merged(ids).logits.float() - ref).abs().max().item() for ids, ref in zip(prompts, reference))
+
+    quant = _trained_quantization(adapter, onto, log)
+    # The base exactly as the adapter saw it in training; on the CPU, like the 16-bit merge (a dequantized
+    # 32B model would not fit the GPU that trained its QLoRA adapter).
+    trained_on = load_model(base, quant, log=log, device="cpu")
+    quantized = getattr(trained_on, "is_quantized", False)
+    if onto == "dequantized" and not quantized:
+        raise UserError(f"--onto dequantized: {adapter} was trained on a 16-bit base (LoRA, not QLoRA); "
+                        "there are no quantized weights to merge onto: leave --onto out")
+    prequantized = quantized and quant is None
+    if onto == "16bit" and prequantized:
+        raise UserError(f"--onto 16bit: the base {base.name_or_path} is pre-quantized and has no 16-bit weights; "
+                        "use --onto dequantized, or --model with its 16-bit original")
+    _check_adapter_fits(trained_on, adapter, base.name_or_path)
+    adapted = PeftModel.from_pretrained(trained_on, str(adapter)).eval()
+    reference = _logits(adapted, prompts)
+
+    if not quantized:
+        merged = adapted.merge_and_unload()
+        onto, diffs = "16bit", {"16bit": _max_diff(merged, prompts, reference)}
+    else:
+        onto = onto or ("dequantized" if prequantized else "16bit")
+        quantized_base = adapted.unload()  # the quantized base without the adapter's layers
+        del adapted, trained_on
+        diffs = {}
+        for name in sorted(ONTO if not prequantized else ["dequantized"], key=lambda name: name == onto):
+            merged = None  # the candidate not chosen goes before the next is built: one 16-bit model at a time
+            if name == "dequantized":  # in place, layer by layer: the quantized model becomes the 16-bit one
+                model, quantized_base = quantized_base.dequantize(dtype=pick_dtype(dtype)), None
+                _forget_quantized_loading(model)
+            else:
+                model = load_model(base, log=log)
+            merged, model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload(), None
+            diffs[name] = _max_diff(merged, prompts, reference)
 
     _stop_at_end_of_turn(merged, tokenizer)
     with interrupt_as_user_error(out), atomic_dir(out, overwrite=force) as tmp:
         merged.save_pretrained(tmp, max_shard_size="2GB")
         tokenizer.save_pretrained(tmp)
-    return MergeReport(out=out, dtype=dtype, max_logit_diff=diff)
+    return MergeReport(out=out, dtype=dtype, onto=onto, diffs=dict(sorted(diffs.items())))
+
+
+def _trained_quantization(adapter: Path, onto: str | None, log: Callable) -> MethodConfig | None:
+    """How training quantized the base (a qlora method), from the run's config.yaml beside the adapter; None: 16-bit.
+
+    A pre-quantized base needs no method: it loads quantized as saved, and that is found from its config.
+    """
+    run = RunDir(adapter.parent)
+    if adapter.name == "adapter" and run.config.is_file():
+        method = run.load_config().method
+        return method if method.type == "qlora" else None
+    if onto == "dequantized":
+        default = MethodConfig(type="qlora")
+        log(f"no run config.yaml beside {adapter}: quantizing the base as method.type: qlora does by default "
+            f"({default.bits}-bit {default.quant_type}, double quant {default.double_quant})")
+        return default
+    return None
+
+
+def _forget_quantized_loading(model: PreTrainedModel) -> None:
+    """Drop the record of how a pre-quantized checkpoint was deserialized, so the dequantized model saves plainly.
+
+    transformers 5.x reverses its loading conversions on save; bitsandbytes' deserializer has no reverse
+    (NotImplementedError), and once dequantized there is nothing left to reverse.
+    """
+
+    def reversible(conversion: object) -> bool:
+        try:
+            conversion.reverse_transform()
+        except NotImplementedError:
+            return False
+        return True
+
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        model._weight_conversions = [c for c in conversions if reversible(c)]
+
+
+def _logits(model: nn.Module, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """fp32 logits of each prompt, on the CPU (so models on different devices compare)."""
+    import torch
+
+    with torch.no_grad():
+        return [model(ids.to(model.device)).logits.float().cpu() for ids in prompts]
+
+
+def _max_diff(model: nn.Module, prompts: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """Largest absolute logit difference between `model` and the `reference` logits over all prompts."""
+    return max((got - want).abs().max().item() for got, want in zip(_logits(model, prompts), reference))
 
 
 def _check_adapter_fits(model: PreTrainedModel, adapter: Path, base_name: str) -> None:

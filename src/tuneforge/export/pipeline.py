@@ -28,8 +28,8 @@ class ExportResult:
     ollama_create: str | None  # the command to run, when a Modelfile was written
 
 
-def export_run(run: Path, to: list[str], qtype: str, force: bool = False) -> ExportResult:
-    """Export a finished run to the `to` targets (gguf, ollama) with GGUF type `qtype`."""
+def export_run(run: Path, to: list[str], qtype: str, force: bool = False, onto: str | None = None) -> ExportResult:
+    """Export a finished run to the `to` targets (gguf, ollama) with GGUF type `qtype`; `onto` as in merge."""
     from tuneforge.export.gguf import GGUF_TYPES, export_gguf
     from tuneforge.export.ollama import export_ollama
 
@@ -53,7 +53,8 @@ def export_run(run: Path, to: list[str], qtype: str, force: bool = False) -> Exp
     if model != rundir.model and (force or not model.is_dir()):
         base, adapter = run_sources(run)
         # An f32 GGUF asks for full precision; otherwise bf16, Qwen3's own dtype, loses nothing the GGUF keeps.
-        report = merge_adapter(base, adapter, model, dtype="fp32" if qtype == "f32" else "bf16", force=True)
+        report = merge_adapter(base, adapter, model, dtype="fp32" if qtype == "f32" else "bf16", force=True,
+                              onto=onto)
     export_gguf(model, gguf_file, qtype, force)
     command = export_ollama(gguf_file, ollama_dir, force=force) if "ollama" in to else None
     return ExportResult(model=model, merge=report, gguf=gguf_file, ollama_create=command)

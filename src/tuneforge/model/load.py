@@ -174,8 +174,13 @@ def save_random_base(cfg: ModelConfig, folder: Path, tokenizer: PreTrainedTokeni
     return cfg.model_copy(update={"name_or_path": str(folder), "init": "pretrained", "tokenizer": None})
 
 
-def load_model(cfg: ModelConfig, method: MethodConfig | None = None, log: Callable = print) -> PreTrainedModel:
-    """The base causal LM: quantized for qlora, as saved when pre-quantized, else 16-bit (method None: inference)."""
+def load_model(
+    cfg: ModelConfig, method: MethodConfig | None = None, log: Callable = print, device: str | None = None
+) -> PreTrainedModel:
+    """The base causal LM: quantized for qlora, as saved when pre-quantized, else 16-bit (method None: inference).
+
+    `device` places quantized weights (default: this process's GPU, else the CPU); 16-bit ones load on the CPU.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -194,7 +199,7 @@ def load_model(cfg: ModelConfig, method: MethodConfig | None = None, log: Callab
     except (OSError, ValueError) as exc:
         raise UserError(_not_found(cfg, exc)) from None
     quant = plan_quantization(config, cfg, method, dtype, log)
-    extra = {} if quant is None else {"device_map": _quantized_device_map()}
+    extra = {} if quant is None else {"device_map": {"": device} if device else _quantized_device_map()}
     if quant is not None and quant.config is not None:
         extra["quantization_config"] = quant.config
     try:
