@@ -123,9 +123,8 @@ def accelerate_launch(job: Path, port: int) -> list[str]:
 
 @pytest.mark.parametrize("strategy, launcher", [
     (["distributed.strategy=deepspeed", "distributed.deepspeed=zero2"], torchrun),
-    # train.loss=standard until model/loss.py's chunked loss gathers the lm_head that ZeRO-3 partitions (it
-    # re-runs the head in backward and finds it partitioned again); then the default loss can be tested here.
-    (["distributed.strategy=deepspeed", "distributed.deepspeed=zero3", "train.loss=standard"], tuneforge_nproc),
+    # The default chunked loss, through the lm_head that ZeRO-3 partitions (gathered for the loss).
+    (["distributed.strategy=deepspeed", "distributed.deepspeed=zero3"], tuneforge_nproc),
     (["distributed.strategy=fsdp"], accelerate_launch),
 ], ids=["zero2-torchrun", "zero3-tuneforge", "fsdp-accelerate"])
 def test_two_processes_train_like_one(job, reference, tmp_path, strategy, launcher):

@@ -6,7 +6,9 @@ positions that have a label, a chunk of tokens at a time: on a CUDA GPU with Lig
 its fused linear cross-entropy (Triton), otherwise by the same scheme in PyTorch, which computes each
 chunk's gradient while the chunk's logits exist so that backward has nothing to recompute. An output
 layer that is more than a plain Linear (peft's LoRA or modules_to_save on lm_head) is run chunk by chunk
-under activation checkpointing instead, its logits recomputed in backward.
+under activation checkpointing instead, its logits recomputed in backward. Under DeepSpeed ZeRO-3, whose
+head weight is a shard outside its forward, a frozen head is gathered for the fused loss and a trainable one
+runs once over the labelled positions (see LeanLoss._partitioned_loss).
 """
 
 from __future__ import annotations
@@ -109,17 +111,13 @@ def chunked_cross_entropy(head: torch.nn.Module, hidden: torch.Tensor, targets: 
 
 
 def _plain_linear(head: torch.nn.Module) -> bool:
-    """Whether the loss may use head.weight directly."""
-    return (
-        type(head) is torch.nn.Linear  # not a LoRA / modules_to_save wrapper, whose forward adds more
-        and not hasattr(head.weight, "ds_id")  # DeepSpeed ZeRO-3 keeps only a shard in .weight
-    )
+    """Whether the loss may use head.weight directly: not a LoRA / modules_to_save wrapper, whose forward adds more."""
+    return type(head) is torch.nn.Linear
 
 
-def _liger_loss(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-
-    return LigerFusedLinearCrossEntropyLoss(reduction="sum")(head.weight, hidden, targets, head.bias)
+def _partitioned(head: torch.nn.Module) -> bool:
+    """Whether DeepSpeed ZeRO-3 keeps only a shard of the head's weight outside its forward."""
+    return hasattr(head.weight, "ds_id")
 
 
 def output_layer(model: torch.nn.Module) -> torch.nn.Module:
@@ -149,7 +147,9 @@ class LeanLoss:
     def capture(self, model: torch.nn.Module) -> Iterator[None]:
         """Route the final hidden states of `model`'s forwards in this block to the loss."""
         head = output_layer(model)
-        handle = head.register_forward_pre_hook(self._keep_hidden)
+        # prepend: before hooks that wrap the input (ZeRO-3 ties its backward bookkeeping to it), so the
+        # states kept are the model's own and the wrapped input is the empty slice.
+        handle = head.register_forward_pre_hook(self._keep_hidden, prepend=True)
         self._head = head
         try:
             yield
@@ -172,14 +172,39 @@ class LeanLoss:
         keep = targets != IGNORE
         hidden, targets = hidden[..., :-1, :][keep], targets[keep]
         head = self._head
-        chunk = chunk_tokens(head.weight.shape[0])
-        if not _plain_linear(head):
+        # ZeRO-3 leaves .weight an empty shard between forwards; ds_shape is its real shape.
+        chunk = chunk_tokens(getattr(head.weight, "ds_shape", head.weight.shape)[0])
+        if _partitioned(head):
+            total = self._partitioned_loss(head, hidden, targets, chunk)
+        elif not _plain_linear(head):
             total = chunked_cross_entropy(head, hidden, targets, chunk)
-        elif hidden.is_cuda and importlib.util.find_spec("liger_kernel") is not None:
-            self.liger_used = True
-            total = _liger_loss(head, hidden, targets)
         else:
-            total = linear_cross_entropy(hidden, head.weight, head.bias, targets, chunk)
+            total = self._fused_loss(head.weight, head.bias, hidden, targets, chunk)
         # The Trainer passes the label count of the whole accumulated batch over all processes, so
         # accumulation 4 × 1 sums to the same loss as one batch of 4; alone, fall back to this batch's count.
         return total / (num_items_in_batch if num_items_in_batch is not None else keep.sum())
+
+    def _fused_loss(self, weight, bias, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Liger's fused kernel on a CUDA GPU where installed, else ours: both finish the gradients in forward."""
+        if hidden.is_cuda and importlib.util.find_spec("liger_kernel") is not None:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+            self.liger_used = True
+            return LigerFusedLinearCrossEntropyLoss(reduction="sum")(weight, hidden, targets, bias)
+        return linear_cross_entropy(hidden, weight, bias, targets, chunk)
+
+    def _partitioned_loss(self, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):
+        """The loss through a ZeRO-3-partitioned head.
+
+        A frozen plain head (LoRA) is gathered for the fused loss, which is done with the weight when it
+        returns; recomputing chunks in backward would find the weight partitioned again. A head that trains
+        runs once over the labelled positions, so ZeRO's own hooks gather it and reduce its gradient: the
+        standard loss's memory, but only for the labelled positions.
+        """
+        import deepspeed
+
+        params = list(head.parameters())
+        if _plain_linear(head) and not any(p.requires_grad for p in params):
+            with deepspeed.zero.GatheredParameters(params):
+                return self._fused_loss(head.weight, head.bias, hidden, targets, chunk)
+        return _chunk_loss(head, hidden, targets)
