@@ -297,3 +297,23 @@ def test_full_fine_tuning_on_fp16_gpu_keeps_fp32_weights(monkeypatch, tiny_qwen3
         model = load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), MethodConfig(type="full"))
         lora_base = load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), MethodConfig(type="lora"))
     assert model.dtype == torch.float32 and lora_base.dtype == torch.float16
+
+
+def test_random_base_is_written_on_a_rank_other_than_0(tiny_qwen3_dir, qwen3_tokenizer, tmp_path, monkeypatch):
+    # Node 1 of a multi-node run without shared storage writes its own copy; transformers' save_pretrained
+    # would write nothing there (it saves on global rank 0 only), leaving a base that cannot load.
+    from transformers.distributed import mixin
+
+    from tuneforge.model.load import save_random_base
+
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    cfg = ModelConfig(name_or_path=str(tiny_qwen3_dir), init="random", dtype="fp32")
+    loaded = {}
+    for name in ("a", "b"):
+        written = save_random_base(cfg, tmp_path / name, qwen3_tokenizer, seed=7)
+        loaded[name] = load_model(written, log=lambda *_: None).state_dict()
+    assert loaded["a"].keys() == loaded["b"].keys() and len(loaded["a"]) > 0
+    assert all(torch.equal(loaded["a"][k], loaded["b"][k]) for k in loaded["a"])  # seeded: every node alike
+    base = load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), log=lambda *_: None).state_dict()
+    assert not torch.equal(base["model.layers.0.mlp.up_proj.weight"], loaded["a"]["model.layers.0.mlp.up_proj.weight"])

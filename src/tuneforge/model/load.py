@@ -169,9 +169,22 @@ def save_random_base(cfg: ModelConfig, folder: Path, tokenizer: PreTrainedTokeni
         )
         # FileExistsError: another node wrote it first, with the same weights.
         with contextlib.suppress(FileExistsError), atomic_dir(folder, overwrite=False) as tmp:
-            model.save_pretrained(str(tmp))
+            _save_on_any_rank(model, tmp)
             tokenizer.save_pretrained(str(tmp))
     return cfg.model_copy(update={"name_or_path": str(folder), "init": "pretrained", "tokenizer": None})
+
+
+def _save_on_any_rank(model: PreTrainedModel, folder: Path) -> None:
+    """model.save_pretrained as one safetensors file, on whichever rank calls it.
+
+    transformers 5 writes only on global rank 0 once a process group exists, but every node without shared
+    storage needs its own copy of the random base; safetensors' save_model drops tied duplicates as it does.
+    """
+    from safetensors.torch import save_model
+
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_model(
