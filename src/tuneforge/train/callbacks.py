@@ -82,7 +82,8 @@ def plot_loss(run: RunDir) -> None:
     ax.set_ylabel("loss")
     ax.set_title(run.root.name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a run shorter than logging_steps has nothing to label yet
+        ax.legend()
     tmp = run.loss_plot.with_name(".loss.tmp.png")
     fig.savefig(tmp, dpi=100, bbox_inches="tight")
     plt.close(fig)
