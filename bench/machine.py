@@ -16,9 +16,11 @@ def machine(*packages: str) -> dict[str, str]:
         "cpu": platform.processor() or platform.machine(),
         "cores": str(os.cpu_count()),
         "memory_gb": str(round(psutil.virtual_memory().total / 2**30)),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "load_average_1m_before": str(round(os.getloadavg()[0], 2)),  # other work on the machine skews figures
         "python": platform.python_version(),
         "torch": torch.__version__,
         **{name: importlib.import_module(name).__version__ for name in packages},
+        # glibc allocator settings change CPU peak memory severalfold (docs/performance.md, Training throughput)
+        **{key: value for key, value in os.environ.items() if key.startswith("MALLOC_")},
     }

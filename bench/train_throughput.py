@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from machine import machine
 from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,21 +204,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def environment(device: str) -> dict[str, Any]:
-    """Machine and library versions, for the record."""
-    import os
-
-    import peft
-    import torch
-    import transformers
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "machine": platform.machine(), "cpus": os.cpu_count(), "device": device}
-    if device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -252,7 +237,7 @@ def main() -> None:
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
-    args.out.write_text(json.dumps({"command": command.strip(), "environment": environment(args.device),
+    args.out.write_text(json.dumps({"command": command.strip(), "environment": machine("transformers", "peft"),
                                     "results": rows}, indent=2) + "\n")
 
 
