@@ -34,9 +34,10 @@ def data_cache(tmp_path_factory) -> dict[str, str]:
 
 @needs_assets
 def test_qlora_learns_the_name_and_chat_uses_the_16bit_base(tiny_qwen3_dir, tmp_path, monkeypatch, data_cache):
-    # 16 steps at a higher rate instead of the LoRA test's 72: the same assertions in a fraction of the time.
+    # 32 steps instead of the LoRA test's 72: the same assertions in less time. 16 steps at 2e-2 learnt the
+    # name for only some seeds (train.seed 42, 1, 2: 1 of 3); 32 steps at 1e-2 learnt it for all 7 tried.
     cfg = identity_config(tiny_qwen3_dir, tmp_path / "run", method={"type": "qlora"}, data=data_cache,
-                          train={"max_steps": 16, "learning_rate": 2e-2, "logging_steps": 1})
+                          train={"max_steps": 32, "learning_rate": 1e-2, "logging_steps": 1})
     lines: list[str] = []
     run = train(cfg, log=lambda *a: lines.append(" ".join(map(str, a))))
 

@@ -163,10 +163,13 @@ def save_random_base(cfg: ModelConfig, folder: Path, tokenizer: PreTrainedTokeni
             )
         except (OSError, ValueError) as exc:
             raise UserError(_not_found(cfg, exc)) from None
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=pick_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
-        )
+        # A forked generator: the run's own random stream (LoRA init, dropout) is the same whether the base was
+        # created here or already existed (a resumed run).
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=pick_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+            )
         # FileExistsError: another node wrote it first, with the same weights.
         with contextlib.suppress(FileExistsError), atomic_dir(folder, overwrite=False) as tmp:
             _save_on_any_rank(model, tmp)
@@ -175,16 +178,17 @@ def save_random_base(cfg: ModelConfig, folder: Path, tokenizer: PreTrainedTokeni
 
 
 def _save_on_any_rank(model: PreTrainedModel, folder: Path) -> None:
-    """model.save_pretrained as one safetensors file, on whichever rank calls it.
+    """model.save_pretrained, on whichever rank calls it.
 
-    transformers 5 writes only on global rank 0 once a process group exists, but every node without shared
-    storage needs its own copy of the random base; safetensors' save_model drops tied duplicates as it does.
+    transformers 5 writes only on global rank 0 once a process group exists (`should_save_on_this_rank`), but
+    each node without shared storage needs its own copy of the random base. Saving through save_pretrained
+    keeps its file layout (tied weights under the input embedding's name, which the GGUF converter reads).
     """
-    from safetensors.torch import save_model
-
-    model.config.save_pretrained(folder)
-    model.generation_config.save_pretrained(folder)
-    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.should_save_on_this_rank = lambda is_main_process: True
+    try:
+        model.save_pretrained(str(folder))
+    finally:
+        del model.should_save_on_this_rank
 
 
 def load_model(
