@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
@@ -194,21 +195,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def environment() -> dict[str, Any]:
-    """Machine and library versions, for the record."""
-    import bitsandbytes
-    import peft
-    import torch
-    import transformers
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__, "machine": platform.machine(),
-           "cpus": os.cpu_count()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    return env
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=QWEN3_0_6B, help="config.json of the model (random weights)")
@@ -246,8 +232,9 @@ def main() -> None:
     job = {"config": args.config.name, "layers": args.layers, "seq": args.seq, "steps": args.steps, "dtype": args.dtype,
            "lora": {"rank": 16, "target_modules": "all-linear"}, "qlora": "nf4, double quant",
            "activation_checkpointing": True}
-    args.out.write_text(json.dumps({"command": command.strip(), "environment": environment(), "job": job,
-                                    "results": rows}, indent=2) + "\n")
+    environment = machine("transformers", "peft", "bitsandbytes")
+    record = {"command": command.strip(), "environment": environment, "job": job, "results": rows}
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
