@@ -242,3 +242,17 @@ def test_export_run_passes_the_choice_to_its_merge(tmp_path, qlora_run):
     assert result.exit_code == 0, result.output
     assert "--onto dequantized" in result.stdout and "(written)" in result.stdout.split("--onto dequantized")[1]
     assert (run / "gguf" / "run-f32.gguf").is_file()
+
+
+def test_qlora_run_on_a_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qwen3_dir):
+    # The run said method.type: qlora, but the checkpoint itself was 4-bit: there is no 16-bit base to load.
+    base_dir = save_4bit(tiny_qwen3_dir, tmp_path / "tiny-bnb-4bit", bnb_4bit_quant_type="nf4")
+    run = tmp_path / "run"
+    make_tiny_adapter(tiny_qwen3_dir, run / "adapter", seed=4)
+    write_run_config(run, base_dir, MethodConfig(type="qlora"))
+    base, adapter = run_sources(run)
+    with pytest.raises(UserError, match="is pre-quantized and has no 16-bit weights"):
+        merge_adapter(base, adapter, tmp_path / "m16", dtype="fp32", onto="16bit", log=lambda *_: None)
+    report = merge_adapter(base, adapter, tmp_path / "merged", dtype="fp32", log=lambda *_: None)
+    assert report.onto == "dequantized" and list(report.diffs) == ["dequantized"]
+    assert report.diffs["dequantized"] < 1e-4

@@ -84,7 +84,8 @@ def merge_adapter(
     """
     from peft import PeftModel
 
-    from tuneforge.model.load import load_model, load_tokenizer, pick_dtype
+    from tuneforge.model.load import load_model, load_model_config, load_tokenizer, pick_dtype
+    from tuneforge.model.quant import saved_quantization
 
     if dtype not in MERGE_DTYPES:
         raise UserError(f"--dtype {dtype}: expected one of {', '.join(MERGE_DTYPES)}")
@@ -107,7 +108,8 @@ def merge_adapter(
     if onto == "dequantized" and not quantized:
         raise UserError(f"--onto dequantized: {adapter} was trained on a 16-bit base (LoRA, not QLoRA); "
                         "there are no quantized weights to merge onto: leave --onto out")
-    prequantized = quantized and quant is None
+    # The checkpoint itself is quantized (whatever the run's method said): it has no 16-bit weights.
+    prequantized = quantized and saved_quantization(load_model_config(base)) is not None
     if onto == "16bit" and prequantized:
         raise UserError(f"--onto 16bit: the base {base.name_or_path} is pre-quantized and has no 16-bit weights; "
                         "use --onto dequantized, or --model with its 16-bit original")

@@ -19,7 +19,7 @@ from tuneforge.errors import UserError
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 AMPERE = (8, 0)  # first compute capability with native bf16 and flash-attn 2
 
@@ -148,21 +148,28 @@ def pick_attn(name: str) -> str:
     return name
 
 
+def load_model_config(cfg: ModelConfig, path: str | None = None) -> PretrainedConfig:
+    """The model's config.json from `path` (default: cfg's folder, Hugging Face or ModelScope); missing: UserError."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            path or resolve_model_path(cfg), revision=cfg.revision, cache_dir=cfg.cache_dir,
+            trust_remote_code=cfg.trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(_not_found(cfg, exc)) from None
+
+
 def save_random_base(cfg: ModelConfig, folder: Path, tokenizer: PreTrainedTokenizerBase, seed: int) -> ModelConfig:
     """Write seeded random weights for cfg's config.json to `folder` (unless there); return the config loading them."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from tuneforge.io import atomic_dir
 
     if not folder.is_dir():
-        try:
-            config = AutoConfig.from_pretrained(
-                resolve_model_path(cfg), revision=cfg.revision, cache_dir=cfg.cache_dir,
-                trust_remote_code=cfg.trust_remote_code,
-            )
-        except (OSError, ValueError) as exc:
-            raise UserError(_not_found(cfg, exc)) from None
+        config = load_model_config(cfg)
         # A forked generator: the run's own random stream (LoRA init, dropout) is the same whether the base was
         # created here or already existed (a resumed run).
         with torch.random.fork_rng():
@@ -199,7 +206,7 @@ def load_model(
     `device` places quantized weights (default: this process's GPU, else the CPU); 16-bit ones load on the CPU.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from tuneforge.model.quant import plan_quantization, quantized_bytes
 
@@ -211,10 +218,7 @@ def load_model(
     if dtype == torch.float16 and method is not None and method.type == "full":
         dtype = torch.float32  # fp16 training keeps fp32 master weights (autocast computes in fp16)
     common = dict(revision=cfg.revision, cache_dir=cfg.cache_dir, trust_remote_code=cfg.trust_remote_code)
-    try:
-        config = AutoConfig.from_pretrained(path, **common)
-    except (OSError, ValueError) as exc:
-        raise UserError(_not_found(cfg, exc)) from None
+    config = load_model_config(cfg, path)
     quant = plan_quantization(config, cfg, method, dtype, log)
     extra = {} if quant is None else {"device_map": {"": device} if device else _quantized_device_map()}
     if quant is not None and quant.config is not None:
