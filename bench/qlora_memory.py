@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import machine
+from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
@@ -170,11 +170,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one (method, batch) in a fresh process; its result."""
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{spec['method']} batch {spec['batch']} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_worker(__file__, spec, f"{spec['method']} batch {spec['batch']}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

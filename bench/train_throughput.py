@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from machine import machine
 from transformers import TrainerCallback
+from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT.parent / "shared" / "assets"
@@ -178,11 +178,7 @@ def run_configuration(job: Job, label: str, device: str) -> dict[str, Any]:
     """Run one configuration of `job` in a fresh process; its result."""
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as work:
         spec = {"job": asdict(job), "overrides": CONFIGURATIONS[label], "work": work, "device": device}
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise SystemExit(f"{job.name} / {label} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return run_worker(__file__, spec, f"{job.name} / {label}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
