@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneforge.errors import UserError
+from tuneforge.io import remove_stale_temporaries
 
 if TYPE_CHECKING:
     from tuneforge.config import Config, ModelConfig
@@ -53,6 +54,13 @@ class RunDir:
         if self.base.is_dir():
             return model.model_copy(update={"name_or_path": str(self.base), "init": "pretrained", "tokenizer": None})
         return model
+
+    def clear_interrupted_writes(self) -> list[Path]:
+        """Remove what killed writes left here (temporaries, unfinished checkpoints); returns what was cleared."""
+        finals = [self.config, self.base, self.adapter, self.model, self.metrics, self.loss_plot, self.summary]
+        # A checkpoint is staged as checkpoints/.checkpoint-N.staging.tmp (SFTTrainer._save_checkpoint).
+        finals += {self.checkpoints / p.name.split(".")[1] for p in self.checkpoints.glob(".checkpoint-*")}
+        return [cleared for final in finals for cleared in remove_stale_temporaries(final)]
 
     def latest_checkpoint(self) -> Path | None:
         """The newest `checkpoint-N` folder, if any."""

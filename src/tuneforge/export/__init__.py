@@ -11,10 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneforge.errors import UserError
+from tuneforge.io import remove_stale_temporaries
 
 
 def refuse_existing(path: Path, force: bool) -> None:
-    """Stop before any work when `path` exists and the user did not ask to replace it."""
+    """Stop before any work when `path` exists and the user did not ask to replace it.
+
+    First clear what a killed earlier write of `path` left beside it (temporaries; a `.old` is put back).
+    """
+    remove_stale_temporaries(path)
     if path.exists() and not force:
         raise UserError(f"{path} already exists; pass --force to replace it")
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 from transformers import TrainerCallback
 
+from tuneforge.errors import UserError
+from tuneforge.io import atomic_write_bytes, atomic_write_text
 from tuneforge.rundir import RunDir
 
 
@@ -25,14 +28,29 @@ class MetricsCallback(TrainerCallback):
         elif self.run.metrics.exists():
             # Steps logged after the checkpoint by the interrupted run are about to be run again.
             step = int(self.resume.rstrip("/").split("-")[-1])
-            kept = [line for line in self.run.metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.run.metrics.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in logged_lines(self.run) if json.loads(line)["step"] <= step]
+            atomic_write_text(self.run.metrics, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             entry = {"step": state.global_step, "epoch": state.epoch, **logs}
             with self.run.metrics.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+
+def logged_lines(run: RunDir) -> list[str]:
+    """The lines of RUN/metrics.jsonl; a torn last line (the run was killed while appending it) is dropped."""
+    lines = run.metrics.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                return lines[:-1]
+            raise UserError(
+                f"{run.metrics}:{number}: not a JSON line; delete that line, or the file to start the log afresh"
+            ) from None
+    return lines
 
 
 class ProgressBarCallback(TrainerCallback):
@@ -72,7 +90,7 @@ def plot_loss(run: RunDir) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = [json.loads(line) for line in run.metrics.read_text().splitlines()] if run.metrics.exists() else []
+    entries = [json.loads(line) for line in logged_lines(run)] if run.metrics.exists() else []
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "train"), ("eval_loss", "validation")):
         points = [(e["step"], e[key]) for e in entries if key in e]
@@ -84,7 +102,7 @@ def plot_loss(run: RunDir) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # a run shorter than logging_steps has nothing to label yet
         ax.legend()
-    tmp = run.loss_plot.with_name(".loss.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    tmp.replace(run.loss_plot)
+    atomic_write_bytes(run.loss_plot, png.getvalue())
