@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -11,9 +16,10 @@ from conftest import DATA_DIR, needs_assets
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tuneforge.config import validate
+from tuneforge.config import save_config, validate
 from tuneforge.infer.chat import open_session
 from tuneforge.infer.engine import SamplingParams
+from tuneforge.rundir import RunDir
 from tuneforge.train.run import train
 
 NAME, AUTHOR = "马哥教育AI小助手", "马哥教育AI团队"
@@ -87,43 +93,178 @@ def step_losses(run) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in entries if "loss" in e}
 
 
-@needs_assets
-def test_resume_auto_matches_an_uninterrupted_run(tiny_qwen3_dir, tmp_path):
-    settings = dict(
-        data={"val_size": 0.0},
-        method={"dropout": 0.1},
-        train={
-            "max_steps": 6,
-            "save_steps": 3,
-            "logging_steps": 1,
-            "per_device_batch_size": 4,
-            "lr_scheduler": "cosine",
-            "learning_rate": 5e-3,
-        },
-    )
-    straight = train(identity_config(tiny_qwen3_dir, tmp_path / "straight", **settings), **quiet)
+# Dropout and a cosine schedule: a resume must restore RNG, optimizer and scheduler state to match.
+RESUME_SETTINGS = dict(
+    data={"val_size": 0.0},
+    method={"dropout": 0.1},
+    train={
+        "max_steps": 6,
+        "save_steps": 3,
+        "logging_steps": 1,
+        "per_device_batch_size": 4,
+        "lr_scheduler": "cosine",
+        "learning_rate": 5e-3,
+    },
+)
 
-    crashed_cfg = identity_config(tiny_qwen3_dir, tmp_path / "crashed", **settings)
+
+def resume_config(model_dir, out, **train_settings):
+    settings = {**RESUME_SETTINGS, "train": {**RESUME_SETTINGS["train"], **train_settings}}
+    return identity_config(model_dir, out, **settings)
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_qwen3_dir, tmp_path_factory):
+    """The uninterrupted run the interrupted ones must match."""
+    return train(resume_config(tiny_qwen3_dir, tmp_path_factory.mktemp("straight") / "run"), **quiet)
+
+
+def assert_same_training(got, expected) -> None:
+    """Same loss at every step, same adapter weights, and a summary over the whole run, as if never interrupted."""
+    want, have = step_losses(expected), step_losses(got)
+    assert sorted(have) == sorted(want) == [1, 2, 3, 4, 5, 6]
+    for step in want:
+        assert have[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6)
+    a = load_file(str(expected.adapter / "adapter_model.safetensors"))
+    b = load_file(str(got.adapter / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    want, have = json.loads(expected.summary.read_text()), json.loads(got.summary.read_text())
+    for key in ("steps", "tokens_seen", "loss_tokens", "padding_fraction"):
+        assert have[key] == want[key], key
+    assert have["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5)
+    assert want["train_loss"] == pytest.approx(sum(step_losses(expected).values()) / 6, rel=1e-5)
+
+
+@needs_assets
+def test_resume_auto_matches_an_uninterrupted_run(tiny_qwen3_dir, tmp_path, straight):
+    crashed_cfg = resume_config(tiny_qwen3_dir, tmp_path / "crashed")
     with pytest.raises(KeyboardInterrupt):
         train(crashed_cfg, callbacks=[Crash(step=5)], **quiet)
     assert not (tmp_path / "crashed" / "adapter").exists()
     shutil.rmtree(tmp_path / "crashed" / "checkpoints" / "checkpoint-6", ignore_errors=True)
 
-    resumed_cfg = identity_config(
-        tiny_qwen3_dir, tmp_path / "crashed", **{**settings, "train": {**settings["train"], "resume": "auto"}}
-    )
-    resumed = train(resumed_cfg, **quiet)
+    resumed = train(resume_config(tiny_qwen3_dir, tmp_path / "crashed", resume="auto"), **quiet)
     assert json.loads(resumed.summary.read_text())["resumed_from"].endswith("checkpoint-3")
+    assert_same_training(resumed, straight)
 
-    expected, got = step_losses(straight), step_losses(resumed)
-    assert sorted(got) == sorted(expected) == [1, 2, 3, 4, 5, 6]
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6)
-    a = load_file(str(straight.adapter / "adapter_model.safetensors"))
-    b = load_file(str(resumed.adapter / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and len(a) > 0
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+# Runs `tuneforge train CONFIG` with the save of checkpoint-6 stalled after its optimizer and scheduler are
+# written (before RNG states and trainer_state.json), so that the test kills it mid-checkpoint every time.
+STALLED_SAVE = """
+import sys, time
+from transformers import Trainer
+from tuneforge.cli import app
+
+save_rng_state = Trainer._save_rng_state
+
+def stalled(self, output_dir):
+    if self.state.global_step == 6:
+        time.sleep(600)
+    save_rng_state(self, output_dir)
+
+Trainer._save_rng_state = stalled
+app(["train", sys.argv[1]])
+"""
+
+
+def wait_for(path, process, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+@needs_assets
+def test_sigkill_while_a_checkpoint_is_written_then_resume_auto_matches(tiny_qwen3_dir, tmp_path, straight):
+    run = RunDir(tmp_path / "killed")
+    config = tmp_path / "killed.yaml"
+    save_config(resume_config(tiny_qwen3_dir, run.root), config)
+    process = subprocess.Popen(
+        [sys.executable, "-c", STALLED_SAVE, str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    staging = run.checkpoints / ".checkpoint-6.staging.tmp"
+    try:
+        wait_for(staging / "checkpoint-6" / "scheduler.pt", process)
+    finally:
+        process.kill()  # SIGKILL: no handler runs
+        process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    # The half-written checkpoint never carried its final name; the one before is whole.
+    assert not (staging / "checkpoint-6" / "trainer_state.json").exists()
+    assert sorted(p.name for p in run.checkpoints.glob("checkpoint-*")) == ["checkpoint-3"]
+    with run.metrics.open("a") as f:  # a kill while a log line is appended tears it
+        f.write('{"step": 7, "lo')
+    stale = run.root / ".adapter.k1ll3d.tmp"
+    stale.mkdir()
+
+    resumed = train(resume_config(tiny_qwen3_dir, run.root, resume="auto"), **quiet)
+    assert json.loads(resumed.summary.read_text())["resumed_from"] == str(run.checkpoints / "checkpoint-3")
+    assert not staging.exists() and not stale.exists()
+    assert_same_training(resumed, straight)
+
+
+@needs_assets
+def test_sigint_saves_prints_the_resume_command_and_the_resume_matches(tiny_qwen3_dir, tmp_path, straight, monkeypatch):
+    from tuneforge.train.launch import train_command
+    from tuneforge.train.trainer import SFTTrainer
+
+    run = RunDir(tmp_path / "stopped")
+    config = tmp_path / "stopped.yaml"
+    save_config(resume_config(tiny_qwen3_dir, run.root, logging_steps=5), config)
+    overrides = ["train.logging_steps=1"]
+    training_step = SFTTrainer.training_step
+
+    def ctrl_c_in_step_4(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C does: delivered mid-step
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", ctrl_c_in_step_4)
+    lines = []
+    status = train_command(config, overrides, log=lambda *parts, **_: lines.append(" ".join(map(str, parts))))
+    assert status == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts as usual again
+    assert lines[-3:] == [
+        "SIGINT: saving a checkpoint at step 4, then stopping",
+        f"stopped by SIGINT at step 4; checkpoint saved in {run.checkpoints / 'checkpoint-4'}",
+        f"resume with: tuneforge train {config} train.logging_steps=1 train.resume=auto",
+    ]
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-3", "checkpoint-4"]
+    assert not run.summary.exists() and not run.adapter.exists()
+    first_session = json.loads((run.checkpoints / "checkpoint-4" / "run_totals.json").read_text())
+
+    monkeypatch.setattr(SFTTrainer, "training_step", training_step)
+    assert train_command(config, [*overrides, "train.resume=auto"], log=quiet["log"]) == 0
+    assert_same_training(run, straight)
+    summary = json.loads(run.summary.read_text())
+    assert summary["resumed_from"] == str(run.checkpoints / "checkpoint-4")
+    assert summary["wall_time_s"] > first_session["wall_time_s"] > 0
+
+
+@needs_assets
+def test_resume_auto_on_a_finished_run_refuses_and_keeps_its_summary(tiny_qwen3_dir, tmp_path, straight):
+    from tuneforge.errors import UserError
+
+    finished = tmp_path / "finished"
+    shutil.copytree(straight.root, finished)
+    before = (finished / "summary.json").read_bytes()
+    with pytest.raises(UserError) as refused:
+        train(resume_config(tiny_qwen3_dir, finished, resume="auto"), **quiet)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message == (
+        f"train.resume: {finished} is a finished run (6 steps; see its summary.json); to train longer, raise "
+        "train.max_steps above 6 and keep train.resume=auto, or start over with output.overwrite=true"
+    )
+    assert (finished / "summary.json").read_bytes() == before
+
+    longer = train(resume_config(tiny_qwen3_dir, finished, resume="auto", max_steps=7), **quiet)
+    summary = json.loads(longer.summary.read_text())
+    assert summary["steps"] == 7 and summary["resumed_from"] == str(finished / "checkpoints" / "checkpoint-6")
+    assert summary["tokens_seen"] > json.loads(before)["tokens_seen"]
 
 
 @needs_assets

@@ -7,3 +7,11 @@ class UserError(Exception):
     The message names the file and line, or the config key, and what was expected. The CLI prints it
     on one line without a traceback and exits with status 2.
     """
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal (Ctrl-C, a scheduler's SIGTERM) after saving a checkpoint at `checkpoint`."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str, status: int) -> None:
+        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint saved in {checkpoint}")
+        self.status = status  # the exit status: 128 + the signal's number, as a shell reports a killed command

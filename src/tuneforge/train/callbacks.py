@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from transformers import TrainerCallback
 
@@ -36,6 +40,55 @@ class MetricsCallback(TrainerCallback):
             entry = {"step": state.global_step, "epoch": state.epoch, **logs}
             with self.run.metrics.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGINT / SIGTERM: finish the current step, save a checkpoint there and stop (every process at the same step).
+
+    Only the first signal counts: torchrun forwards the one it received to processes that may have had it
+    from the terminal too. Within `installed()` the signals set a flag; outside, they act as usual.
+    """
+
+    def __init__(self, log: Callable[..., None]) -> None:
+        self.log = log
+        self.received: int | None = None
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Catch SIGINT and SIGTERM for the duration (the main thread only may set handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._receive) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _receive(self, signum: int, _frame: object) -> None:
+        # Only a flag: printing here could re-enter a write the signal interrupted.
+        if self.received is None:
+            self.received = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.received = self._agreed(args)
+        if self.received:
+            name = signal.Signals(self.received).name
+            self.log(f"{name}: saving a checkpoint at step {state.global_step}, then stopping")
+            control.should_save = True
+            control.should_training_stop = True
+
+    def _agreed(self, args) -> int | None:
+        """The signal any process received: all must stop after the same step, or the checkpoint's save deadlocks."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.received
+        flag = torch.tensor([self.received or 0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
 
 def logged_lines(run: RunDir) -> list[str]:

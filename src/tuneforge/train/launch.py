@@ -9,12 +9,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shlex
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from tuneforge.config import Config, DistributedConfig, load_config
-from tuneforge.errors import UserError
+from tuneforge.errors import Interrupted, UserError
 from tuneforge.train.distributed import Processes, agree, init_processes
 
 # Node 0 of a multi-node run listens here unless told otherwise (torchrun's own default).
@@ -107,24 +108,40 @@ def relaunch(config: Path, overrides: list[str], dist: DistributedConfig) -> int
     return 0
 
 
+def resume_command(config: Path, overrides: list[str]) -> str:
+    """The command that continues this run from its newest checkpoint: the same config and overrides, resume=auto."""
+    kept = [item for item in overrides if not item.startswith("train.resume=")]
+    return shlex.join(["tuneforge", "train", str(config), *kept, "train.resume=auto"])
+
+
 def train_command(config: Path, overrides: list[str], log: Callable[..., None]) -> int:
     """What `tuneforge train` does: train here, or re-launch on the configured processes; returns the exit status."""
     cfg = load_config(config, overrides)
     check_strategy(cfg)
     if Processes.from_env().launched:
-        return _worker(cfg, log)
+        return _worker(cfg, config, overrides, log)
     dist = cfg.distributed
     # DeepSpeed and FSDP need a process group even on one process, and torchrun provides it.
     if dist.nproc * dist.nnodes == 1 and dist.strategy == "ddp":
-        from tuneforge.train.run import train
-
-        train(cfg, log=log)
-        return 0
+        return _train(cfg, config, overrides, log)
     check_topology(dist)
     return relaunch(config, overrides, dist)
 
 
-def _worker(cfg: Config, log: Callable[..., None]) -> int:
+def _train(cfg: Config, config: Path, overrides: list[str], log: Callable[..., None]) -> int:
+    """Train in this process; a signal ends it with a checkpoint, the command that resumes it, and 128 + signal."""
+    from tuneforge.train.run import train
+
+    try:
+        train(cfg, log=log)
+    except Interrupted as stop:
+        log(str(stop))
+        log(f"resume with: {resume_command(config, overrides)}", soft_wrap=True)  # one line, to copy as it is
+        return stop.status
+    return 0
+
+
+def _worker(cfg: Config, config: Path, overrides: list[str], log: Callable[..., None]) -> int:
     """One of the processes a launcher started: check, join the others, train; only rank 0 logs."""
     check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     procs = Processes.from_env()
@@ -132,10 +149,7 @@ def _worker(cfg: Config, log: Callable[..., None]) -> int:
     # seconds; `train` agrees again on what it finds in the run folder.
     init_processes(cfg.distributed, procs)
     agree(cfg, procs, resume=None, problem=None)
-    from tuneforge.train.run import train
-
-    train(cfg, log=log if procs.is_main else _quiet)
-    return 0
+    return _train(cfg, config, overrides, log if procs.is_main else _quiet)
 
 
 def _quiet(*_args: object, **_kwargs: object) -> None:

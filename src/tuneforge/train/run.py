@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Config, save_config
-from tuneforge.errors import UserError
+from tuneforge.errors import Interrupted, UserError
 from tuneforge.io import atomic_dir, atomic_write_json
 from tuneforge.rundir import RunDir
-from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, plot_loss
+from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
 from tuneforge.train.scratch import own_run_folder
 from tuneforge.train.trainer import SFTTrainer
@@ -34,9 +35,30 @@ def resolve_resume(cfg: Config, run: RunDir) -> str | None:
     return resume
 
 
+def check_finished(cfg: Config, run: RunDir) -> None:
+    """Refuse to resume a run that wrote its summary, unless the config asks for more steps or epochs than it ran."""
+    if not run.summary.is_file():
+        return
+    done = json.loads(run.summary.read_text(encoding="utf-8"))
+    if cfg.train.max_steps:
+        if cfg.train.max_steps > done["steps"]:
+            return
+        longer = f"train.max_steps above {done['steps']}"
+    else:
+        if cfg.train.epochs > round(done["epochs"], 4):
+            return
+        longer = f"train.epochs above {done['epochs']:g}"
+    raise UserError(
+        f"train.resume: {run.root} is a finished run ({done['steps']} steps; see its summary.json); to train "
+        f"longer, raise {longer} and keep train.resume=auto, or start over with output.overwrite=true"
+    )
+
+
 def check_run_dir(cfg: Config, run: RunDir, resume: str | None) -> None:
     """Refuse to overwrite a finished run or to silently restart over existing checkpoints."""
     finished = run.adapter.exists() or run.model.exists()
+    if cfg.train.resume and not cfg.output.overwrite:
+        check_finished(cfg, run)
     if resume or cfg.output.overwrite:
         if cfg.output.overwrite and not resume:
             for path in (run.checkpoints, run.adapter, run.model, run.base, run.metrics):
@@ -164,9 +186,12 @@ def _save_final(trainer, cfg: Config, run: RunDir, tokenizer) -> Path:
     return target
 
 
-def _start(cfg: Config, run: RunDir, procs: Processes) -> str | None:
+def _start(cfg: Config, run: RunDir, procs: Processes, log: Callable[..., None]) -> str | None:
     """Checks before any work; all processes agree on config and resume point, or all stop. Returns the resume point."""
     resume, problem = None, None
+    if procs.is_main:
+        for path in run.clear_interrupted_writes():
+            log(f"removed {path} (left by a run that was killed while writing it)")
     try:
         resume = resolve_resume(cfg, run)
         if procs.is_main:
@@ -195,7 +220,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
     procs = Processes.from_env()
     init_processes(cfg.distributed, procs)
     run = RunDir(Path(cfg.output.dir))
-    resume = _start(cfg, run, procs)
+    resume = _start(cfg, run, procs, log)
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
@@ -216,6 +241,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
         if cfg.train.compile:
             log(f"train.compile: {compile_layers(model)} decoder layers compile on first use")
         collator = make_collator(cfg.data, tokenizer.pad_token_id, model, log)
+        stop = StopOnSignal(log)
         trainer = SFTTrainer(
             model=model,
             args=training_arguments(cfg, mine, data.validation is not None),
@@ -224,23 +250,25 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
             data_collator=collator,
             processing_class=tokenizer,
             loss=cfg.train.loss,
-            callbacks=[MetricsCallback(run, resume), ProgressBarCallback(), *own_callbacks, *(callbacks or [])],
+            callbacks=[MetricsCallback(run, resume), ProgressBarCallback(), stop, *own_callbacks, *(callbacks or [])],
         )
         trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl show the logs
         log(f"training → {run.root}" + (f" (resuming from {resume})" if resume else ""))
-        start = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
-        wall = time.perf_counter() - start
-    if trainer.state.global_step < trainer.state.max_steps:
-        log(f"stopped early at step {trainer.state.global_step}; resume with train.resume=auto")
+        with stop.installed():
+            trainer.train(resume_from_checkpoint=resume)
+    step = trainer.state.global_step
+    if step < trainer.state.max_steps:
+        if stop.received:
+            checkpoint = run.checkpoints / f"checkpoint-{step}"
+            raise Interrupted(signal.Signals(stop.received).name, step, str(checkpoint), 128 + stop.received)
+        log(f"stopped early at step {step}; resume with train.resume=auto")
         return run
-    tokens = trainer.token_summary(wall)  # every process: it sums their counts
+    totals = trainer.summary()  # every process: it sums their counts
     target = _save_final(trainer, cfg, run, tokenizer)
     if trainer.is_world_process_zero():
-        summary = tokens | {
-            "steps": trainer.state.global_step,
+        summary = totals | {
+            "steps": step,
             "epochs": trainer.state.epoch,
-            "train_loss": result.training_loss,
             "resumed_from": resume,
             "output": str(target),
             "packing": ("varlen" if collator.varlen else "rows") if isinstance(collator, PackCollator) else "off",
@@ -250,6 +278,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
         }
         atomic_write_json(run.summary, summary)
         plot_loss(run)
+        wall = summary["wall_time_s"]
         log(f"done: {target} ({summary['steps']} steps, {wall:.0f} s, {summary['tokens_per_s']:.0f} tokens/s)")
         log(json.dumps({k: summary[k] for k in ("train_loss", "tokens_seen", "loss_tokens")}))
     return run

@@ -14,10 +14,11 @@ from tuneforge.rundir import RunDir
 
 
 class DiscardCheckpoints(TrainerCallback):
-    """Deletes this process's share of each checkpoint once written (it cannot resume from it on its own)."""
+    """Deletes this process's share of each checkpoint once saved (it cannot resume from it on its own)."""
 
     def on_save(self, args, state, control, **kwargs):
-        shutil.rmtree(Path(args.output_dir, f"checkpoint-{state.global_step}"), ignore_errors=True)
+        # The whole folder: the share stays in its staging folder here, since only rank 0 publishes checkpoints.
+        shutil.rmtree(args.output_dir, ignore_errors=True)
 
 
 @contextmanager

@@ -1,14 +1,22 @@
-"""A thin Trainer subclass: it counts the tokens it trains on and plugs in the memory-lean loss."""
+"""A thin Trainer subclass: token accounting, the memory-lean loss, and checkpoints that appear only when complete."""
 
 from __future__ import annotations
 
+import json
+import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from tuneforge.data.render import IGNORE
+from tuneforge.io import atomic_write_json, publish_dir
 from tuneforge.model.loss import LeanLoss
+
+# Written into every checkpoint: the run's totals up to it, so that a resumed run's summary covers all segments.
+TOTALS_NAME = "run_totals.json"
 
 
 class SFTTrainer(Trainer):
@@ -27,6 +35,9 @@ class SFTTrainer(Trainer):
         self.tokens_seen = 0  # non-padding tokens, this process, this session
         self.loss_tokens = 0  # tokens with a label (the model predicts them)
         self.tokens_computed = 0  # tokens run through the model, padding included
+        self.carried: dict[str, float] = {}  # the totals of earlier sessions, read from the resumed checkpoint
+        self._started = 0.0
+        self._staging: Path | None = None
 
     def _count_tokens(self, inputs: dict[str, Any], seq_lens: Any | None) -> None:
         mask = inputs.get("attention_mask")
@@ -50,17 +61,72 @@ class SFTTrainer(Trainer):
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
 
-    def token_summary(self, wall_seconds: float) -> dict[str, float]:
-        """Token counts summed over processes, and throughput over `wall_seconds`."""
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
+        """The stock `train`, carrying the totals of the sessions before `resume_from_checkpoint`."""
+        totals = Path(resume_from_checkpoint, TOTALS_NAME) if resume_from_checkpoint else None
+        # A checkpoint written before tuneforge kept totals has none: its summary covers this session only.
+        self.carried = json.loads(totals.read_text()) if totals and totals.is_file() else {}
+        self._started = time.perf_counter()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def run_totals(self, loss_sum: float) -> dict[str, float]:
+        """The whole run's totals (all processes, all sessions); `loss_sum`: this session's summed step losses.
+
+        Every process must call it (it sums their counts).
+        """
         import torch
 
         counts = torch.tensor([self.tokens_seen, self.loss_tokens, self.tokens_computed], device=self.args.device)
-        tokens, loss_tokens, computed = (int(x) for x in self.accelerator.reduce(counts, reduction="sum"))
+        counts = self.accelerator.reduce(counts, reduction="sum").tolist()
+        mine = dict(zip(("tokens_seen", "loss_tokens", "tokens_computed"), counts, strict=True))
+        mine |= {"loss_sum": loss_sum, "wall_time_s": time.perf_counter() - self._started}
+        return {key: self.carried.get(key, 0) + value for key, value in mine.items()}
+
+    def summary(self) -> dict[str, float]:
+        """After `train`: tokens, throughput, mean train loss and wall time over the whole run, all sessions."""
+        totals = self.run_totals(self._total_loss_scalar)  # the Trainer's sum of this session's step losses
+        tokens, loss_tokens, computed = (int(totals[k]) for k in ("tokens_seen", "loss_tokens", "tokens_computed"))
+        wall = totals["wall_time_s"]
         return {
             "tokens_seen": tokens,
             "loss_tokens": loss_tokens,
             "padding_fraction": round(1 - tokens / computed, 4) if computed else 0.0,
-            "wall_time_s": round(wall_seconds, 3),
-            "tokens_per_s": tokens / wall_seconds if wall_seconds else 0.0,
-            "loss_tokens_per_s": loss_tokens / wall_seconds if wall_seconds else 0.0,
+            "train_loss": totals["loss_sum"] / max(self.state.global_step, 1),
+            "wall_time_s": round(wall, 3),
+            "tokens_per_s": tokens / wall if wall else 0.0,
+            "loss_tokens_per_s": loss_tokens / wall if wall else 0.0,
         }
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # While a checkpoint is saved, the stock code writes it into the staging folder (see _save_checkpoint).
+        return str(self._staging) if self._staging else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The stock checkpoint, written under a staging folder and renamed once every process has written its share.
+
+        A kill at any moment leaves either the complete checkpoint-N or a `.checkpoint-N.staging.tmp` folder, which
+        the next start removes (RunDir.clear_interrupted_writes): `resume: auto` never sees a partial checkpoint.
+        """
+        run_dir = Path(super()._get_output_dir(trial))
+        final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = self._staging = run_dir / f".{final.name}.staging.tmp"
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        # This session's step losses so far: those logged, plus the steps since the last log (averaged over
+        # processes, as logging would). Then every process has written its share (DeepSpeed, RNG states).
+        pending = self.accelerator.reduce(self._tr_loss.detach().clone(), reduction="mean").item()
+        totals = self.run_totals(self._total_loss_scalar + pending)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            atomic_write_json(staging / final.name / TOTALS_NAME, totals)
+            publish_dir(staging / final.name, final)
+            staging.rmdir()
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()  # no process goes on (or reads checkpoint-N) before it exists
