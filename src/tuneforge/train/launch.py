@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import shlex
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,8 @@ from tuneforge.train.distributed import Processes, agree, init_processes
 
 # Node 0 of a multi-node run listens here unless told otherwise (torchrun's own default).
 MULTI_NODE_PORT = 29500
+# Seconds the workers get to save a checkpoint after a signal before torchrun kills them.
+SIGNAL_GRACE_S = 300
 
 
 def check_gpus(nproc: int) -> None:
@@ -88,18 +91,27 @@ def torchrun_args(config: Path, overrides: list[str], dist: DistributedConfig) -
 
 def relaunch(config: Path, overrides: list[str], dist: DistributedConfig) -> int:
     """Run torchrun in this process; returns the exit status (the workers print their own errors)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     # torchrun would give each process one thread; share the cores out instead (tokenizing, CPU training).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // dist.nproc)))
+    # On Ctrl-C or SIGTERM torchrun passes the signal on, then kills the workers after this many seconds (its
+    # default, 30, is shorter than saving a large model's checkpoint at the current step can take).
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(SIGNAL_GRACE_S))
     # Its agent logs every worker exit and signal at length; failures are reported below, in one line.
     for name in [name for name in logging.root.manager.loggerDict if name.startswith("torch.distributed.elastic")]:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(parse_args(torchrun_args(config, overrides, dist)))
+    except SignalException as exc:
+        # The workers got the signal too: rank 0 printed where it saved and the command that resumes.
+        return 128 + exc.sigval
     except ChildFailedError as exc:
         codes = {failure.exitcode for failure in exc.failures.values()}
+        if codes <= {128 + signal.SIGINT, 128 + signal.SIGTERM}:  # the workers alone got a signal, and saved
+            return max(codes)
         # 2: a UserError, printed by the workers on one line each; negative: stopped by torchrun after it.
         if 2 in codes and all(code == 2 or code < 0 for code in codes):
             return 2
