@@ -33,8 +33,9 @@ def check_gpus(nproc: int) -> None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         shown = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
         count = torch.cuda.device_count()
-        raise UserError(f"distributed.nproc: {nproc} processes but {count} GPU(s) visible{shown}; "
-                        f"use --nproc {count} or fewer")
+        raise UserError(
+            f"distributed.nproc: {nproc} processes but {count} GPU(s) visible{shown}; use --nproc {count} or fewer"
+        )
 
 
 def check_port(addr: str, port: int) -> None:
@@ -46,10 +47,14 @@ def check_port(addr: str, port: int) -> None:
             sock.bind((addr, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UserError(f"distributed.master_port: {addr}:{port} is already in use (another run?); "
-                                "pick a free port with --master-port") from None
-            raise UserError(f"distributed.master_addr: cannot listen on {addr}:{port} ({exc.strerror}); node 0 "
-                            "must own master_addr, give it this machine's address with --master-addr") from None
+                raise UserError(
+                    f"distributed.master_port: {addr}:{port} is already in use (another run?); "
+                    "pick a free port with --master-port"
+                ) from None
+            raise UserError(
+                f"distributed.master_addr: cannot listen on {addr}:{port} ({exc.strerror}); node 0 "
+                "must own master_addr, give it this machine's address with --master-addr"
+            ) from None
 
 
 def check_strategy(cfg: Config) -> None:
@@ -64,16 +69,19 @@ def check_strategy(cfg: Config) -> None:
     # from its own config, so a different one there would silently be ignored.
     for variable, wanted in (("ACCELERATE_USE_DEEPSPEED", "deepspeed"), ("ACCELERATE_USE_FSDP", "fsdp")):
         if os.environ.get(variable, "false").lower() == "true" and strategy != wanted:
-            raise UserError(f"distributed.strategy: the accelerate config asks for {wanted} but the tuneforge "
-                            f"config says {strategy}; set distributed.strategy={wanted} or drop it from the "
-                            "accelerate config")
+            raise UserError(
+                f"distributed.strategy: the accelerate config asks for {wanted} but the tuneforge "
+                f"config says {strategy}; set distributed.strategy={wanted} or drop it from the "
+                "accelerate config"
+            )
 
 
 def check_topology(dist: DistributedConfig) -> None:
     """Node rank within range; on node 0, a port torchrun can take."""
     if dist.node_rank >= dist.nnodes:
-        raise UserError(f"distributed.node_rank: {dist.node_rank} with {dist.nnodes} node(s); "
-                        f"ranks go from 0 to {dist.nnodes - 1}")
+        raise UserError(
+            f"distributed.node_rank: {dist.node_rank} with {dist.nnodes} node(s); ranks go from 0 to {dist.nnodes - 1}"
+        )
     check_gpus(dist.nproc)
     if dist.node_rank == 0 and (dist.nnodes > 1 or dist.master_port is not None):
         check_port(dist.master_addr, dist.master_port or MULTI_NODE_PORT)
@@ -81,8 +89,12 @@ def check_topology(dist: DistributedConfig) -> None:
 
 def torchrun_args(config: Path, overrides: list[str], dist: DistributedConfig) -> list[str]:
     """The torchrun command line that runs `python -m tuneforge.train CONFIG OVERRIDES` on every process."""
-    args = [f"--nproc-per-node={dist.nproc}", f"--nnodes={dist.nnodes}", f"--node-rank={dist.node_rank}",
-            f"--master-addr={dist.master_addr}"]
+    args = [
+        f"--nproc-per-node={dist.nproc}",
+        f"--nnodes={dist.nnodes}",
+        f"--node-rank={dist.node_rank}",
+        f"--master-addr={dist.master_addr}",
+    ]
     if dist.nnodes > 1 or dist.master_port is not None:
         # Without a port torchrun picks any free one, which only works on a single node.
         args.append(f"--master-port={dist.master_port or MULTI_NODE_PORT}")
