@@ -143,7 +143,6 @@ def test_resume_auto_matches_an_uninterrupted_run(tiny_qwen3_dir, tmp_path, stra
     with pytest.raises(KeyboardInterrupt):
         train(crashed_cfg, callbacks=[Crash(step=5)], **quiet)
     assert not (tmp_path / "crashed" / "adapter").exists()
-    shutil.rmtree(tmp_path / "crashed" / "checkpoints" / "checkpoint-6", ignore_errors=True)
 
     resumed = train(resume_config(tiny_qwen3_dir, tmp_path / "crashed", resume="auto"), **quiet)
     assert json.loads(resumed.summary.read_text())["resumed_from"].endswith("checkpoint-3")
