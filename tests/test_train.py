@@ -14,7 +14,6 @@ import pytest
 import torch
 from conftest import DATA_DIR, needs_assets
 from safetensors.torch import load_file
-from transformers import TrainerCallback
 
 from tuneforge.config import save_config, validate
 from tuneforge.infer.chat import open_session
@@ -77,17 +76,6 @@ def test_learns_the_configured_name(tiny_qwen3_dir, tmp_path, method, lr):
     assert (run.adapter if method == "lora" else run.model).is_dir()
 
 
-class Crash(TrainerCallback):
-    """Kills the run after `step`: progress after the last checkpoint is lost, as with a real crash."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def step_losses(run) -> dict[int, float]:
     entries = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     return {e["step"]: e["loss"] for e in entries if "loss" in e}
@@ -137,18 +125,6 @@ def assert_same_training(got, expected) -> None:
     assert want["train_loss"] == pytest.approx(sum(step_losses(expected).values()) / 6, rel=1e-5)
 
 
-@needs_assets
-def test_resume_auto_matches_an_uninterrupted_run(tiny_qwen3_dir, tmp_path, straight):
-    crashed_cfg = resume_config(tiny_qwen3_dir, tmp_path / "crashed")
-    with pytest.raises(KeyboardInterrupt):
-        train(crashed_cfg, callbacks=[Crash(step=5)], **quiet)
-    assert not (tmp_path / "crashed" / "adapter").exists()
-
-    resumed = train(resume_config(tiny_qwen3_dir, tmp_path / "crashed", resume="auto"), **quiet)
-    assert json.loads(resumed.summary.read_text())["resumed_from"].endswith("checkpoint-3")
-    assert_same_training(resumed, straight)
-
-
 # Runs `tuneforge train CONFIG` with the save of checkpoint-6 stalled after its optimizer and scheduler are
 # written (before RNG states and trainer_state.json), so that the test kills it mid-checkpoint every time.
 STALLED_SAVE = """
@@ -168,10 +144,10 @@ app(["train", sys.argv[1]])
 """
 
 
-def wait_for(path, process, timeout: float = 300) -> None:
+def wait_for(path, process, log, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert process.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.05)
 
@@ -181,17 +157,17 @@ def test_sigkill_while_a_checkpoint_is_written_then_resume_auto_matches(tiny_qwe
     run = RunDir(tmp_path / "killed")
     config = tmp_path / "killed.yaml"
     save_config(resume_config(tiny_qwen3_dir, run.root), config)
-    process = subprocess.Popen(
-        [sys.executable, "-c", STALLED_SAVE, str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    log = tmp_path / "train.log"
+    with log.open("w") as out:  # a file, not a pipe that could fill up and stall the run
+        process = subprocess.Popen([sys.executable, "-c", STALLED_SAVE, str(config)], stdout=out, stderr=out)
     staging = run.checkpoints / ".checkpoint-6.staging.tmp"
     try:
-        wait_for(staging / "checkpoint-6" / "scheduler.pt", process)
+        wait_for(staging / "checkpoint-6" / "scheduler.pt", process, log)
     finally:
         process.kill()  # SIGKILL: no handler runs
-        process.communicate()
+        process.wait()
     assert process.returncode == -signal.SIGKILL
-    # The half-written checkpoint never carried its final name; the one before is whole.
+    # Steps 4-6 are lost, as in any crash; the half-written checkpoint never carried its final name.
     assert not (staging / "checkpoint-6" / "trainer_state.json").exists()
     assert sorted(p.name for p in run.checkpoints.glob("checkpoint-*")) == ["checkpoint-3"]
     with run.metrics.open("a") as f:  # a kill while a log line is appended tears it
