@@ -78,9 +78,10 @@ def config_check(
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
     """Validate a config without running anything."""
-    from tuneforge.config import load_config
+    from tuneforge.config import check_local_files, load_config
 
     cfg = load_config(config, overrides)
+    check_local_files(cfg)
     typer.echo(f"{config}: ok ({cfg.method.type} on {cfg.model.name_or_path}, {len(cfg.data.datasets)} dataset(s))")
 
 
@@ -110,8 +111,9 @@ def data_render(
     """Write exactly what the trainer receives: one {"input_ids", "labels"} object per line."""
     import json
 
-    from tuneforge.io import atomic_write_text
+    from tuneforge.io import atomic_write_text, check_writable
 
+    check_writable(out, "--out", folder=False)
     dataset, _ = _prepared(config, overrides, split)
     rows = dataset.select(range(min(limit or len(dataset), len(dataset))))
     lines = (json.dumps({"input_ids": r["input_ids"], "labels": r["labels"]}) for r in rows)
