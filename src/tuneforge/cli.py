@@ -25,14 +25,15 @@ app.add_typer(data_app, name="data")
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print UserError as one line (no traceback) and exit 2."""
+    """Print UserError as one line per problem (no traceback) and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
+            for line in str(exc).splitlines():  # several problems reported at once: one `error:` line each
+                typer.secho(f"error: {line}", fg="red", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
