@@ -191,7 +191,8 @@ def _method_key_problems(method: MethodConfig) -> list[str]:
     """Keys set in the method section that its type ignores: a full fine-tune has no LoRA, lora no quantization."""
     ignored = {"full": LORA_KEYS + QUANT_KEYS, "lora": QUANT_KEYS, "qlora": ()}[method.type]
     # Compared with the defaults, not model_fields_set: a run's resolved config.yaml spells out every key.
-    keys = [k for k in ignored if getattr(method, k) != MethodConfig.model_fields[k].get_default(call_default_factory=True)]
+    defaults = MethodConfig()
+    keys = [k for k in ignored if getattr(method, k) != getattr(defaults, k)]
     if not keys:
         return []
     return [
@@ -217,7 +218,8 @@ def _train_problems(train: TrainConfig) -> list[str]:
             close = difflib.get_close_matches(train.lr_scheduler, names, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             problems.append(
-                f"train.lr_scheduler: unknown scheduler '{train.lr_scheduler}'; {hint}expected one of {', '.join(names)}"
+                f"train.lr_scheduler: unknown scheduler '{train.lr_scheduler}'; {hint}"
+                f"expected one of {', '.join(names)}"
             )
     return problems
 

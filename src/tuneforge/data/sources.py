@@ -43,7 +43,9 @@ def _json_array(path: Path, text: str) -> Iterator[Located]:
             # Records must be separated by one comma, as json.loads would insist; a missing one is an error.
             if pos >= len(text) or text[pos] != ",":
                 found = repr(text[pos]) if pos < len(text) else "the end of the file"
-                raise UserError(f"{path}:{line_at(pos)}: invalid JSON (expected ',' or ']' after a record, found {found})")
+                raise UserError(
+                    f"{path}:{line_at(pos)}: invalid JSON (expected ',' or ']' after a record, found {found})"
+                )
             pos = _skip_space(text, pos + 1)
         if pos >= len(text):
             raise UserError(f"{path}:{line_at(pos)}: invalid JSON (unterminated array)")

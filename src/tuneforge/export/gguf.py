@@ -133,7 +133,10 @@ def _index_safetensors(model_dir: Path) -> dict[str, StoredTensor]:
     found: dict[str, StoredTensor] = {}
     for file in files:
         # The header is parsed here (offsets are not exposed by safetensors' safe_open); a corrupt one fails as JSON.
-        with unreadable(file, "safetensors file", "re-save or re-download the model", ValueError), open(file, "rb") as f:
+        with (
+            unreadable(file, "safetensors file", "re-save or re-download the model", ValueError),
+            open(file, "rb") as f,
+        ):
             size = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(min(size, file.stat().st_size)))
         for name, info in header.items():
@@ -176,7 +179,10 @@ def read_metadata(path: Path, keys: Iterable[str]) -> dict[str, Any]:
     """
     wanted, found = set(keys), {}
     fix = "export it again with `tuneforge export gguf`"
-    with unreadable(path, "GGUF file", fix, struct.error, ValueError, OverflowError, MemoryError), open(path, "rb") as f:
+    with (
+        unreadable(path, "GGUF file", fix, struct.error, ValueError, OverflowError, MemoryError),
+        open(path, "rb") as f,
+    ):
         magic, version, _, n_kv = struct.unpack("<IIQQ", f.read(24))
         if magic != gguf.GGUF_MAGIC or version < 2:
             raise UserError(f"{path}: not a GGUF file (version 2 or later)")
