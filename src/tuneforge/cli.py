@@ -230,8 +230,10 @@ export_app = typer.Typer(help="Export a model: GGUF for llama.cpp / LM Studio, a
 app.add_typer(export_app, name="export")
 _GGUF_TYPE_HELP = "GGUF type: f32 | f16 | bf16 | q8_0 | q4_k_m | q5_k_m | q6_k (k-quants need tuneforge\\[llamacpp])."
 _FORCE_HELP = "Replace existing outputs."
-_ONTO_HELP = ("QLoRA adapters: merge onto the 16bit base (default) or the dequantized 4-bit weights it trained on "
-              "(the default for a pre-quantized base); both are measured and reported.")
+_ONTO_HELP = (
+    "QLoRA adapters: merge onto the 16bit base (default) or the dequantized 4-bit weights it trained on "
+    "(the default for a pre-quantized base); both are measured and reported."
+)
 
 
 @app.command()
