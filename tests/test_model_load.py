@@ -251,8 +251,8 @@ def test_missing_hub_id_fails_fast_naming_the_source(tmp_path):
 def test_path_that_is_not_a_folder(tmp_path):
     with pytest.raises(UserError) as exc:
         resolve_model_path(ModelConfig(name_or_path=str(tmp_path / "qwen3")))
-    assert one_line(exc) == f"model.name_or_path: {tmp_path / 'qwen3'} looks like a path but is not a folder " \
-                            "(nor an org/name hub id)"
+    assert one_line(exc) == f"model.name_or_path: {tmp_path / 'qwen3'}: not found; expected a model folder " \
+                            "or an org/name hub id"
 
 
 def fake_modelscope(monkeypatch, snapshot_download) -> None:

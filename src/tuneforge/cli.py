@@ -25,14 +25,15 @@ app.add_typer(data_app, name="data")
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print UserError as one line (no traceback) and exit 2."""
+    """Print UserError as one line per problem (no traceback) and exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
+            for line in str(exc).splitlines():  # several problems reported at once: one `error:` line each
+                typer.secho(f"error: {line}", fg="red", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -78,9 +79,10 @@ def config_check(
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
     """Validate a config without running anything."""
-    from tuneforge.config import load_config
+    from tuneforge.config import check_local_files, load_config
 
     cfg = load_config(config, overrides)
+    check_local_files(cfg)
     typer.echo(f"{config}: ok ({cfg.method.type} on {cfg.model.name_or_path}, {len(cfg.data.datasets)} dataset(s))")
 
 
@@ -110,8 +112,9 @@ def data_render(
     """Write exactly what the trainer receives: one {"input_ids", "labels"} object per line."""
     import json
 
-    from tuneforge.io import atomic_write_text
+    from tuneforge.io import atomic_write_text, check_writable
 
+    check_writable(out, "--out", folder=False)
     dataset, _ = _prepared(config, overrides, split)
     rows = dataset.select(range(min(limit or len(dataset), len(dataset))))
     lines = (json.dumps({"input_ids": r["input_ids"], "labels": r["labels"]}) for r in rows)
@@ -227,8 +230,10 @@ export_app = typer.Typer(help="Export a model: GGUF for llama.cpp / LM Studio, a
 app.add_typer(export_app, name="export")
 _GGUF_TYPE_HELP = "GGUF type: f32 | f16 | bf16 | q8_0 | q4_k_m | q5_k_m | q6_k (k-quants need tuneforge\\[llamacpp])."
 _FORCE_HELP = "Replace existing outputs."
-_ONTO_HELP = ("QLoRA adapters: merge onto the 16bit base (default) or the dequantized 4-bit weights it trained on "
-              "(the default for a pre-quantized base); both are measured and reported.")
+_ONTO_HELP = (
+    "QLoRA adapters: merge onto the 16bit base (default) or the dequantized 4-bit weights it trained on "
+    "(the default for a pre-quantized base); both are measured and reported."
+)
 
 
 @app.command()

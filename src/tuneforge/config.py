@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneforge.errors import UserError
 
@@ -168,6 +168,61 @@ class Config(Section):
         """A short hash of the resolved config (used to check that all processes agree)."""
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> Config:
+        """Keys that are valid alone but contradict each other (or transformers) together."""
+        problems = _method_key_problems(self.method) + _train_problems(self.train)
+        if self.train.eval_steps is not None and self.data.val_size == 0:
+            problems.append(
+                f"train.eval_steps: {self.train.eval_steps} needs a validation split; set data.val_size "
+                "(e.g. 0.05) or remove train.eval_steps"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+# Keys that only the LoRA methods (and, for the second set, only qlora) read.
+LORA_KEYS = ("rank", "alpha", "dropout", "target_modules", "use_rslora", "use_dora", "modules_to_save")
+QUANT_KEYS = ("bits", "quant_type", "double_quant", "quant_storage")
+
+
+def _method_key_problems(method: MethodConfig) -> list[str]:
+    """Keys set in the method section that its type ignores: a full fine-tune has no LoRA, lora no quantization."""
+    ignored = {"full": LORA_KEYS + QUANT_KEYS, "lora": QUANT_KEYS, "qlora": ()}[method.type]
+    # Compared with the defaults, not model_fields_set: a run's resolved config.yaml spells out every key.
+    defaults = MethodConfig()
+    keys = [k for k in ignored if getattr(method, k) != getattr(defaults, k)]
+    if not keys:
+        return []
+    return [
+        f"method.{keys[0]}: {', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect with method.type: "
+        f"{method.type}; remove {'it' if len(keys) == 1 else 'them'} or change method.type"
+    ]
+
+
+def _train_problems(train: TrainConfig) -> list[str]:
+    """warmup given twice, and scheduler names transformers does not know."""
+    problems = []
+    if train.warmup_steps and train.warmup_ratio:
+        problems.append(
+            f"train.warmup_steps: {train.warmup_steps} and train.warmup_ratio: {train.warmup_ratio} are both set; "
+            "keep one of them"
+        )
+    if train.lr_scheduler != TrainConfig.model_fields["lr_scheduler"].default:
+        # Imported only when the key is set: transformers (and torch) are heavy for `config check`.
+        from transformers.trainer_utils import SchedulerType
+
+        names = [s.value for s in SchedulerType]
+        if train.lr_scheduler not in names:
+            close = difflib.get_close_matches(train.lr_scheduler, names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append(
+                f"train.lr_scheduler: unknown scheduler '{train.lr_scheduler}'; {hint}"
+                f"expected one of {', '.join(names)}"
+            )
+    return problems
+
 
 def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The field names of the section that `loc` (a pydantic error location) points into."""
@@ -196,6 +251,9 @@ def _describe(err: dict[str, Any], source: str) -> str:
         return f"{source}: unknown key '{key}'{hint}"
     if err["type"] == "missing":
         return f"{source}: missing required key '{key}'"
+    if err["type"] == "value_error" and not err["loc"]:
+        # Cross-field checks (Config._cross_field_checks) name their keys themselves, one problem per line.
+        return "\n".join(f"{source}: {line}" for line in str(err["ctx"]["error"]).splitlines())
     return f"{source}: {key}: {err['msg']} (got {err.get('input')!r})"
 
 
@@ -219,7 +277,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"override '{item}': '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(
+                f"override '{item}': the value is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                f"quote it as a string ({key}='\"...\"') or fix the value"
+            ) from None
     return raw
 
 
@@ -230,6 +294,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: config file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the file as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -243,6 +312,40 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load, override and validate a config file. Relative data paths stay relative to the cwd."""
     raw = apply_overrides(read_yaml(path), overrides or [])
     return validate(raw, str(path))
+
+
+# What a hub id can never end with, so a value ending so is a local file.
+LOCAL_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".yaml", ".safetensors", ".gguf")
+
+
+def looks_like_path(value: str) -> bool:
+    """True for a value that can only be a local path, not a hub id (`name` or `org/name`)."""
+    return value.startswith((".", "/", "~")) or value.count("/") > 1 or Path(value).suffix.lower() in LOCAL_SUFFIXES
+
+
+def not_found(key: str, value: str) -> str:
+    """'KEY: VALUE: not found', with the absolute path tried and what it was relative to when VALUE is relative."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return f"{key}: {value}: not found"
+    return (
+        f"{key}: {value}: not found (tried {path.resolve()}: relative paths are read from the current folder "
+        f"{Path.cwd()}, not from the config file's folder)"
+    )
+
+
+def check_local_files(cfg: Config) -> None:
+    """The local model folder and data files the config names exist (all problems at once)."""
+    problems = []
+    for key, value in (("model.name_or_path", cfg.model.name_or_path), ("model.tokenizer", cfg.model.tokenizer)):
+        if value is not None and looks_like_path(value) and not Path(value).expanduser().exists():
+            problems.append(not_found(key, value))
+    for i, ds in enumerate(cfg.data.datasets):
+        local = ds.source == "local" or (ds.source == "auto" and looks_like_path(ds.path))
+        if local and not Path(ds.path).expanduser().exists():
+            problems.append(not_found(f"data.datasets.{i}.path", ds.path))
+    if problems:
+        raise UserError("\n".join(problems))
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -1,5 +1,8 @@
 """The one exception type for mistakes a user can fix."""
 
+import contextlib
+from collections.abc import Iterator
+
 
 class UserError(Exception):
     """A problem with the user's input (config, data, paths, flags).
@@ -15,3 +18,13 @@ class Interrupted(Exception):
     def __init__(self, signal_name: str, step: int, checkpoint: str, status: int) -> None:
         super().__init__(f"stopped by {signal_name} at step {step}; checkpoint saved in {checkpoint}")
         self.status = status  # the exit status: 128 + the signal's number, as a shell reports a killed command
+
+
+@contextlib.contextmanager
+def unreadable(path: object, what: str, fix: str, *errors: type[BaseException]) -> Iterator[None]:
+    """Turn a parser's `errors` while reading `path` into one line: the path, that it is no valid `what`, and `fix`."""
+    try:
+        yield
+    except errors as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{path}: not a valid {what} ({reason}); {fix}") from None

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tuneforge.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -95,3 +97,21 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
             os.replace(old, path)
         cleared.append(old)
     return cleared
+
+
+def check_writable(path: Path, what: str, folder: bool) -> None:
+    """Fail before any work, naming `what`, where `path` cannot be written as a folder (or as a file)."""
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{what}: {path} is an existing file, not a folder; choose a folder path")
+    if not folder and path.is_dir():
+        raise UserError(f"{what}: {path} is a folder; give a file path, e.g. {path / 'out'}")
+    # A real probe, not os.access: access() ignores read-only mounts for root and ACLs elsewhere.
+    where = path if path.is_dir() else path.parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"{what}: cannot write to {where} ({exc.strerror}); choose another path or fix its permissions"
+        ) from None

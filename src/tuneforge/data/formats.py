@@ -74,7 +74,8 @@ def detect_format(record: Mapping[str, Any], overrides: Mapping[str, str]) -> st
     """The first format whose required columns the record has, or None."""
     for fmt in DETECTION_ORDER:
         cols = {**DEFAULT_COLUMNS[fmt], **{k: v for k, v in overrides.items() if k in DEFAULT_COLUMNS[fmt]}}
-        if all(record.get(cols[field]) not in (None, "") for field in REQUIRED[fmt]):
+        # Presence, not content: a record whose column is null or empty is reported as such by _require.
+        if all(cols[field] in record for field in REQUIRED[fmt]):
             return fmt
     return None
 
@@ -98,9 +99,13 @@ def _with_system(system: Any, messages: list[Message]) -> list[Message]:
 
 
 def _require(record: Mapping[str, Any], cols: Mapping[str, str], fmt: str) -> None:
-    missing = [cols[f] for f in REQUIRED[fmt] if record.get(cols[f]) in (None, "")]
+    missing = [cols[f] for f in REQUIRED[fmt] if cols[f] not in record]
     if missing:
         raise RecordError(f"missing column(s) {missing} for format '{fmt}' (columns present: {sorted(record)})")
+    empty = [cols[f] for f in REQUIRED[fmt] if record[cols[f]] in (None, "", [])]
+    if empty:
+        values = ", ".join(f"{c}={record[c]!r}" for c in empty)
+        raise RecordError(f"empty value(s) {values}; fill them in or remove the record")
 
 
 def from_alpaca(record: Mapping[str, Any], cols: Mapping[str, str]) -> Conversation:
@@ -148,8 +153,8 @@ def _tools(value: Any, what: str) -> list[dict[str, Any]] | None:
     tools = _parse_json(value, what)
     if tools in (None, "", []):
         return None
-    if not isinstance(tools, list):
-        raise RecordError(f"{what}: expected a list of tool definitions")
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise RecordError(f"{what}: expected a list of tool definitions (JSON objects), got {tools!r:.80}")
     # Bare function schemas become OpenAI-style tools, the shape clients send at inference.
     return [t if "function" in t else {"type": "function", "function": t} for t in tools]
 
@@ -165,10 +170,10 @@ def from_sharegpt(record: Mapping[str, Any], cols: Mapping[str, str]) -> Convers
             raise RecordError(
                 f"{cols['conversations']}[{i}]: expected {{'{cols['role']}': ..., '{cols['content']}': ...}}"
             )
-        role = SHAREGPT_ROLES.get(turn[cols["role"]])
+        role = SHAREGPT_ROLES.get(turn[cols["role"]]) if isinstance(turn[cols["role"]], str) else None
         if role is None:
             raise RecordError(
-                f"{cols['conversations']}[{i}]: unknown role '{turn[cols['role']]}'; "
+                f"{cols['conversations']}[{i}].{cols['role']}: unknown role {turn[cols['role']]!r}; "
                 f"expected one of {sorted(SHAREGPT_ROLES)}"
             )
         value = turn.get(cols["content"])
@@ -294,4 +299,6 @@ def to_conversation(record: Mapping[str, Any], fmt: str, overrides: Mapping[str,
     conv = CONVERTERS[fmt](record, cols)
     if not any(m.role == "assistant" for m in conv.messages):
         raise RecordError("no assistant turn to train on")
+    if not any(m.role == "user" for m in conv.messages):
+        raise RecordError("no user turn: the assistant answers nothing; add the user's message or remove the record")
     return conv

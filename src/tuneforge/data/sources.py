@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config import DataConfig, DatasetConfig
+from tuneforge.config import DataConfig, DatasetConfig, looks_like_path, not_found
 from tuneforge.data.conversation import Conversation, Message
 from tuneforge.data.formats import RecordError, detect_format, fill_placeholders, to_conversation
-from tuneforge.errors import UserError
+from tuneforge.errors import UserError, unreadable
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
@@ -34,19 +34,33 @@ def _json_array(path: Path, text: str) -> Iterator[Located]:
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     line_at = _line_counter(text)
+    first = True
     while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
+        pos = _skip_space(text, pos)
+        if pos < len(text) and text[pos] == "]":
+            return
+        if not first:
+            # Records must be separated by one comma, as json.loads would insist; a missing one is an error.
+            if pos >= len(text) or text[pos] != ",":
+                found = repr(text[pos]) if pos < len(text) else "the end of the file"
+                raise UserError(
+                    f"{path}:{line_at(pos)}: invalid JSON (expected ',' or ']' after a record, found {found})"
+                )
+            pos = _skip_space(text, pos + 1)
         if pos >= len(text):
             raise UserError(f"{path}:{line_at(pos)}: invalid JSON (unterminated array)")
-        if text[pos] == "]":
-            return
         try:
             record, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         yield Located(record, f"{path}:{line_at(pos)}")
-        pos = end
+        pos, first = end, False
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
 def _line_counter(text: str):
@@ -75,9 +89,12 @@ def read_file(path: Path) -> Iterator[Located]:
     """Records of one local file, each with its `file:line`."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        with unreadable(path, "parquet file", "re-export or re-download it", pa.ArrowException):
+            rows = pq.read_table(path).to_pylist()
+        for i, row in enumerate(rows):
             yield Located(row, f"{path}:row {i + 1}")
         return
     try:
@@ -119,13 +136,16 @@ def _hub_records(ds: DatasetConfig, source: str) -> Iterator[Located]:
 
 def raw_records(ds: DatasetConfig) -> Iterator[Located]:
     """Every record of one configured dataset, with its location."""
-    path = Path(ds.path)
-    source = ds.source if ds.source != "auto" else ("local" if path.exists() else "huggingface")
+    path = Path(ds.path).expanduser()
+    if ds.source == "auto":
+        source = "local" if path.exists() or looks_like_path(ds.path) else "huggingface"
+    else:
+        source = ds.source
     if source != "local":
         yield from _hub_records(ds, source)
         return
     if not path.exists():
-        raise UserError(f"data.datasets: {path}: file or folder not found")
+        raise UserError(not_found("data.datasets", ds.path))
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES) if path.is_dir() else [path]
     if not files:
         raise UserError(f"data.datasets: {path}: no {'/'.join(SUFFIXES)} files in this folder")

@@ -11,15 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneforge.errors import UserError
-from tuneforge.io import remove_stale_temporaries
+from tuneforge.io import check_writable, remove_stale_temporaries
 
 
-def refuse_existing(path: Path, force: bool) -> None:
-    """Stop before any work when `path` exists and the user did not ask to replace it.
+def refuse_existing(path: Path, force: bool, folder: bool = False) -> None:
+    """Stop before any work when `path` cannot be written (as a folder, or a file) or exists without --force.
 
     First clear what a killed earlier write of `path` left beside it (temporaries; a `.old` is put back).
     """
     remove_stale_temporaries(path)
+    check_writable(path, "--out", folder)
     if path.exists() and not force:
         raise UserError(f"{path} already exists; pass --force to replace it")
 

@@ -24,7 +24,7 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as Q
 
-from tuneforge.errors import UserError
+from tuneforge.errors import UserError, unreadable
 from tuneforge.export import interrupt_as_user_error, refuse_existing
 
 # --type values written by this module, and their GGUF file types.
@@ -132,9 +132,13 @@ def _index_safetensors(model_dir: Path) -> dict[str, StoredTensor]:
         raise UserError(f"{model_dir}: no *.safetensors files (export needs a merged or fully fine-tuned model)")
     found: dict[str, StoredTensor] = {}
     for file in files:
-        with open(file, "rb") as f:
+        # The header is parsed here (offsets are not exposed by safetensors' safe_open); a corrupt one fails as JSON.
+        with (
+            unreadable(file, "safetensors file", "re-save or re-download the model", ValueError),
+            open(file, "rb") as f,
+        ):
             size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
+            header = json.loads(f.read(min(size, file.stat().st_size)))
         for name, info in header.items():
             if name != "__metadata__":
                 offset = 8 + size + info["data_offsets"][0]
@@ -174,7 +178,11 @@ def read_metadata(path: Path, keys: Iterable[str]) -> dict[str, Any]:
     this walks the key/value section once and decodes only what was asked for.
     """
     wanted, found = set(keys), {}
-    with open(path, "rb") as f:
+    fix = "export it again with `tuneforge export gguf`"
+    with (
+        unreadable(path, "GGUF file", fix, struct.error, ValueError, OverflowError, MemoryError),
+        open(path, "rb") as f,
+    ):
         magic, version, _, n_kv = struct.unpack("<IIQQ", f.read(24))
         if magic != gguf.GGUF_MAGIC or version < 2:
             raise UserError(f"{path}: not a GGUF file (version 2 or later)")

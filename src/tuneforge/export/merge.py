@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneforge.config import MethodConfig, ModelConfig
-from tuneforge.errors import UserError
+from tuneforge.errors import UserError, unreadable
 from tuneforge.export import interrupt_as_user_error, refuse_existing
 from tuneforge.io import atomic_dir
 from tuneforge.rundir import RunDir
@@ -91,7 +91,7 @@ def merge_adapter(
         raise UserError(f"--dtype {dtype}: expected one of {', '.join(MERGE_DTYPES)}")
     if onto is not None and onto not in ONTO:
         raise UserError(f"--onto {onto}: expected one of {', '.join(ONTO)}")
-    refuse_existing(out, force)
+    refuse_existing(out, force, folder=True)
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: no adapter_config.json (expected a peft LoRA adapter folder)")
     base = base.model_copy(update={"dtype": dtype})
@@ -197,13 +197,14 @@ def _check_adapter_fits(model: PreTrainedModel, adapter: Path, base_name: str) -
     peft raises a wall of text on shape mismatches and silently skips tensors whose module is missing
     (an adapter from a deeper model), so we check first and say it in one line.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise UserError(f"{adapter}: no adapter_model.safetensors")
     problems = []
-    with safe_open(weights, "pt") as f:
+    fix = "copy the adapter again, or train it again"
+    with unreadable(weights, "safetensors file", fix, SafetensorError), safe_open(weights, "pt") as f:
         for key in f.keys():  # noqa: SIM118 - safe_open has keys() but is not iterable
             name = key.removeprefix("base_model.model.")
             shape = tuple(f.get_slice(key).get_shape())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.export import refuse_existing
-from tuneforge.io import atomic_write_text
+from tuneforge.io import atomic_write_text, check_writable
 
 # The Go template mirrors the Jinja one block by block. Two layout rules come from Ollama, which infers
 # from the template how to parse model output: the thinking tags are the text around `{{ .Thinking }}`
@@ -103,6 +103,7 @@ def export_ollama(gguf_file: Path, out: Path, sampling: str = "thinking", force:
     if not gguf_file.is_file():
         raise UserError(f"{gguf_file}: GGUF file not found (make one with `tuneforge export gguf`)")
     _check_qwen3_template(gguf_file)
+    check_writable(out, "--out", folder=True)
     modelfile = out / "Modelfile"
     refuse_existing(modelfile, force)
     atomic_write_text(modelfile, modelfile_text(_from_path(gguf_file, out), sampling))

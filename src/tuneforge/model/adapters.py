@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tuneforge.config import MethodConfig
+from tuneforge.config import MethodConfig, ModelConfig
+from tuneforge.errors import UserError
 
 
 def is_quantized(model) -> bool:
@@ -40,3 +41,33 @@ def apply_method(model, method: MethodConfig, log: Callable = print):
     name = "qlora" if method.type != "full" and is_quantized(model) else method.type
     log(f"method {name}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
     return model
+
+
+def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
+    """Before any weights load: config.json makes a causal LM, and each method.target_modules entry matches a module."""
+    from tuneforge.model.load import model_skeleton
+
+    skeleton = model_skeleton(model_cfg)  # raises for a missing config.json or a non-causal model
+    if method.type == "full" or method.target_modules == "all-linear":
+        return
+    import torch
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    names = [name for name, _ in skeleton.named_modules() if name]
+    # peft's own matching: a string is one regular expression matched whole; list entries match name suffixes.
+    targets = method.target_modules
+    configs = (
+        {targets: LoraConfig(target_modules=targets)}
+        if isinstance(targets, str)
+        else {entry: LoraConfig(target_modules=[entry]) for entry in targets}
+    )
+    unmatched = [
+        entry for entry, lora in configs.items() if not any(check_target_module_exists(lora, n) for n in names)
+    ]
+    if unmatched:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise UserError(
+            f"method.target_modules: {', '.join(map(repr, unmatched))} matches no module of "
+            f"{type(skeleton).__name__}; its linear layers are {', '.join(linear)} (or use all-linear)"
+        )

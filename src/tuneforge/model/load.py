@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneforge.config import MethodConfig, ModelConfig
+from tuneforge.config import MethodConfig, ModelConfig, looks_like_path, not_found
 from tuneforge.errors import UserError
 
 if TYPE_CHECKING:
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 AMPERE = (8, 0)  # first compute capability with native bf16 and flash-attn 2
+# Any of these makes a folder a tokenizer (fast, or slow BPE / SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 def resolve_model_path(cfg: ModelConfig) -> str:
@@ -29,8 +31,8 @@ def resolve_model_path(cfg: ModelConfig) -> str:
     name = cfg.name_or_path
     if Path(name).is_dir():
         return name
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UserError(f"model.name_or_path: {name} looks like a path but is not a folder (nor an org/name hub id)")
+    if looks_like_path(name):
+        raise UserError(not_found("model.name_or_path", name) + "; expected a model folder or an org/name hub id")
     if cfg.hub == "modelscope":
         try:
             from modelscope import snapshot_download
@@ -44,6 +46,15 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         except Exception as exc:  # modelscope raises many types; all mean "not fetched"
             raise UserError(_not_found(cfg, exc)) from None
     return name
+
+
+def _load_error(cfg: ModelConfig, source: str, exc: BaseException) -> str:
+    """One line for a failed load: what is wrong inside a local folder, or why a hub id could not be fetched."""
+    if not Path(source).is_dir():
+        return _not_found(cfg, exc)
+    key = "model.tokenizer" if source == cfg.tokenizer else "model.name_or_path"
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return f"{key}: {source}: could not be loaded ({reason}); re-download or re-save this folder"
 
 
 def _not_found(cfg: ModelConfig, exc: BaseException) -> str:
@@ -67,12 +78,18 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     source = cfg.tokenizer or resolve_model_path(cfg)
+    if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+        raise UserError(
+            f"{key}: {source} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "set model.tokenizer to a folder or hub id that has them"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=cfg.revision, cache_dir=cfg.cache_dir, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise UserError(_not_found(cfg, exc)) from None
+        raise UserError(_load_error(cfg, source, exc)) from None
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # pad must differ from eos, or masking pads would also hide the end-of-turn token.
         for candidate in ("<|endoftext|>", "<|fim_pad|>"):
@@ -151,14 +168,43 @@ def pick_attn(name: str) -> str:
 def load_model_config(cfg: ModelConfig, path: str | None = None) -> PretrainedConfig:
     """The model's config.json from `path` (default: cfg's folder, Hugging Face or ModelScope); missing: UserError."""
     from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    path = path or resolve_model_path(cfg)
+    if Path(path).is_dir() and not Path(path, "config.json").is_file():
+        raise UserError(
+            f"model.name_or_path: {path} has no config.json; point it at a Hugging Face model folder "
+            "(config.json, weights, tokenizer) or a hub id"
+        )
     try:
-        return AutoConfig.from_pretrained(
-            path or resolve_model_path(cfg), revision=cfg.revision, cache_dir=cfg.cache_dir,
-            trust_remote_code=cfg.trust_remote_code,
+        config = AutoConfig.from_pretrained(
+            path, revision=cfg.revision, cache_dir=cfg.cache_dir, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise UserError(_not_found(cfg, exc)) from None
+        raise UserError(_load_error(cfg, path, exc)) from None
+    if "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return config  # custom modelling code that declares a causal LM
+    causal = {name for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() for name in ((v,) if isinstance(v, str) else v)}
+    # The checkpoint's own architectures say what it is: bert has a causal head class, but a BertForMaskedLM is no LM.
+    architectures = getattr(config, "architectures", None) or []
+    has_causal_class = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not has_causal_class or (architectures and causal.isdisjoint(architectures)):
+        kind = architectures[0] if architectures else f"'{config.model_type}' model"
+        raise UserError(
+            f"model.name_or_path: {cfg.name_or_path} is a {kind}, not a causal language model; tuneforge fine-tunes "
+            "decoder-only LMs such as Qwen/Qwen3-8B"
+        )
+    return config
+
+
+def model_skeleton(cfg: ModelConfig) -> PreTrainedModel:
+    """The model built from config.json on the meta device: every module, no weights, no memory (for checks)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = load_model_config(cfg)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
 
 
 def save_random_base(cfg: ModelConfig, folder: Path, tokenizer: PreTrainedTokenizerBase, seed: int) -> ModelConfig:
@@ -206,6 +252,7 @@ def load_model(
     `device` places quantized weights (default: this process's GPU, else the CPU); 16-bit ones load on the CPU.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     from tuneforge.model.quant import plan_quantization, quantized_bytes
@@ -227,8 +274,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, attn_implementation=attn, **extra, **common
         )
-    except (OSError, ValueError) as exc:
-        raise UserError(_not_found(cfg, exc)) from None
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a corrupt or truncated weights file
+        raise UserError(_load_error(cfg, path, exc)) from None
     if quant is not None:
         if quant.prequantized:
             _set_compute_dtype(model, dtype)

@@ -14,7 +14,8 @@ from typing import Any
 
 from tuneforge.config import Config, save_config
 from tuneforge.errors import Interrupted, UserError
-from tuneforge.io import atomic_dir, atomic_write_json
+from tuneforge.io import atomic_dir, atomic_write_json, check_writable
+from tuneforge.model.adapters import check_method
 from tuneforge.rundir import RunDir
 from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
@@ -54,8 +55,33 @@ def check_finished(cfg: Config, run: RunDir) -> None:
     )
 
 
+# Keys that may differ between a checkpoint's config and the resuming one: where files live, how fast it runs.
+RESUME_FREE_KEYS = {"model.cache_dir", "model.attn", "model.kernels", "data.cache_dir", "data.num_proc"}
+
+
+def check_resume_config(cfg: Config, resume: str) -> None:
+    """A checkpoint continues only the model, data and method it was made with (train.* may change, e.g. epochs)."""
+    from tuneforge.config import load_config
+    from tuneforge.train.distributed import _flatten
+
+    saved = Path(resume).resolve().parent.parent / "config.yaml"  # RUN/checkpoints/checkpoint-N → RUN/config.yaml
+    if not saved.is_file():
+        return
+    sections = {"model", "data", "method"}
+    old, new = (_flatten(c.model_dump(mode="json", include=sections)) for c in (load_config(saved), cfg))
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_FREE_KEYS)
+    if keys:
+        more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+        raise UserError(
+            f"train.resume: {resume} was made with {keys[0]}={old.get(keys[0])!r:.80} but this config has "
+            f"{new.get(keys[0])!r:.80}{more}; resume with the run's own config ({saved}), or start a new run "
+            "(another output.dir, or output.overwrite=true)"
+        )
+
+
 def check_run_dir(cfg: Config, run: RunDir, resume: str | None) -> None:
     """Refuse to overwrite a finished run or to silently restart over existing checkpoints."""
+    check_writable(run.root, "output.dir", folder=True)
     finished = run.adapter.exists() or run.model.exists()
     if cfg.train.resume and not cfg.output.overwrite:
         check_finished(cfg, run)
@@ -194,10 +220,13 @@ def _start(cfg: Config, run: RunDir, procs: Processes, log: Callable[..., None])
             log(f"removed {path} (left by a run that was killed while writing it)")
     try:
         resume = resolve_resume(cfg, run)
+        if resume:
+            check_resume_config(cfg, resume)
         if procs.is_main:
             check_run_dir(cfg, run, resume)
         setup_tracker(cfg, run)
         check_hardware(cfg)
+        check_method(cfg.model, cfg.method)
     except UserError as exc:
         problem = str(exc)
     agree(cfg, procs, resume, problem)
