@@ -66,6 +66,9 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's own tokenizer (with its chat template); pad is set apart from eos."""
     from transformers import AutoTokenizer
 
+    from tuneforge.quiet import hide_transformers_bars
+
+    hide_transformers_bars()  # the first transformers step of every command that loads a model
     source = cfg.tokenizer or resolve_model_path(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -154,7 +157,9 @@ def load_model_config(cfg: ModelConfig, path: str | None = None) -> PretrainedCo
 
     try:
         return AutoConfig.from_pretrained(
-            path or resolve_model_path(cfg), revision=cfg.revision, cache_dir=cfg.cache_dir,
+            path or resolve_model_path(cfg),
+            revision=cfg.revision,
+            cache_dir=cfg.cache_dir,
             trust_remote_code=cfg.trust_remote_code,
         )
     except (OSError, ValueError) as exc:
@@ -209,7 +214,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     from tuneforge.model.quant import plan_quantization, quantized_bytes
+    from tuneforge.quiet import hide_transformers_bars
 
+    hide_transformers_bars()
     if cfg.init != "pretrained":
         # Training writes random weights to RUN/base first (save_random_base); only a run that never started has none.
         raise UserError(f"model.init: random: no weights to load for {cfg.name_or_path}; train the run first")
