@@ -96,7 +96,8 @@ class MethodConfig(Section):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora 4-bit: NormalFloat4 (QLoRA's) or fp4.")
     double_quant: bool = Field(True, description="qlora 4-bit: quantize the block scales too (0.37 bit/weight less).")
     quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="qlora 4-bit: dtype the packed weights are stored as; auto: the model dtype, so FSDP and "
+        "auto",
+        description="qlora 4-bit: dtype the packed weights are stored as; auto: the model dtype, so FSDP and "
         "ZeRO-3 can shard them together with the 16-bit weights.",
     )
     rank: int = Field(8, ge=1, description="LoRA rank r: inner size of the low-rank update.")
@@ -131,7 +132,8 @@ class TrainConfig(Section):
     )
     compile: bool = Field(False, description="torch.compile each decoder layer (first steps are slower).")
     optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor"] = Field(
-        "adamw_torch", description="8bit: optimizer state in 8 bits (bitsandbytes); paged: state paged to CPU "
+        "adamw_torch",
+        description="8bit: optimizer state in 8 bits (bitsandbytes); paged: state paged to CPU "
         "memory under GPU memory pressure (bitsandbytes, CUDA).",
     )
     logging_steps: int = Field(10, ge=1, description="Log loss and learning rate to metrics.jsonl every N steps.")
@@ -174,9 +176,7 @@ class Config(Section):
     method: MethodConfig = Field(default_factory=MethodConfig, description="LoRA, QLoRA or full fine-tuning.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimizer, schedule, checkpoints.")
     output: OutputConfig = Field(description="Where the run folder goes.")
-    distributed: DistributedConfig = Field(
-        default_factory=DistributedConfig, description="Several GPUs or machines."
-    )
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Several GPUs or machines.")
 
     def fingerprint(self) -> str:
         """A short hash of the resolved config (used to check that all processes agree)."""
