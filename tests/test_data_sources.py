@@ -144,7 +144,8 @@ def test_weighted_mix_keeps_ratio_and_counts(tmp_path):
     assert (reasoning, len(everything) - reasoning) == (30, 10)  # 75 / 25, the scarcest set used whole
     assert (len(train), len(val)) == (36, 4)
     r, c = (ds.path for ds in cfg.datasets)
-    assert lines[-1] == f"data: mixed 40 samples, {r}: 30 of 30 (75.0 %), {c}: 10 of 100 (25.0 %) → train 36, validation 4"
+    counts = f"{r}: 30 of 30 (75.0 %), {c}: 10 of 100 (25.0 %)"
+    assert lines[-1] == f"data: mixed 40 samples, {counts} → train 36, validation 4"
 
 
 def test_unweighted_mix_counts_every_dataset(tmp_path):
