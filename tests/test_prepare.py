@@ -66,12 +66,14 @@ def test_tokenized_cache_is_reused_and_keyed_by_settings(tmp_path, qwen3_tokeniz
         prepare(_data(tmp_path, thinking="keep_empty"), qwen3_tokenizer, log=lambda *_: None)
 
 
-def _lengths_data(tmp_path, long_answers: list[int]) -> DataConfig:
+def _lengths_data(tmp_path, long_answers: list[int], truncation: str = "drop") -> DataConfig:
     rows = [{"instruction": "q", "output": "a"}] * (20 - len(long_answers))
     rows += [{"instruction": "long", "output": " ".join(["answer"] * n)} for n in long_answers]
     path = tmp_path / "d.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
-    return DataConfig(datasets=[{"path": str(path)}], max_length=48, cache_dir=str(tmp_path / "cache"))
+    return DataConfig(
+        datasets=[{"path": str(path)}], max_length=48, truncation=truncation, cache_dir=str(tmp_path / "cache")
+    )
 
 
 def _rendered_length(tokenizer, answer: str) -> int:
@@ -81,16 +83,17 @@ def _rendered_length(tokenizer, answer: str) -> int:
 
 
 @needs_assets
-def test_large_max_length_drop_warns_with_the_length_that_keeps_95_percent(tmp_path, qwen3_tokenizer):
+@pytest.mark.parametrize(("truncation", "action", "kept"), [("drop", "drops", 18), ("truncate", "truncates", 20)])
+def test_large_max_length_cut_warns_with_the_length_that_keeps_95_percent(
+    tmp_path, qwen3_tokenizer, truncation, action, kept
+):
     lines = []
-    data = prepare(_lengths_data(tmp_path, [60, 80]), qwen3_tokenizer, log=lines.append)
-    assert len(data.train) == 18
+    data = prepare(_lengths_data(tmp_path, [60, 80], truncation), qwen3_tokenizer, log=lines.append)
+    assert len(data.train) == kept
     keeps_95 = _rendered_length(qwen3_tokenizer, " ".join(["answer"] * 60))  # the 19th shortest of 20
     assert keeps_95 > 48
-    assert (
-        f"warning: data.max_length=48 drops 2 of 20 samples (10.0 %); data.max_length={keeps_95} keeps 95 % of them "
-        "whole" in lines
-    )
+    warning = f"warning: data.max_length=48 {action} 2 of 20 samples (10.0 %); data.max_length={keeps_95} keeps 95 %"
+    assert [line for line in lines if line.startswith("warning:")] == [warning + " of them whole"]
 
 
 @needs_assets
