@@ -72,6 +72,19 @@ def test_config_show_with_a_config_prints_its_values():
     assert shown["train.max_steps"][0] == "null"  # not in the file: the default
 
 
+def test_config_show_keeps_a_multi_line_value_on_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "model: {name_or_path: x}\noutput: {dir: o}\n"
+        "data:\n  datasets:\n    - path: d.json\n      system: |\n        Line one.\n        Line two.\n",
+        encoding="utf-8",
+    )
+    result = invoke("config", "show", str(path))
+    assert result.exit_code == 0, result.output
+    assert columns(result.output)["data.datasets[0].system"][0] == '"Line one.\\nLine two.\\n"'
+    assert len(result.output.splitlines()) == 1 + len(keys()[0])
+
+
 def test_config_show_bad_config_is_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {name_or_path: x}\ndata: {datasets: [{path: d}]}\noutput: {dir: o}\ntrain: {epoch: 1}\n")

@@ -6,6 +6,7 @@ config.py, so the docs cannot drift from the schema without tests/test_config_re
 
 from __future__ import annotations
 
+import json
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,9 @@ class Key:
 def _show(value: Any) -> str:
     """A value as YAML flow text, so that it can be pasted into a config or a key=value override."""
     text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10_000, sort_keys=False)
-    return text.removesuffix("\n...\n").strip()
+    text = text.removesuffix("\n...\n").strip()
+    # YAML folds multi-line strings over several lines; JSON (also YAML) keeps them on one, escaped.
+    return json.dumps(value, ensure_ascii=False) if "\n" in text else text
 
 
 def _nested(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
@@ -108,8 +111,8 @@ def keys(config: Config | None = None) -> tuple[list[Key], dict[str, str]]:
     return list(_walk(Config, "", config, sections)), sections
 
 
-def _text(rows: list[Key], config_given: bool) -> str:
-    header = Key("", "key", "value" if config_given else "default", "allowed", "description")
+def _text(rows: list[Key], value_title: str) -> str:
+    header = Key("", "key", value_title, "allowed", "description")
     table = [header, *rows]
     widths = [max(len(getattr(k, column)) for k in table) for column in ("path", "value", "allowed")]
     return "".join(
@@ -117,7 +120,7 @@ def _text(rows: list[Key], config_given: bool) -> str:
     )
 
 
-def _markdown(rows: list[Key], sections: dict[str, str]) -> str:
+def _markdown(rows: list[Key], sections: dict[str, str], value_title: str) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|")
 
@@ -130,7 +133,9 @@ def _markdown(rows: list[Key], sections: dict[str, str]) -> str:
         "the keys below.\n",
     ]
     for section, description in sections.items():
-        out.append(f"## {section}\n\n{description}\n\n| key | default | allowed | description |\n|---|---|---|---|")
+        out.append(
+            f"## {section}\n\n{description}\n\n| key | {value_title} | allowed | description |\n|---|---|---|---|"
+        )
         out += [
             f"| `{k.path}` | {cell(k.value)} | {cell(k.allowed)} | {cell(k.description)} |"
             for k in rows
@@ -143,4 +148,5 @@ def _markdown(rows: list[Key], sections: dict[str, str]) -> str:
 def reference(config: Config | None = None, markdown: bool = False) -> str:
     """The reference as aligned text, one line per key (`config show`), or as Markdown tables (docs/config.md)."""
     rows, sections = keys(config)
-    return _markdown(rows, sections) if markdown else _text(rows, config is not None)
+    value_title = "default" if config is None else "value"
+    return _markdown(rows, sections, value_title) if markdown else _text(rows, value_title)
