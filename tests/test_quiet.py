@@ -89,8 +89,10 @@ def test_library_log_records_and_warnings_are_dropped_unless_verbose(monkeypatch
             configure()
             logger.warning("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to ...")
             logger.warning("a DeepSpeed problem worth seeing")
-            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-            warnings.warn("a deprecation tuneforge must fix", FutureWarning)
+            warnings.warn(
+                "`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1
+            )
+            warnings.warn("a deprecation tuneforge must fix", FutureWarning, stacklevel=1)
     finally:
         logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == ["a DeepSpeed problem worth seeing"]
