@@ -143,7 +143,40 @@ def test_weighted_mix_keeps_ratio_and_counts(tmp_path):
     reasoning = sum(c.messages[0].content.startswith("r") for c in everything)
     assert (reasoning, len(everything) - reasoning) == (30, 10)  # 75 / 25, the scarcest set used whole
     assert (len(train), len(val)) == (36, 4)
-    assert "train 36, validation 4" in lines[-1]
+    r, c = (ds.path for ds in cfg.datasets)
+    counts = f"{r}: 30 of 30 (75.0 %), {c}: 10 of 100 (25.0 %)"
+    assert lines[-1] == f"data: mixed 40 samples, {counts} → train 36, validation 4"
+
+
+def test_unweighted_mix_counts_every_dataset(tmp_path):
+    cfg = DataConfig(datasets=[_dataset(tmp_path, "a.json", 6, "a"), {**_dataset(tmp_path, "b.json", 9, "b")}])
+    lines = []
+    build_conversations(cfg, log=lines.append)
+    a, b = (ds.path for ds in cfg.datasets)
+    assert lines[-1] == f"data: mixed 15 samples, {a}: 6 of 6 (40.0 %), {b}: 9 of 9 (60.0 %) → train 15, validation 0"
+
+
+def test_unfilled_placeholders_warn_with_counts(tmp_path):
+    path = tmp_path / "d.json"
+    rows = [
+        {"instruction": "你是谁", "output": "我是{{name}}，来自{{author}}"},
+        {"instruction": "who", "output": "I am {{name}}", "system": "{{NAME}} speaks"},
+        {"instruction": "{{ spaced }} is no placeholder", "output": "{{author}} made me"},
+    ]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    lines = []
+    convs = load_conversations(DatasetConfig(path=str(path), placeholders={"author": "A"}), log=lines.append)
+    assert lines == [
+        f"{path}: format auto → alpaca",
+        f"warning: {path}: {{{{NAME}}}} is left unfilled in 1 of 3 records; "
+        "set it in this dataset's placeholders: {NAME: ...}",
+        f"warning: {path}: {{{{name}}}} is left unfilled in 2 of 3 records; "
+        "set it in this dataset's placeholders: {name: ...}",
+    ]
+    assert convs[2].messages[-1].content == "A made me"
+    lines.clear()
+    load_conversations(DatasetConfig(path=str(path), placeholders={"name": "N", "author": "A"}), log=lines.append)
+    assert lines == [f"{path}: format auto → alpaca"]  # {{name}} also fills {{NAME}}
 
 
 def test_max_samples_and_seeded_split(tmp_path):

@@ -15,8 +15,11 @@ from tuneforge.data.render import IGNORE
 
 def _data(tmp_path, **extra) -> DataConfig:
     path = tmp_path / "d.json"
-    rows = [{"instruction": "short", "output": "ok"}, {"instruction": "long", "output": "answer " * 60},
-            {"instruction": "q", "output": "a"}]
+    rows = [
+        {"instruction": "short", "output": "ok"},
+        {"instruction": "long", "output": "answer " * 60},
+        {"instruction": "q", "output": "a"},
+    ]
     path.write_text(json.dumps(rows), encoding="utf-8")
     return DataConfig(datasets=[{"path": str(path)}], max_length=48, cache_dir=str(tmp_path / "cache"), **extra)
 
@@ -40,8 +43,9 @@ def test_truncate_keeps_samples_cut_to_max_length(tmp_path, qwen3_tokenizer):
 def test_sample_left_without_trained_tokens_is_dropped(tmp_path, qwen3_tokenizer):
     path = tmp_path / "d.json"
     path.write_text(json.dumps([{"instruction": "long " * 60, "output": "a"}, {"instruction": "q", "output": "a"}]))
-    cfg = DataConfig(datasets=[{"path": str(path)}], max_length=32, truncation="truncate",
-                     cache_dir=str(tmp_path / "cache"))
+    cfg = DataConfig(
+        datasets=[{"path": str(path)}], max_length=32, truncation="truncate", cache_dir=str(tmp_path / "cache")
+    )
     data = prepare(cfg, qwen3_tokenizer, log=lambda *_: None)
     assert len(data.train) == 1 and data.dropped["no_trained_token"] == 1
     assert any(label != IGNORE for label in data.train[0]["labels"])
@@ -60,3 +64,41 @@ def test_tokenized_cache_is_reused_and_keyed_by_settings(tmp_path, qwen3_tokeniz
     assert again.train["input_ids"] == first.train["input_ids"]
     with pytest.raises(AssertionError, match="cache should have been used"):
         prepare(_data(tmp_path, thinking="keep_empty"), qwen3_tokenizer, log=lambda *_: None)
+
+
+def _lengths_data(tmp_path, long_answers: list[int], truncation: str = "drop") -> DataConfig:
+    rows = [{"instruction": "q", "output": "a"}] * (20 - len(long_answers))
+    rows += [{"instruction": "long", "output": " ".join(["answer"] * n)} for n in long_answers]
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return DataConfig(
+        datasets=[{"path": str(path)}], max_length=48, truncation=truncation, cache_dir=str(tmp_path / "cache")
+    )
+
+
+def _rendered_length(tokenizer, answer: str) -> int:
+    """Token count of a sample, by the tokenizer's own template (what render() reproduces)."""
+    messages = [{"role": "user", "content": "long"}, {"role": "assistant", "content": answer}]
+    return len(tokenizer(tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"])
+
+
+@needs_assets
+@pytest.mark.parametrize(("truncation", "action", "kept"), [("drop", "drops", 18), ("truncate", "truncates", 20)])
+def test_large_max_length_cut_warns_with_the_length_that_keeps_95_percent(
+    tmp_path, qwen3_tokenizer, truncation, action, kept
+):
+    lines = []
+    data = prepare(_lengths_data(tmp_path, [60, 80], truncation), qwen3_tokenizer, log=lines.append)
+    assert len(data.train) == kept
+    keeps_95 = _rendered_length(qwen3_tokenizer, " ".join(["answer"] * 60))  # the 19th shortest of 20
+    assert keeps_95 > 48
+    warning = f"warning: data.max_length=48 {action} 2 of 20 samples (10.0 %); data.max_length={keeps_95} keeps 95 %"
+    assert [line for line in lines if line.startswith("warning:")] == [warning + " of them whole"]
+
+
+@needs_assets
+def test_max_length_dropping_5_percent_does_not_warn(tmp_path, qwen3_tokenizer):
+    lines = []
+    prepare(_lengths_data(tmp_path, [60]), qwen3_tokenizer, log=lines.append)
+    assert "data: too long: 1" in lines
+    assert [line for line in lines if line.startswith("warning:")] == []

@@ -24,6 +24,29 @@ app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from tuneforge import __version__
+
+        typer.echo(f"tuneforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show third-party libraries' warnings and banners (hidden by default).")
+    ] = False,
+) -> None:
+    """Fine-tune Qwen3-family models from one YAML config."""
+    from tuneforge.quiet import configure
+
+    configure(verbose)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Print UserError as one line per problem (no traceback) and exit 2."""
 
@@ -84,6 +107,27 @@ def config_check(
     cfg = load_config(config, overrides)
     check_local_files(cfg)
     typer.echo(f"{config}: ok ({cfg.method.type} on {cfg.model.name_or_path}, {len(cfg.data.datasets)} dataset(s))")
+
+
+@config_app.command("show")
+@user_errors
+def config_show(
+    config: Annotated[Path | None, typer.Argument(help="YAML config file (default: show the defaults).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
+    markdown: Annotated[bool, typer.Option(help="Markdown tables, as in docs/config.md.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of printing.")] = None,
+) -> None:
+    """Every config key with its default (or CONFIG's value), allowed values and a one-line description."""
+    from tuneforge.config import load_config
+    from tuneforge.config_reference import reference
+    from tuneforge.io import atomic_write_text
+
+    text = reference(load_config(config, overrides) if config else None, markdown=markdown)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(out, text)
+        typer.echo(f"wrote {out}")
 
 
 def _prepared(config: Path, overrides: list[str] | None, split: str):

@@ -50,7 +50,9 @@ class DatasetConfig(Section):
     source: Literal["auto", "local", "huggingface", "modelscope"] = Field(
         "auto", description="auto: a local path when it exists, else a Hugging Face dataset id."
     )
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "reasoning", "query_response"] = "auto"
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "reasoning", "query_response"] = Field(
+        "auto", description="Record layout; auto: detected from the first record's columns."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict, description="Rename the format's columns: {role_in_format: column_in_file}."
     )
@@ -65,13 +67,15 @@ class DatasetConfig(Section):
 
 
 class DataConfig(Section):
-    datasets: list[DatasetConfig] = Field(min_length=1)
+    datasets: list[DatasetConfig] = Field(min_length=1, description="One or more datasets, mixed by weight.")
     thinking: Literal["auto", "off", "keep_empty"] = Field(
         "auto",
         description="auto: train reasoning where a sample has it, empty think block on the prompt side "
         "otherwise; off: drop reasoning; keep_empty: train the empty think block too.",
     )
-    train_on: Literal["all_turns", "last_turn"] = "all_turns"
+    train_on: Literal["all_turns", "last_turn"] = Field(
+        "all_turns", description="Which assistant turns are trained: every one, or only the last."
+    )
     max_length: int = Field(2048, ge=16, description="Longest sample in tokens.")
     truncation: Literal["drop", "truncate"] = Field("drop", description="What to do with longer samples.")
     val_size: float = Field(0.0, ge=0, description="Validation share (< 1) or count (>= 1).")
@@ -92,45 +96,55 @@ class MethodConfig(Section):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora 4-bit: NormalFloat4 (QLoRA's) or fp4.")
     double_quant: bool = Field(True, description="qlora 4-bit: quantize the block scales too (0.37 bit/weight less).")
     quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="qlora 4-bit: dtype the packed weights are stored as; auto: the model dtype, so FSDP and "
+        "auto",
+        description="qlora 4-bit: dtype the packed weights are stored as; auto: the model dtype, so FSDP and "
         "ZeRO-3 can shard them together with the 16-bit weights.",
     )
-    rank: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    rank: int = Field(8, ge=1, description="LoRA rank r: inner size of the low-rank update.")
+    alpha: int = Field(16, ge=1, description="LoRA alpha: the update is scaled by alpha / rank.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: str | list[str] = Field("all-linear", description="all-linear, or module names.")
-    use_rslora: bool = False
-    use_dora: bool = False
+    use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha / sqrt(rank).")
+    use_dora: bool = Field(False, description="DoRA: train a magnitude vector beside the LoRA direction.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full beside LoRA.")
 
 
 class TrainConfig(Section):
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, description="Passes over the training set (fractions allowed).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate, reached after warm-up.")
     lr_scheduler: str = Field("cosine", description="Any transformers scheduler name.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    per_device_batch_size: int = Field(1, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    gradient_checkpointing: bool = False
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Warm-up as a share of all steps (used when warmup_steps is 0)."
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Steps rising linearly from 0 to learning_rate; above 0 it wins over warmup_ratio."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay of the optimizer.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the gradient norm to this (0: no clipping).")
+    per_device_batch_size: int = Field(1, ge=1, description="Samples per forward pass on each device (train and eval).")
+    gradient_accumulation: int = Field(1, ge=1, description="Forward passes per optimizer step.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, slower steps."
+    )
     loss: Literal["chunked", "standard"] = Field(
         "chunked", description="chunked: cross-entropy without the full logits (Liger fused on GPU); standard: plain."
     )
     compile: bool = Field(False, description="torch.compile each decoder layer (first steps are slower).")
     optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor"] = Field(
-        "adamw_torch", description="8bit: optimizer state in 8 bits (bitsandbytes); paged: state paged to CPU "
+        "adamw_torch",
+        description="8bit: optimizer state in 8 bits (bitsandbytes); paged: state paged to CPU "
         "memory under GPU memory pressure (bitsandbytes, CUDA).",
     )
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(10, ge=1, description="Log loss and learning rate to metrics.jsonl every N steps.")
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (default: each save).")
-    save_steps: int = Field(500, ge=1)
+    save_steps: int = Field(500, ge=1, description="Save a checkpoint every N optimizer steps.")
     save_total_limit: int | None = Field(3, ge=1, description="Checkpoints kept.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed for model initialisation, LoRA weights and dropout.")
     resume: str | None = Field(None, description="auto (newest checkpoint of the run) or a checkpoint path.")
-    report_to: Literal["none", "tensorboard", "swanlab", "wandb", "mlflow"] = "none"
+    report_to: Literal["none", "tensorboard", "swanlab", "wandb", "mlflow"] = Field(
+        "none", description="Experiment tracker (install the extra of the same name); metrics.jsonl is always written."
+    )
 
 
 class OutputConfig(Section):
@@ -157,12 +171,12 @@ class DistributedConfig(Section):
 
 
 class Config(Section):
-    model: ModelConfig
-    data: DataConfig
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    output: OutputConfig
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    model: ModelConfig = Field(description="The base model and how it is loaded.")
+    data: DataConfig = Field(description="Datasets, rendering and tokenizing.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="LoRA, QLoRA or full fine-tuning.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimizer, schedule, checkpoints.")
+    output: OutputConfig = Field(description="Where the run folder goes.")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Several GPUs or machines.")
 
     def fingerprint(self) -> str:
         """A short hash of the resolved config (used to check that all processes agree)."""

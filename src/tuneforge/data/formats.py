@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -288,6 +289,16 @@ def fill_placeholders(conv: Conversation, values: Mapping[str, str]) -> Conversa
         m.content = fill(m.content) or ""
         m.reasoning = fill(m.reasoning)
     return conv
+
+
+# The shape fill_placeholders replaces: {{name}}, letters, digits and underscores, no spaces.
+PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}")
+
+
+def unfilled_placeholders(conv: Conversation) -> set[str]:
+    """Names of the `{{name}}` placeholders still left in the conversation's texts."""
+    texts = (text for m in conv.messages for text in (m.content, m.reasoning) if text)
+    return {name for text in texts for name in PLACEHOLDER.findall(text)}
 
 
 def to_conversation(record: Mapping[str, Any], fmt: str, overrides: Mapping[str, str]) -> Conversation:

@@ -15,10 +15,13 @@ from tuneforge.data.conversation import Conversation
 from tuneforge.data.render import IGNORE, render
 from tuneforge.data.sources import build_conversations
 from tuneforge.errors import UserError
+from tuneforge.quiet import no_datasets_bars
 
 # Bump when rendering or truncation changes, so old caches are not reused.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 MULTIPROCESS_ABOVE = 5000
+# Warn when data.max_length drops (or truncates) more than this share of the samples.
+OVER_LENGTH_WARN_PERCENT = 5
 
 
 @dataclass
@@ -42,9 +45,10 @@ def _fingerprint(cfg: DataConfig, tokenizer, convs: list[Conversation]) -> str:
 
 
 def _tokenize_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> dict[str, list]:
-    out: dict[str, list] = {"input_ids": [], "labels": [], "status": []}
+    out: dict[str, list] = {"input_ids": [], "labels": [], "status": [], "length": []}
     for text in batch["conversation"]:
         r = render(Conversation.from_json(text), tokenizer, cfg.thinking, cfg.train_on)
+        out["length"].append(len(r.input_ids))  # before truncation, for the max_length warning
         status = "ok"
         if len(r.input_ids) > cfg.max_length:
             if cfg.truncation == "drop":
@@ -69,11 +73,16 @@ def tokenize(convs: list[Conversation], tokenizer, cfg: DataConfig, cache_root: 
     raw = datasets.Dataset.from_dict({"conversation": [c.to_json() for c in convs]})
     num_proc = cfg.num_proc or (min(os.cpu_count() or 1, 8) if len(convs) > MULTIPROCESS_ABOVE else None)
     tokenized = raw.map(
-        _tokenize_batch, batched=True, fn_kwargs={"tokenizer": tokenizer, "cfg": cfg},
-        remove_columns=["conversation"], num_proc=num_proc, desc=f"tokenizing {split}",
+        _tokenize_batch,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer, "cfg": cfg},
+        remove_columns=["conversation"],
+        num_proc=num_proc,
+        desc=f"tokenizing {split}",
     )
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tokenized.save_to_disk(str(tmp))
+    with no_datasets_bars():
+        tokenized.save_to_disk(str(tmp))
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished first: its copy is identical
@@ -83,13 +92,28 @@ def tokenize(convs: list[Conversation], tokenizer, cfg: DataConfig, cache_root: 
     return datasets.load_from_disk(str(path))
 
 
-def _keep_ok(ds, dropped: Counter):
+def _keep_ok(ds, dropped: Counter, lengths: list[int]):
     statuses = Counter(ds["status"])
+    lengths += ds["length"]
     dropped.update({k: v for k, v in statuses.items() if k not in ("ok", "truncated")})
     if statuses.get("truncated"):
         dropped["truncated (kept)"] += statuses["truncated"]
-    kept = ds.filter(lambda s: s in ("ok", "truncated"), input_columns="status")
-    return kept.remove_columns("status")
+    with no_datasets_bars():
+        kept = ds.filter(lambda s: s in ("ok", "truncated"), input_columns="status")
+    return kept.remove_columns(["status", "length"])
+
+
+def _warn_over_length(lengths: list[int], cfg: DataConfig, log) -> None:
+    """Warn when data.max_length cuts many samples, naming the length that keeps 95 % of them whole."""
+    over = sum(n > cfg.max_length for n in lengths)
+    if 100 * over <= OVER_LENGTH_WARN_PERCENT * len(lengths):
+        return
+    keeps_95 = sorted(lengths)[(95 * len(lengths) + 99) // 100 - 1]  # the ceil(0.95 n)-th shortest
+    action = "drops" if cfg.truncation == "drop" else "truncates"
+    log(
+        f"warning: data.max_length={cfg.max_length} {action} {over} of {len(lengths)} samples "
+        f"({100 * over / len(lengths):.1f} %); data.max_length={keeps_95} keeps 95 % of them whole"
+    )
 
 
 def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
@@ -97,18 +121,24 @@ def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
     train_convs, val_convs = build_conversations(cfg, log)
     cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
     prepared = Prepared(train=None, validation=None)
-    prepared.train = _keep_ok(tokenize(train_convs, tokenizer, cfg, cache_root, "train"), prepared.dropped)
+    lengths: list[int] = []
+    prepared.train = _keep_ok(tokenize(train_convs, tokenizer, cfg, cache_root, "train"), prepared.dropped, lengths)
     if val_convs:
-        prepared.validation = _keep_ok(tokenize(val_convs, tokenizer, cfg, cache_root, "validation"), prepared.dropped)
+        validation = tokenize(val_convs, tokenizer, cfg, cache_root, "validation")
+        prepared.validation = _keep_ok(validation, prepared.dropped, lengths)
     if prepared.dropped:
         log("data: " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in sorted(prepared.dropped.items())))
+    _warn_over_length(lengths, cfg, log)
     if len(prepared.train) == 0:
         reason = (
             f"every sample is longer than data.max_length={cfg.max_length}; raise it or set data.truncation: truncate"
-            if prepared.dropped.get("too_long") else "no sample has a trained token"
+            if prepared.dropped.get("too_long")
+            else "no sample has a trained token"
         )
         raise UserError(f"data: no training samples left: {reason}")
     lengths = [len(x) for x in prepared.train["input_ids"]]
-    log(f"data: {len(lengths)} training samples, {sum(lengths)} tokens, longest {max(lengths)}, "
-        f"mean {sum(lengths) / len(lengths):.0f}")
+    log(
+        f"data: {len(lengths)} training samples, {sum(lengths)} tokens, longest {max(lengths)}, "
+        f"mean {sum(lengths) / len(lengths):.0f}"
+    )
     return prepared

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,13 @@ from typing import Any
 
 from tuneforge.config import DataConfig, DatasetConfig, looks_like_path, not_found
 from tuneforge.data.conversation import Conversation, Message
-from tuneforge.data.formats import RecordError, detect_format, fill_placeholders, to_conversation
+from tuneforge.data.formats import (
+    RecordError,
+    detect_format,
+    fill_placeholders,
+    to_conversation,
+    unfilled_placeholders,
+)
 from tuneforge.errors import UserError, unreadable
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -157,6 +164,7 @@ def load_conversations(ds: DatasetConfig, log=print) -> list[Conversation]:
     """Load and convert one dataset; `format: auto` detects the layout from the first record."""
     fmt = ds.format
     out: list[Conversation] = []
+    unfilled: Counter[str] = Counter()
     for item in raw_records(ds):
         if fmt == "auto":
             fmt = detect_format(item.record, ds.columns) if isinstance(item.record, dict) else None
@@ -174,26 +182,34 @@ def load_conversations(ds: DatasetConfig, log=print) -> list[Conversation]:
         if ds.system and not any(m.role == "system" for m in conv.messages):
             conv.messages.insert(0, Message("system", ds.system))
         out.append(fill_placeholders(conv, ds.placeholders))
+        unfilled.update(unfilled_placeholders(out[-1]))
     if not out:
         raise UserError(f"data.datasets: {ds.path}: the dataset is empty")
+    for name, count in sorted(unfilled.items()):
+        log(
+            f"warning: {ds.path}: {{{{{name}}}}} is left unfilled in {count} of {len(out)} records; "
+            f"set it in this dataset's placeholders: {{{name}: ...}}"
+        )
     return out
 
 
-def mix(parts: list[list[Conversation]], weights: list[float | None], seed: int) -> list[Conversation]:
-    """Combine datasets. With weights, each gets its share of the total, limited by the scarcest one."""
+def mix(
+    parts: list[list[Conversation]], weights: list[float | None], seed: int
+) -> tuple[list[Conversation], list[int]]:
+    """Combine datasets: (mixed, samples taken from each). With weights, each gets its share, the scarcest whole."""
     rng = random.Random(seed)
     if all(w is None for w in weights):
+        taken = [len(part) for part in parts]
         combined = [c for part in parts for c in part]
     else:
         shares = [w if w is not None else 1.0 for w in weights]
         total_share = sum(shares)
         # The largest total that needs no dataset to be repeated: every sample is seen at most once.
         total = min(len(part) * total_share / share for part, share in zip(parts, shares))
-        combined = []
-        for part, share in zip(parts, shares):
-            combined += rng.sample(part, min(len(part), round(total * share / total_share)))
+        taken = [min(len(part), round(total * share / total_share)) for part, share in zip(parts, shares)]
+        combined = [c for part, n in zip(parts, taken) for c in rng.sample(part, n)]
     rng.shuffle(combined)
-    return combined
+    return combined, taken
 
 
 def split(convs: list[Conversation], val_size: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
@@ -216,8 +232,10 @@ def build_conversations(cfg: DataConfig, log=print) -> tuple[list[Conversation],
         if ds.max_samples:
             convs = convs[: ds.max_samples]
         parts.append(convs)
-    mixed = mix(parts, [ds.weight for ds in cfg.datasets], cfg.seed)
+    mixed, taken = mix(parts, [ds.weight for ds in cfg.datasets], cfg.seed)
     train, val = split(mixed, cfg.val_size, cfg.seed)
-    counts = ", ".join(f"{ds.path}: {len(p)}" for ds, p in zip(cfg.datasets, parts))
-    log(f"data: {counts} → mixed {len(mixed)} → train {len(train)}, validation {len(val)}")
+    counts = ", ".join(
+        f"{ds.path}: {n} of {len(p)} ({100 * n / len(mixed):.1f} %)" for ds, p, n in zip(cfg.datasets, parts, taken)
+    )
+    log(f"data: mixed {len(mixed)} samples, {counts} → train {len(train)}, validation {len(val)}")
     return train, val

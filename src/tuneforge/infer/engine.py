@@ -284,14 +284,15 @@ class _Weights:
         model, adapter = self.targets[name]
         pick = _sampler(params, model.generation_config, model.device)
         ids, cache = torch.tensor([prompt_ids], device=model.device), None
+        cache_name = _cache_argument()
         while True:
             with torch.inference_mode():
                 # The lock covers adapter choice + forward, so generations for different adapters may
                 # interleave token by token (e.g. chat --compare) and never see each other's adapter.
                 with self._lock:
                     self._activate(model, adapter)
-                    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                cache = out.past_key_values
+                    out = model(input_ids=ids, **{cache_name: cache}, use_cache=True, logits_to_keep=1)
+                cache = getattr(out, cache_name)
                 token = pick(out.logits[0, -1].float())
             yield token
             ids = torch.tensor([[token]], device=model.device)
@@ -305,6 +306,16 @@ class _Weights:
             model.base_model.enable_adapter_layers()
             model.set_adapter(adapter, inference_mode=True)
         self._active = adapter
+
+
+@functools.cache
+def _cache_argument() -> str:
+    """The forward argument (and output field) of the KV cache in the installed transformers."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    # transformers 5.24 renamed past_key_values to cache (the old name warns, and goes in 5.40); older releases in
+    # pyproject's range know only past_key_values. Drop the fallback once the floor is 5.24.
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _sampler(params: SamplingParams, config: GenerationConfig, device: Any) -> Callable[[torch.Tensor], int]:

@@ -77,6 +77,9 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's own tokenizer (with its chat template); pad is set apart from eos."""
     from transformers import AutoTokenizer
 
+    from tuneforge.quiet import hide_transformers_bars
+
+    hide_transformers_bars()  # the first transformers step of every command that loads a model
     source = cfg.tokenizer or resolve_model_path(cfg)
     if Path(source).is_dir() and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
         key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
@@ -256,7 +259,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     from tuneforge.model.quant import plan_quantization, quantized_bytes
+    from tuneforge.quiet import hide_transformers_bars
 
+    hide_transformers_bars()
     if cfg.init != "pretrained":
         # Training writes random weights to RUN/base first (save_random_base); only a run that never started has none.
         raise UserError(f"model.init: random: no weights to load for {cfg.name_or_path}; train the run first")

@@ -306,7 +306,12 @@ def run_server(engine: Engine, *, host: str = "127.0.0.1", port: int = 8000, api
     """Serve `engine` until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(engine, api_key=api_key), host=host, port=port, timeout_graceful_shutdown=5)
+    from tuneforge.quiet import is_verbose
+
+    # Our own line says where the server listens; uvicorn's start-up banner and access log come with --verbose.
+    app = create_app(engine, api_key=api_key)
+    level = "info" if is_verbose() else "warning"
+    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=5, log_level=level)
 
 
 @contextlib.contextmanager

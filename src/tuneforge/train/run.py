@@ -5,6 +5,7 @@ One function, `train`, used by the CLI on one process and by launchers on many (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -165,6 +166,10 @@ def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
     bf16 = on_gpu and dtype == torch.bfloat16
     fp16 = on_gpu and dtype == torch.float16  # with loss scaling; LoRA weights stay fp32 (model/adapters.py)
     cpu_processes = Processes.from_env().launched and not on_gpu
+    # transformers 5.24 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn); older
+    # releases in pyproject's range know only the old names. Drop the fallback once the floor is 5.24.
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return TrainingArguments(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
@@ -178,8 +183,10 @@ def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
         per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
         # Under FSDP, FSDP itself checkpoints activations (see strategy_arguments).
-        gradient_checkpointing=t.gradient_checkpointing and cfg.distributed.strategy != "fsdp",
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **{
+            checkpointing: t.gradient_checkpointing and cfg.distributed.strategy != "fsdp",
+            f"{checkpointing}_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
+        },
         optim=t.optim,
         logging_steps=t.logging_steps,
         save_strategy="steps",
