@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 MERGE_DTYPES = ("bf16", "fp16", "fp32")
 ONTO = ("16bit", "dequantized")  # the bases a (Q)LoRA adapter can be merged onto
+# How far a merged model's logits may be from what they must equal, as a share of the largest logit:
+# the merge dtype's rounding of the summed weights (measured on the tiny test model, with margin).
+MERGE_RTOL = {"fp32": 1e-5, "fp16": 1e-2, "bf16": 5e-2}
 # Chat prompts in the languages and styles Qwen3 is used for; the logit check runs on each.
 CHECK_PROMPTS = (
     "Hello! Who are you?",
@@ -114,12 +117,15 @@ def merge_adapter(
         raise UserError(f"--onto 16bit: the base {base.name_or_path} is pre-quantized and has no 16-bit weights; "
                         "use --onto dequantized, or --model with its 16-bit original")
     _check_adapter_fits(trained_on, adapter, base.name_or_path)
+    loaded = _packed_as_loaded(trained_on) if quantized else []  # before any forward: what dequantizing reads
+    _compute_as_in_training(trained_on)
     adapted = PeftModel.from_pretrained(trained_on, str(adapter)).eval()
     reference = _logits(adapted, prompts)
 
     if not quantized:
         merged = adapted.merge_and_unload()
         onto, diffs = "16bit", {"16bit": _max_diff(merged, prompts, reference)}
+        exact = diffs["16bit"]
     else:
         onto = onto or ("dequantized" if prequantized else "16bit")
         quantized_base = adapted.unload()  # the quantized base without the adapter's layers
@@ -128,13 +134,18 @@ def merge_adapter(
         for name in sorted(ONTO if not prequantized else ["dequantized"], key=lambda name: name == onto):
             merged = None  # the candidate not chosen goes before the next is built: one 16-bit model at a time
             if name == "dequantized":  # in place, layer by layer: the quantized model becomes the 16-bit one
-                model, quantized_base = quantized_base.dequantize(dtype=pick_dtype(dtype)), None
-                _forget_quantized_loading(model)
+                model, quantized_base = _dequantize(quantized_base, loaded, pick_dtype(dtype)), None
             else:
                 model = load_model(base, log=log)
-            merged, model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload(), None
+            model = PeftModel.from_pretrained(model, str(adapter)).eval()
+            # The 16-bit merge's distance from the reference is the quantization error; its own exactness is
+            # measured against the adapter unmerged on the same 16-bit weights.
+            own = _logits(model, prompts) if name == onto == "16bit" else None
+            merged, model = model.merge_and_unload(), None
             diffs[name] = _max_diff(merged, prompts, reference)
+        exact = diffs[onto] if own is None else _max_diff(merged, prompts, own)  # the chosen one was built last
 
+    _check_bound(exact, onto, dtype, reference, diffs)
     _stop_at_end_of_turn(merged, tokenizer)
     with interrupt_as_user_error(out), atomic_dir(out, overwrite=force) as tmp:
         merged.save_pretrained(tmp, max_shard_size="2GB")
@@ -157,6 +168,62 @@ def _trained_quantization(adapter: Path, onto: str | None, log: Callable) -> Met
             f"({default.bits}-bit {default.quant_type}, double quant {default.double_quant})")
         return default
     return None
+
+
+def _check_bound(exact: float, onto: str, dtype: str, reference: list[torch.Tensor], diffs: dict[str, float]) -> None:
+    """Refuse a merge whose logits are farther from what they must equal than `dtype`'s rounding explains."""
+    scale = max(ref.abs().max().item() for ref in reference)
+    bound = MERGE_RTOL[dtype] * max(scale, 1.0)
+    if not exact <= bound:  # also catches NaN
+        measured = f"{exact:.3g}" if onto == "16bit" and len(diffs) > 1 else f"{diffs[onto]:.3g}"
+        raise UserError(
+            f"--onto {onto} --dtype {dtype}: the merged model's logits are {measured} away from the unmerged "
+            f"adapter's (bound {bound:.3g}: {MERGE_RTOL[dtype]:g} x the largest logit {scale:.3g}), so the merge "
+            "is wrong and nothing was written; try the other --onto, and report it with your torch, transformers, "
+            "peft and bitsandbytes versions"
+        )
+
+
+def _packed_as_loaded(model: PreTrainedModel) -> list[tuple[nn.Module, torch.Tensor, object]]:
+    """The packed weight and a copy of the quantization state of each 4-bit layer, as loaded (before any forward).
+
+    Workaround for bitsandbytes 0.49-0.50 (issue 11): on a CPU with AVX-512 BF16 the first eval-mode no-grad
+    forward of a Linear4bit repacks its weight for the bf16 kernel (a new tensor) and changes its quant_state
+    in place (block scales rounded to bf16, double quant undone); transformers' dequantize() then reads the
+    repacked bytes as the original layout. Keeping the loaded tensor (a reference, no copy) and a copy of the
+    small state lets `_dequantize` start from the loaded weights whatever ran before. It can go when
+    bitsandbytes stops repacking in place or dequantize_4bit reads its CPU packing format.
+    """
+    import copy
+
+    import bitsandbytes as bnb
+
+    return [(module, module.weight.data, copy.deepcopy(module.weight.quant_state))
+            for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+
+
+def _compute_as_in_training(model: PreTrainedModel) -> None:
+    """Make the 4-bit layers compute as in training (dequantize, then matmul in the compute dtype) in eval mode too.
+
+    bitsandbytes >= 0.49 otherwise runs eval-mode CPU forwards through its bf16 kernel on AVX-512 BF16 CPUs
+    (repacking the weights first): bf16 rounding the merge check would count as merge error, and outputs the
+    adapter never produced in training.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _dequantize(model: PreTrainedModel, loaded: list[tuple[nn.Module, torch.Tensor, object]],
+                dtype: torch.dtype) -> PreTrainedModel:
+    """`model` with its 4-bit layers replaced by 16-bit ones dequantized from the weights `loaded` kept."""
+    for module, data, state in loaded:
+        module.weight.data, module.weight.quant_state = data, state
+        if getattr(module, "quant_state", None) is not None:
+            module.quant_state = state
+    model = model.dequantize(dtype=dtype)
+    _forget_quantized_loading(model)
+    return model
 
 
 def _forget_quantized_loading(model: PreTrainedModel) -> None:
