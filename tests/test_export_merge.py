@@ -185,8 +185,9 @@ def repack_4bit_layers(model) -> None:
     for module in layers:
         if not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
             weight = module.weight
-            weight.data, weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(weight.data,
-                                                                                              weight.quant_state)
+            weight.data, weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(
+                weight.data, weight.quant_state
+            )
     assert all(module.weight.quant_state.packing_format_for_cpu for module in layers)
 
 
@@ -267,10 +268,18 @@ def test_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qw
 def test_standalone_adapter_onto_dequantized_assumes_qlora_defaults(tmp_path, tiny_qwen3_dir, forward_first):
     adapter = make_tiny_adapter(tiny_qwen3_dir, tmp_path / "my-adapter", seed=3)
     lines: list[str] = []
-    report = merge_adapter(ModelConfig(name_or_path=str(tiny_qwen3_dir)), adapter, tmp_path / "merged",
-                           dtype="fp32", onto="dequantized", log=lines.append)
-    assert any("quantizing the base as method.type: qlora does by default (4-bit nf4, double quant True)" in line
-               for line in lines), lines
+    report = merge_adapter(
+        ModelConfig(name_or_path=str(tiny_qwen3_dir)),
+        adapter,
+        tmp_path / "merged",
+        dtype="fp32",
+        onto="dequantized",
+        log=lines.append,
+    )
+    assert any(
+        "quantizing the base as method.type: qlora does by default (4-bit nf4, double quant True)" in line
+        for line in lines
+    ), lines
     assert report.onto == "dequantized" and report.diffs["dequantized"] < 1e-4
 
 
@@ -284,8 +293,9 @@ def test_lora_adapter_cannot_merge_onto_dequantized(tmp_path, lora_run):
 def test_export_run_passes_the_choice_to_its_merge(tmp_path, qlora_run, forward_first):
     run = tmp_path / "run"
     shutil.copytree(qlora_run, run)
-    result = CliRunner().invoke(app, ["export", "--run", str(run), "--to", "gguf", "--type", "f32",
-                                      "--onto", "dequantized"])
+    result = CliRunner().invoke(
+        app, ["export", "--run", str(run), "--to", "gguf", "--type", "f32", "--onto", "dequantized"]
+    )
     assert result.exit_code == 0, result.output
     assert "--onto dequantized" in result.stdout and "(written)" in result.stdout.split("--onto dequantized")[1]
     assert (run / "gguf" / "run-f32.gguf").is_file()
@@ -305,23 +315,29 @@ def test_qlora_run_on_a_prequantized_base_merges_onto_its_dequantized_weights(tm
     assert report.diffs["dequantized"] < 1e-4
 
 
-@pytest.mark.parametrize("corruption", ["permuted", "noisy"])
-def test_corrupted_dequantization_is_refused_and_writes_nothing(tmp_path, qlora_run, monkeypatch, corruption):
+def corrupt_projections(model, how: str) -> None:
+    """Permute (the wrong layout: right values in the wrong places) or add 1 % noise to every projection weight."""
     import torch
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("proj.weight"):
+                if how == "permuted":
+                    param.copy_(param.flatten()[torch.randperm(param.numel(), generator=generator)].view_as(param))
+                else:
+                    param.add_(torch.randn(param.shape, generator=generator) * 0.01 * param.abs().mean())
+
+
+@pytest.mark.parametrize("how", ["permuted", "noisy"])
+def test_corrupted_dequantization_is_refused_and_writes_nothing(tmp_path, qlora_run, monkeypatch, how):
     from transformers import PreTrainedModel
 
     real = PreTrainedModel.dequantize
 
     def corrupted(self, *args, **kwargs):
         model = real(self, *args, **kwargs)
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("proj.weight"):
-                    if corruption == "permuted":  # the wrong layout: right values in the wrong places
-                        param.copy_(param.flatten()[torch.randperm(param.numel(), generator=generator)].view_as(param))
-                    else:  # right layout, a little off: 1 % noise
-                        param.add_(torch.randn(param.shape, generator=generator) * 0.01 * param.abs().mean())
+        corrupt_projections(model, how)
         return model
 
     monkeypatch.setattr(PreTrainedModel, "dequantize", corrupted)
@@ -329,5 +345,25 @@ def test_corrupted_dequantization_is_refused_and_writes_nothing(tmp_path, qlora_
     cli = ["merge", "--run", str(qlora_run), "--out", str(out), "--onto", "dequantized", "--dtype", "fp32"]
     line = error_line(CliRunner().invoke(app, cli))
     assert line.startswith("error: --onto dequantized --dtype fp32: the merged model's logits are "), line
-    assert "nothing was written" in line and "(written)" not in line
+    assert "from the adapter's own outputs (bound " in line and "x the largest logit)" in line
+    assert "so the merge is wrong and nothing was written; try --onto 16bit, and report it" in line
     assert os.listdir(tmp_path) == []  # no final folder, no temporary one
+
+
+def test_corrupted_16bit_merge_is_refused_and_writes_nothing(tmp_path, qlora_run, monkeypatch):
+    # The 16-bit merge is checked against the adapter unmerged on the same 16-bit weights.
+    from peft.tuners.tuners_utils import BaseTuner
+
+    real = BaseTuner.merge_and_unload
+
+    def corrupted(self, *args, **kwargs):
+        model = real(self, *args, **kwargs)
+        corrupt_projections(model, "noisy")
+        return model
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", corrupted)
+    cli = ["merge", "--run", str(qlora_run), "--out", str(tmp_path / "merged"), "--dtype", "fp32"]
+    line = error_line(CliRunner().invoke(app, cli))
+    assert line.startswith("error: --onto 16bit --dtype fp32: the merged model's logits are "), line
+    assert "from the adapter's outputs on the same 16-bit weights" in line and "try --onto dequantized" in line
+    assert os.listdir(tmp_path) == []
