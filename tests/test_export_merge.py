@@ -155,14 +155,62 @@ def test_full_fine_tune_run_has_nothing_to_merge(tmp_path, tiny_qwen3_dir):
 
 
 def quantized_adapter_logits(base_dir: Path, adapter: Path, tokenizer, **quant):
-    """Logits of `adapter` on `base_dir` quantized by transformers + bitsandbytes itself (fp32 compute)."""
+    """Logits of `adapter` on `base_dir` quantized by transformers + bitsandbytes itself (fp32 compute).
+
+    In train mode, as in training: eval mode would run bitsandbytes' bf16 kernel on AVX-512 BF16 CPUs.
+    The adapter and the model have no dropout, so train mode is deterministic.
+    """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32, **quant)
     base = AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=config, dtype=torch.float32)
-    return logits(PeftModel.from_pretrained(base, adapter).eval(), tokenizer)
+    return logits(PeftModel.from_pretrained(base, adapter).train(), tokenizer)
+
+
+def repack_4bit_layers(model) -> None:
+    """What a first eval-mode no-grad CPU forward does to 4-bit layers under bitsandbytes 0.49-0.50 on an AVX-512 BF16
+    CPU (issue 11): that forward where this CPU has AVX-512 BF16, the same repack done directly where it has not."""
+    import bitsandbytes as bnb
+    import torch
+
+    layers = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+    assert layers
+    if bnb.functional.has_avx512bf16():
+        for module in layers:
+            module.support_avx512bf16_for_cpu = True  # bitsandbytes' own default, which the merge turns off
+        with torch.no_grad():
+            model.eval()(torch.tensor([[151644, 872, 198]]))
+    for module in layers:
+        if not getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+            weight = module.weight
+            weight.data, weight.quant_state = bnb.functional._convert_weight_packed_for_cpu(
+                weight.data, weight.quant_state
+            )
+    assert all(module.weight.quant_state.packing_format_for_cpu for module in layers)
+
+
+@pytest.fixture
+def forward_first(monkeypatch):
+    """Every forward the merge runs on the quantized model is followed by a repacking CPU forward."""
+    import bitsandbytes as bnb
+
+    from tuneforge.export import merge
+
+    real = merge._logits
+    calls = []
+
+    def logits_then_repack(model, prompts):
+        out = real(model, prompts)
+        if any(isinstance(module, bnb.nn.Linear4bit) for module in model.modules()):
+            repack_4bit_layers(model)
+            calls.append(model)
+        return out
+
+    monkeypatch.setattr(merge, "_logits", logits_then_repack)
+    yield calls
+    assert calls, "the merge ran no forward on the quantized model"
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +221,7 @@ def qlora_run(tmp_path_factory, tiny_qwen3_dir) -> Path:
 
 
 @pytest.mark.parametrize("onto", ["16bit", "dequantized"])
-def test_qlora_merge_reports_both_bases_and_writes_the_chosen(tmp_path, qlora_run, tiny_qwen3_dir, onto):
+def test_qlora_merge_reports_both_bases_and_writes_the_chosen(tmp_path, qlora_run, tiny_qwen3_dir, onto, forward_first):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -196,7 +244,7 @@ def test_qlora_merge_reports_both_bases_and_writes_the_chosen(tmp_path, qlora_ru
     assert (logits(merged, tokenizer) - want).abs().max() < 1e-4
 
 
-def test_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qwen3_dir):
+def test_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qwen3_dir, forward_first):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base_dir = save_4bit(tiny_qwen3_dir, tmp_path / "tiny-bnb-4bit", bnb_4bit_quant_type="nf4")
@@ -217,13 +265,21 @@ def test_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qw
     assert (logits(merged, tokenizer) - want).abs().max() < 1e-4
 
 
-def test_standalone_adapter_onto_dequantized_assumes_qlora_defaults(tmp_path, tiny_qwen3_dir):
+def test_standalone_adapter_onto_dequantized_assumes_qlora_defaults(tmp_path, tiny_qwen3_dir, forward_first):
     adapter = make_tiny_adapter(tiny_qwen3_dir, tmp_path / "my-adapter", seed=3)
     lines: list[str] = []
-    report = merge_adapter(ModelConfig(name_or_path=str(tiny_qwen3_dir)), adapter, tmp_path / "merged",
-                           dtype="fp32", onto="dequantized", log=lines.append)
-    assert any("quantizing the base as method.type: qlora does by default (4-bit nf4, double quant True)" in line
-               for line in lines), lines
+    report = merge_adapter(
+        ModelConfig(name_or_path=str(tiny_qwen3_dir)),
+        adapter,
+        tmp_path / "merged",
+        dtype="fp32",
+        onto="dequantized",
+        log=lines.append,
+    )
+    assert any(
+        "quantizing the base as method.type: qlora does by default (4-bit nf4, double quant True)" in line
+        for line in lines
+    ), lines
     assert report.onto == "dequantized" and report.diffs["dequantized"] < 1e-4
 
 
@@ -234,17 +290,18 @@ def test_lora_adapter_cannot_merge_onto_dequantized(tmp_path, lora_run):
     assert not out.exists()
 
 
-def test_export_run_passes_the_choice_to_its_merge(tmp_path, qlora_run):
+def test_export_run_passes_the_choice_to_its_merge(tmp_path, qlora_run, forward_first):
     run = tmp_path / "run"
     shutil.copytree(qlora_run, run)
-    result = CliRunner().invoke(app, ["export", "--run", str(run), "--to", "gguf", "--type", "f32",
-                                      "--onto", "dequantized"])
+    result = CliRunner().invoke(
+        app, ["export", "--run", str(run), "--to", "gguf", "--type", "f32", "--onto", "dequantized"]
+    )
     assert result.exit_code == 0, result.output
     assert "--onto dequantized" in result.stdout and "(written)" in result.stdout.split("--onto dequantized")[1]
     assert (run / "gguf" / "run-f32.gguf").is_file()
 
 
-def test_qlora_run_on_a_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qwen3_dir):
+def test_qlora_run_on_a_prequantized_base_merges_onto_its_dequantized_weights(tmp_path, tiny_qwen3_dir, forward_first):
     # The run said method.type: qlora, but the checkpoint itself was 4-bit: there is no 16-bit base to load.
     base_dir = save_4bit(tiny_qwen3_dir, tmp_path / "tiny-bnb-4bit", bnb_4bit_quant_type="nf4")
     run = tmp_path / "run"
@@ -256,3 +313,57 @@ def test_qlora_run_on_a_prequantized_base_merges_onto_its_dequantized_weights(tm
     report = merge_adapter(base, adapter, tmp_path / "merged", dtype="fp32", log=lambda *_: None)
     assert report.onto == "dequantized" and list(report.diffs) == ["dequantized"]
     assert report.diffs["dequantized"] < 1e-4
+
+
+def corrupt_projections(model, how: str) -> None:
+    """Permute (the wrong layout: right values in the wrong places) or add 1 % noise to every projection weight."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("proj.weight"):
+                if how == "permuted":
+                    param.copy_(param.flatten()[torch.randperm(param.numel(), generator=generator)].view_as(param))
+                else:
+                    param.add_(torch.randn(param.shape, generator=generator) * 0.01 * param.abs().mean())
+
+
+@pytest.mark.parametrize("how", ["permuted", "noisy"])
+def test_corrupted_dequantization_is_refused_and_writes_nothing(tmp_path, qlora_run, monkeypatch, how):
+    from transformers import PreTrainedModel
+
+    real = PreTrainedModel.dequantize
+
+    def corrupted(self, *args, **kwargs):
+        model = real(self, *args, **kwargs)
+        corrupt_projections(model, how)
+        return model
+
+    monkeypatch.setattr(PreTrainedModel, "dequantize", corrupted)
+    out = tmp_path / "merged"
+    cli = ["merge", "--run", str(qlora_run), "--out", str(out), "--onto", "dequantized", "--dtype", "fp32"]
+    line = error_line(CliRunner().invoke(app, cli))
+    assert line.startswith("error: --onto dequantized --dtype fp32: the merged model's logits are "), line
+    assert "from the adapter's own outputs (bound " in line and "x the largest logit)" in line
+    assert "so the merge is wrong and nothing was written; try --onto 16bit, and report it" in line
+    assert os.listdir(tmp_path) == []  # no final folder, no temporary one
+
+
+def test_corrupted_16bit_merge_is_refused_and_writes_nothing(tmp_path, qlora_run, monkeypatch):
+    # The 16-bit merge is checked against the adapter unmerged on the same 16-bit weights.
+    from peft.tuners.tuners_utils import BaseTuner
+
+    real = BaseTuner.merge_and_unload
+
+    def corrupted(self, *args, **kwargs):
+        model = real(self, *args, **kwargs)
+        corrupt_projections(model, "noisy")
+        return model
+
+    monkeypatch.setattr(BaseTuner, "merge_and_unload", corrupted)
+    cli = ["merge", "--run", str(qlora_run), "--out", str(tmp_path / "merged"), "--dtype", "fp32"]
+    line = error_line(CliRunner().invoke(app, cli))
+    assert line.startswith("error: --onto 16bit --dtype fp32: the merged model's logits are "), line
+    assert "from the adapter's outputs on the same 16-bit weights" in line and "try --onto dequantized" in line
+    assert os.listdir(tmp_path) == []
