@@ -39,7 +39,7 @@ def test_an_old_copy_is_put_back_when_the_replacement_never_got_its_name(tmp_pat
     (tmp_path / ".merged.k1ll3d.tmp").mkdir()
 
     with pytest.raises(UserError, match="merged already exists; pass --force to replace it"):
-        refuse_existing(merged, force=False)
+        refuse_existing(merged, force=False, folder=True)  # as merge calls it
     assert (merged / "model.safetensors").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
 
