@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.data.conversation import Message, ToolCall
@@ -45,6 +45,8 @@ class SamplingParams:
     seed: int | None = None  # fixes sampling for this request alone
     stop: tuple[str, ...] = ()  # the output ends before the first of these
 
+
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: smaller temperatures decode greedily
 
 # (prompt token ids, sampling params, served model name) -> an endless stream of next-token ids.
 TokenSource = Callable[[list[int], SamplingParams, str], Iterator[int]]
@@ -227,17 +229,29 @@ class Engine:
         parse_tools: bool | None = None,
         enable_thinking: bool | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        default_max_tokens: int | None = None,
     ) -> Generation:
-        """Start a chat answer (model: a served name, default the last one, i.e. the fine-tuned model)."""
+        """Start a chat answer (model: a served name, default the last one, i.e. the fine-tuned model).
+
+        Without `params.max_new_tokens` the answer may run to `default_max_tokens`, or to the context end if None.
+        """
         prompt = self.render(messages, tools=tools, enable_thinking=enable_thinking, template_kwargs=template_kwargs)
         # Templates such as QwQ's open <think> in the prompt: the output then starts inside the reasoning.
         reasoning_open = prompt.rstrip().endswith(THINK_OPEN)
         parser = OutputParser(reasoning_open=reasoning_open, tools=bool(tools) if parse_tools is None else parse_tools)
-        return self._start(prompt, params, model, parser, special_tokens=False)
+        return self._start(prompt, params, model, parser, special_tokens=False, default_max_tokens=default_max_tokens)
 
-    def complete(self, prompt: str, params: SamplingParams | None = None, *, model: str | None = None) -> Generation:
+    def complete(
+        self,
+        prompt: str,
+        params: SamplingParams | None = None,
+        *,
+        model: str | None = None,
+        default_max_tokens: int | None = None,
+    ) -> Generation:
         """Start a raw text continuation of `prompt` (no template, no parsing: all output is content)."""
-        return self._start(prompt, params, model, OutputParser(think=False), special_tokens=True)
+        parser = OutputParser(think=False)
+        return self._start(prompt, params, model, parser, special_tokens=True, default_max_tokens=default_max_tokens)
 
     def _start(
         self,
@@ -247,6 +261,7 @@ class Engine:
         parser: OutputParser,
         *,
         special_tokens: bool,
+        default_max_tokens: int | None = None,
     ) -> Generation:
         model = self.names[-1] if model is None else model
         if model not in self.models:
@@ -264,7 +279,7 @@ class Engine:
                 "shorten the conversation or ask for fewer tokens"
             )
         if params.max_new_tokens is None:
-            params = SamplingParams(**{**params.__dict__, "max_new_tokens": room})
+            params = replace(params, max_new_tokens=min(room, default_max_tokens or room))
         return Generation(self, model, prompt_ids, params, parser)
 
 
@@ -319,7 +334,8 @@ def _sampler(params: SamplingParams, config: GenerationConfig, device: Any) -> C
     temperature = params.temperature
     if temperature is None:
         temperature = (config.temperature or 1.0) if config.do_sample else 0.0
-    if temperature == 0:
+    # Below vLLM's sampling epsilon a temperature is greedy: dividing logits by 1e-45 overflows to inf and NaN.
+    if temperature < GREEDY_BELOW:
         return lambda logits: int(logits.argmax())
     top_k = params.top_k if params.top_k is not None else config.top_k
     top_p = params.top_p if params.top_p is not None else config.top_p

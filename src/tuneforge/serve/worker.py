@@ -19,6 +19,10 @@ from tuneforge.infer.parse import Delta
 _DELTA, _ERROR, _DONE = "delta", "error", "done"
 
 
+class QueueFull(Exception):
+    """The queue holds --max-queued-requests requests already."""
+
+
 class Job:
     """A generation waiting for or running on the worker."""
 
@@ -52,14 +56,17 @@ class Job:
 class Worker:
     """Runs jobs one at a time in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_queued: int = 128, max_running: int = 1) -> None:
+        self.max_queued = max_queued
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self.running = 0
         self._thread = threading.Thread(target=self._run, name="tuneforge-generate", daemon=True)
         self._thread.start()
 
     def submit(self, generation: Generation) -> Job:
-        """Queue a generation; call from the event loop."""
+        """Queue a generation; call from the event loop. Raises QueueFull when max_queued jobs wait already."""
+        if self.waiting >= self.max_queued:
+            raise QueueFull(f"{self.waiting} requests are waiting (--max-queued-requests {self.max_queued})")
         job = Job(generation, asyncio.get_running_loop())
         self._queue.put(job)
         return job
