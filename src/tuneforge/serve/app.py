@@ -2,8 +2,9 @@
 
 Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (JSON or SSE stream).
 Answers follow vLLM's shape with `--reasoning-parser qwen3` and a hermes tool parser: `reasoning_content`
-beside `content` (stream deltas too), `tool_calls` with `finish_reason: "tool_calls"`. Generations run in
-arrival order (serve/worker.py); a full queue is answered 429 with `Retry-After`. With an API key, every /v1
+beside `content` (stream deltas too), `tool_calls` with `finish_reason: "tool_calls"`. Up to --max-num-seqs
+generations run together, batched step by step by the engine; the rest wait in arrival order (serve/worker.py)
+and a full queue is answered 429 with `Retry-After`. With an API key, every /v1
 request must send it as a Bearer token (401 otherwise); /health stays open for load-balancer probes, as in vLLM.
 Limits on what one request may ask (its own chat template, default max tokens) are in `ServerLimits`.
 """

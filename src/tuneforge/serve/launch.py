@@ -183,7 +183,7 @@ def _serve_builtin(spec: ModelSpec, options: ServeOptions, dry_run: bool) -> Non
     except ImportError as exc:
         raise UserError(f"the built-in server needs {exc.name}: pip install 'tuneforge[serve]'") from None
 
-    engine = load_engine(spec, max_model_len=options.max_model_len)
+    engine = load_engine(spec, max_model_len=options.max_model_len, max_batch_size=options.limits.max_num_seqs)
     run_server(engine, host=options.host, port=options.port, api_key=options.api_key, limits=options.limits)
 
 
