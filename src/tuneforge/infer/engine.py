@@ -18,6 +18,7 @@ engine itself owns everything after the token: eos, max tokens, stop strings, de
 from __future__ import annotations
 
 import functools
+import inspect
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -386,6 +387,7 @@ class _Group:
 
     model: Any
     peft: bool  # rows choose their adapter per row through peft's adapter_names
+    cache_kwarg: str  # transformers renamed past_key_values to cache (the old name goes in 5.40); we accept >= 4.56
     rows: list[_Row] = field(default_factory=list)
     waiting: list[_Row] = field(default_factory=list)
     cache: Any = None
@@ -410,7 +412,9 @@ class _Batcher:
         self.max_batch_size = max_batch_size
         self._groups: dict[int, _Group] = {}
         for model, _ in targets.values():
-            self._groups.setdefault(id(model), _Group(model, peft=hasattr(model, "peft_config")))
+            base = model.get_base_model() if hasattr(model, "peft_config") else model
+            kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+            self._groups.setdefault(id(model), _Group(model, hasattr(model, "peft_config"), kwarg))
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -471,7 +475,7 @@ class _Batcher:
             ids, mask = _left_padded([row.prompt for row in new], group.model.device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             out = self._forward(group, new, ids, mask, positions, None)
-            self._join(group, new, out.past_key_values, mask)
+            self._join(group, new, getattr(out, group.cache_kwarg), mask)
             self._emit(group, new, out.logits[:, -1])
         if not group.rows:
             return
@@ -487,9 +491,9 @@ class _Batcher:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{group.cache_kwarg: cache},
             **extra,
         )
 
