@@ -1,4 +1,4 @@
-"""Offline batched generation: `engine.generate_batch` throughput by batch size, on a tiny Qwen3 with the real tokenizer.
+"""Offline batched generation: `engine.generate_batch` throughput by batch size, tiny Qwen3, real tokenizer.
 
 The same prompts (mixed lengths) are answered greedily at each `--max-batch-size`; every level must give the same
 answers as batch size 1 (batching is not allowed to change greedy output). Generated tokens/s and the ratio against
