@@ -17,10 +17,12 @@ engine itself owns everything after the token: eos, max tokens, stop strings, de
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -415,8 +417,17 @@ class _Batcher:
             base = model.get_base_model() if hasattr(model, "peft_config") else model
             kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
             self._groups.setdefault(id(model), _Group(model, hasattr(model, "peft_config"), kwarg))
-        self._wake = threading.Condition()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._closing = False
+        _BATCHERS.add(self)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop after the current step (at interpreter exit: see _stop_batchers)."""
+        with self._lock:
+            self._closing, thread = True, self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     @property
     def running(self) -> int:
@@ -428,12 +439,11 @@ class _Batcher:
         model, adapter = self.targets[name]
         pick = _sampler(params, model.generation_config, model.device)
         row = _Row(list(prompt_ids), params.max_new_tokens or 1, adapter, pick)
-        with self._wake:
+        with self._lock:
             self._groups[id(model)].waiting.append(row)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="tuneforge-batcher", daemon=True)
                 self._thread.start()
-            self._wake.notify()
         return self._read(row)
 
     def _read(self, row: _Row) -> Iterator[int]:
@@ -449,9 +459,11 @@ class _Batcher:
         import torch
 
         while True:
-            with self._wake:
-                while not any(g.rows or g.waiting for g in self._groups.values()):
-                    self._wake.wait()
+            with self._lock:
+                if self._closing or not any(g.rows or g.waiting for g in self._groups.values()):
+                    # Idle: the thread ends (generate starts another), so no thread outlives the work it serves.
+                    self._thread = None
+                    return
                 admitted = {}
                 for key, group in self._groups.items():
                     room = self.max_batch_size - len(group.rows)
@@ -567,6 +579,17 @@ class _Batcher:
             picked = logprobs[row, first : keep - 1].gather(-1, torch.tensor(continuation)[:, None].to(model.device))
             scores.append(picked[:, 0].tolist())
         return scores
+
+
+_BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_batchers() -> None:
+    # A daemon thread still inside a torch op while the interpreter finalizes aborts the process ("terminate called
+    # without an active exception"): each batcher finishes its step and stops first.
+    for batcher in list(_BATCHERS):
+        batcher.close()
 
 
 def _left_padded(sequences: list[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
