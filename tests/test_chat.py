@@ -67,6 +67,16 @@ def test_compare_runs_base_and_tuned_in_one_batch_and_shows_both(tiny_qwen3_dir,
     results = print_compare(session, [], "hi", Console(file=out, width=200))
     assert results == alone and alone[0].content != alone[1].content
     assert events[:2] == [("start", session.base), ("start", session.tuned)]  # both in the batch before a token
+    assert session.base in out.getvalue() and session.tuned in out.getvalue()
+
+    tokenizer = session.engine.tokenizer
+    texts = {session.base: "<think>\nplan it\n</think>\n\nbase says [hi]", session.tuned: "tuned says hello"}
+    session.engine.source = lambda prompt_ids, params, name: iter(
+        [*tokenizer.encode(texts[name], add_special_tokens=False), tokenizer.eos_token_id]
+    )
+    session.params = SamplingParams(max_new_tokens=40)
+    out = io.StringIO()
+    scripted = print_compare(session, [], "hi", Console(file=out, width=200))
+    assert [(r.reasoning, r.content) for r in scripted] == [("plan it", "base says [hi]"), (None, "tuned says hello")]
     shown = out.getvalue()
-    assert session.base in shown and session.tuned in shown
-    assert alone[0].content.strip()[:4] in shown and alone[1].content.strip()[:4] in shown
+    assert "plan it" in shown and "base says [hi]" in shown and "tuned says hello" in shown  # [hi] is not markup

@@ -418,6 +418,9 @@ class _Batcher:
             kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
             self._groups.setdefault(id(model), _Group(model, hasattr(model, "peft_config"), kwarg))
         self._lock = threading.Lock()
+        # peft routes adapter_names through forward hooks it adds to every LoRA layer for the duration of a call:
+        # two concurrent forwards (a batch step and a score call) would apply each other's routing.
+        self._forward_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = False
         _BATCHERS.add(self)
@@ -499,15 +502,16 @@ class _Batcher:
 
     def _forward(self, group: _Group, rows: list[_Row], ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
         extra = {"adapter_names": [row.adapter or "__base__" for row in rows]} if group.peft else {}
-        return group.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{group.cache_kwarg: cache},
-            **extra,
-        )
+        with self._forward_lock:
+            return group.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{group.cache_kwarg: cache},
+                **extra,
+            )
 
     def _emit(self, group: _Group, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token and hand it on; rows at eos or max tokens leave the batch."""
@@ -562,7 +566,7 @@ class _Batcher:
         ids, mask = _left_padded([p + c for p, c in pairs], model.device)
         keep = max(len(c) for _, c in pairs) + 1  # left padding puts every continuation in the last columns
         extra = {"adapter_names": [adapter or "__base__"] * len(pairs)} if group.peft else {}
-        with torch.inference_mode():
+        with torch.inference_mode(), self._forward_lock:
             logits = model(
                 input_ids=ids,
                 attention_mask=mask,
