@@ -339,6 +339,20 @@ def test_a_full_queue_is_429_with_retry_after_and_the_connection_stays_usable(qw
             assert served.status_code == 200 and client_port(served) == client_port(refused)
 
 
+def test_with_no_queue_a_request_runs_while_a_place_is_free_and_is_refused_once_none_is(qwen3_tokenizer):
+    with scripted_server(qwen3_tokenizer, ServerLimits(max_queued_requests=0, max_num_seqs=1)) as (url, _):
+        reply = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"))
+        assert reply.choices[0].message.content == "Hello! How can I help?"
+        running = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("slow"), stream=True)
+        next(iter(running))
+        with pytest.raises(openai.RateLimitError) as caught:
+            client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"))
+        assert caught.value.body["message"] == (
+            "the server is busy: 1 requests run and 0 wait (--max-num-seqs 1, --max-queued-requests 0); retry after 1 s"
+        )
+        running.close()
+
+
 def test_unknown_model_is_404(real):
     url, _ = real
     with pytest.raises(openai.NotFoundError) as caught:

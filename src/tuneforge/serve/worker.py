@@ -61,7 +61,7 @@ class Worker:
     """
 
     def __init__(self, *, max_queued: int = 128, max_running: int = 32) -> None:
-        self.max_queued = max_queued
+        self.max_queued, self.max_running = max_queued, max_running
         self.running = self.waiting = 0
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_running, thread_name_prefix="tuneforge-generate")
@@ -69,8 +69,12 @@ class Worker:
     def submit(self, generation: Generation) -> Job:
         """Queue a generation; call from the event loop. Raises QueueFull when max_queued jobs wait already."""
         with self._lock:
-            if self.waiting >= self.max_queued:
-                raise QueueFull(f"{self.waiting} requests are waiting (--max-queued-requests {self.max_queued})")
+            # Counted against both limits together: a job that finds a free thread does not wait (even with 0).
+            if self.running + self.waiting >= self.max_running + self.max_queued:
+                raise QueueFull(
+                    f"{self.running} requests run and {self.waiting} wait (--max-num-seqs {self.max_running}, "
+                    f"--max-queued-requests {self.max_queued})"
+                )
             self.waiting += 1
         job = Job(generation, asyncio.get_running_loop())
         self._pool.submit(self._run, job)
@@ -84,14 +88,14 @@ class Worker:
         with self._lock:
             self.waiting -= 1
             self.running += 1
+        end: tuple[str, object] = (_DONE, None)
         try:
             if not job.cancelled.is_set():
                 for delta in job.generation:
                     job._send(_DELTA, delta)
         except Exception as exc:  # noqa: BLE001 -- reported to this request's client; the worker goes on
-            job._send(_ERROR, exc)
-        else:
-            job._send(_DONE)
+            end = (_ERROR, exc)
         finally:
-            with self._lock:
+            with self._lock:  # the place is free before the client hears the end, so its next request fits
                 self.running -= 1
+        job._send(*end)
