@@ -36,9 +36,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="First is the baseline.")
     parser.add_argument("--prompts", type=int, default=32, help="Conversations answered at each batch size.")
     parser.add_argument("--max-tokens", type=int, default=32, help="New tokens per answer.")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate_batch.json")
     args = parser.parse_args()
 
+    import torch
     from conftest import make_tiny_qwen3
 
     from tuneforge.data.conversation import Message
@@ -46,7 +48,9 @@ def main() -> None:
     from tuneforge.infer.spec import resolve_spec
     from tuneforge.io import atomic_write_json
 
-    host = machine("transformers", "peft")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    host = {**machine("transformers", "peft"), "torch_threads": str(torch.get_num_threads())}
     conversations = [[Message("user", text)] for text in prompts(args.prompts)]
     greedy = SamplingParams(max_new_tokens=args.max_tokens, temperature=0)
     levels, reference = [], None
