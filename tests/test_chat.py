@@ -6,15 +6,17 @@ import io
 
 from conftest import needs_assets
 from rich.console import Console
+from tiny_adapter import make_tiny_adapter
 
-from tuneforge.infer.chat import open_session, print_streamed, repl
+from tuneforge.infer.chat import open_session, print_compare, print_streamed, repl
 from tuneforge.infer.engine import SamplingParams
 
 
 @needs_assets
 def test_repl_keeps_history_and_clear_resets_it(tiny_qwen3_dir):
-    session = open_session(str(tiny_qwen3_dir), None, None, SamplingParams(max_new_tokens=3, temperature=0),
-                           think=False, system="be brief")
+    session = open_session(
+        str(tiny_qwen3_dir), None, None, SamplingParams(max_new_tokens=3, temperature=0), think=False, system="be brief"
+    )
     seen: list[list[str]] = []
     chat = session.engine.chat
 
@@ -44,3 +46,37 @@ def test_streamed_answer_shows_reasoning_apart(tiny_qwen3_dir):
     result = print_streamed(session, [], "hi", Console(file=out, width=120))
     assert (result.reasoning, result.content) == ("plan it", "done")
     assert "thinking: plan it" in out.getvalue() and "answer: done" in out.getvalue()
+
+
+@needs_assets
+def test_compare_runs_base_and_tuned_in_one_batch_and_shows_both(tiny_qwen3_dir, tmp_path):
+    greedy = SamplingParams(max_new_tokens=6, temperature=0)
+    adapter = make_tiny_adapter(tiny_qwen3_dir, tmp_path / "adapter")
+    session = open_session(str(tiny_qwen3_dir), str(adapter), None, greedy, think=False)
+    alone = [session.ask([], "hi", model=name) for name in (session.base, session.tuned)]
+    events: list[tuple[str, str]] = []
+    source = session.engine.source
+
+    def recording(prompt_ids, params, name):
+        events.append(("start", name))  # when the generation is handed to the engine, before any token is read
+        tokens = source(prompt_ids, params, name)
+        return (events.append(("token", name)) or token for token in tokens)
+
+    session.engine.source = recording
+    out = io.StringIO()
+    results = print_compare(session, [], "hi", Console(file=out, width=200))
+    assert results == alone and alone[0].content != alone[1].content
+    assert events[:2] == [("start", session.base), ("start", session.tuned)]  # both in the batch before a token
+    assert session.base in out.getvalue() and session.tuned in out.getvalue()
+
+    tokenizer = session.engine.tokenizer
+    texts = {session.base: "<think>\nplan it\n</think>\n\nbase says [hi]", session.tuned: "tuned says hello"}
+    session.engine.source = lambda prompt_ids, params, name: iter(
+        [*tokenizer.encode(texts[name], add_special_tokens=False), tokenizer.eos_token_id]
+    )
+    session.params = SamplingParams(max_new_tokens=40)
+    out = io.StringIO()
+    scripted = print_compare(session, [], "hi", Console(file=out, width=200))
+    assert [(r.reasoning, r.content) for r in scripted] == [("plan it", "base says [hi]"), (None, "tuned says hello")]
+    shown = out.getvalue()
+    assert "plan it" in shown and "base says [hi]" in shown and "tuned says hello" in shown  # [hi] is not markup

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,164 @@ def test_spec_errors_name_the_flag(tmp_path, tiny_with_adapter):
         resolve_spec(model="m", adapters={"m": adapter})
     with pytest.raises(UserError, match="not a tuneforge run folder"):
         resolve_spec(run=tmp_path)
+
+
+# --- batched generation and scoring --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_adapters(tiny_with_adapter, tmp_path_factory) -> Engine:
+    """The tiny Qwen3 with two different LoRA adapters, 'tuned' and 'other'."""
+    base, adapter = tiny_with_adapter
+    other = make_tiny_adapter(base, tmp_path_factory.mktemp("other"), seed=1)
+    return load_engine(resolve_spec(model=str(base), adapters={"tuned": adapter, "other": other}))
+
+
+def recorded(engine: Engine, monkeypatch) -> dict[tuple[str, tuple[int, ...]], list[int]]:
+    """Wrap the engine's token source (for this test) to record the tokens each (model, prompt) received."""
+    tokens: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+    source = engine.source
+
+    def record(prompt_ids: list[int], params: SamplingParams, model: str) -> Iterator[int]:
+        got = tokens.setdefault((model, tuple(prompt_ids)), [])
+        for token in source(prompt_ids, params, model):
+            got.append(token)
+            yield token
+
+    monkeypatch.setattr(engine, "source", record)
+    return tokens
+
+
+QUESTIONS = [
+    "Hi",
+    "Tell me a very long story about a dragon who learned to count to one hundred in three languages.",
+    "What is 2+2?",
+    "Who are you?",
+    "Describe the weather in Paris and in Beijing today, in detail, for a travel guide.",
+    "ok",
+]
+
+
+def test_batched_greedy_equals_one_by_one_token_for_token(two_adapters, monkeypatch):
+    engine = two_adapters
+    base = engine.names[0]
+    conversations = [[Message("user", q)] for q in QUESTIONS]
+    models = [base, "tuned", "other", "tuned", base, "other"]  # two adapters and the base in one batch
+    greedy = SamplingParams(max_new_tokens=10, temperature=0)
+    tokens = recorded(engine, monkeypatch)
+    alone = [engine.chat(c, greedy, model=m).result() for c, m in zip(conversations, models)]
+    one_by_one = dict(tokens)
+    tokens.clear()
+    batched = engine.generate_batch(conversations, greedy, model=models, max_batch_size=6)
+    assert tokens == one_by_one  # every request got exactly the same tokens
+    assert batched == alone
+    assert len({r.content for r in alone}) == len(alone)
+    assert {r.completion_tokens for r in batched} == {10}
+
+    # A stop string cuts one member's output where it cuts it alone; the others run on.
+    stop = alone[1].content[3:7]
+    stopped = SamplingParams(max_new_tokens=10, temperature=0, stop=(stop,))
+    expected = [engine.chat(c, stopped, model=m).result() for c, m in zip(conversations, models)]
+    assert expected[1].finish_reason == "stop"
+    assert expected[1].content == alone[1].content[: alone[1].content.find(stop)]
+    assert (
+        engine.generate_batch(conversations, stopped, model=models, max_batch_size=4, max_batch_tokens=200) == expected
+    )
+
+
+def settles(value: Callable[[], object], expected: object, seconds: float = 10.0) -> bool:
+    """Whether value() becomes `expected` within `seconds` (the batcher updates its rows in its own thread)."""
+    deadline = time.monotonic() + seconds
+    while value() != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value() == expected
+
+
+def test_a_cancelled_member_leaves_the_batch_and_the_others_are_unchanged(two_adapters):
+    engine = two_adapters
+    batcher = engine.source.__self__
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    conversations = [[Message("user", q)] for q in QUESTIONS[:3]]
+    alone = [engine.chat(c, greedy, model="tuned").result() for c in conversations]
+    generations = [engine.chat(c, greedy, model="tuned") for c in conversations]
+    for generation in generations:
+        generation.start()
+    streams = [iter(g) for g in generations]
+    next(streams[0]), next(streams[1]), next(streams[2])
+    assert batcher.running == 3
+    generations[1].cancel()
+    assert list(streams[1]) == []  # it stops before its next token...
+    assert settles(lambda: batcher.running, 2)  # ...and leaves the batch at the next step
+    for stream in streams[0], streams[2]:
+        list(stream)
+    results = [g.result() for g in generations]
+    assert results[1].finish_reason == "abort"
+    assert (results[0], results[2]) == (alone[0], alone[2])
+    assert settles(lambda: batcher.running, 0)
+
+
+def test_batches_group_similar_lengths_keep_the_token_budget_and_halve_on_out_of_memory():
+    import torch
+
+    from tuneforge.infer.engine import _batched
+
+    seen: list[list[int]] = []
+
+    def run(batch: list[int]) -> list[str]:
+        seen.append(batch)
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return [f"item {i}" for i in batch]
+
+    sizes = [5, 1, 9, 3, 7]
+    assert _batched(sizes, run, max_batch_size=4, max_batch_tokens=None) == [f"item {i}" for i in range(5)]
+    assert seen == [[2, 4, 0, 3], [2, 4], [0, 3], [1]]  # longest first; the first batch halved once
+    seen.clear()
+    assert _batched(sizes, run, max_batch_size=4, max_batch_tokens=16) == [f"item {i}" for i in range(5)]
+    assert seen == [[2], [4, 0], [3, 1]]  # 9 alone (9 x 2 > 16); 7 x 2 = 14; 3 x 2 = 6
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        _batched([1], lambda batch: run(batch * 3), max_batch_size=1, max_batch_tokens=None)
+
+
+def test_score_matches_a_full_forward_pass_per_pair_in_input_order(two_adapters, tiny_with_adapter):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    engine = two_adapters
+    base = engine.names[0]
+    prompts = ["The capital of France is", "Hi", "Two plus two equals", "A"]
+    continuations = [" Paris.", " there, how are you doing today?", " four", " long continuation of several words"]
+    scores = engine.score(prompts, continuations, model=base, max_batch_size=3)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_with_adapter[0]).eval()
+    for prompt, continuation, got in zip(prompts, continuations, scores):
+        p = engine.tokenizer(prompt)["input_ids"]
+        c = engine.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logprobs = reference(torch.tensor([p + c])).logits[0].float().log_softmax(-1)
+        want = [float(logprobs[len(p) - 1 + j, token]) for j, token in enumerate(c)]
+        assert got == pytest.approx(want, abs=1e-4)
+    tuned = engine.score(prompts, continuations, model="tuned", max_batch_size=4)
+    for p, c, got in zip(prompts, continuations, tuned):
+        assert got == pytest.approx(engine.score([p], [c], model="tuned")[0], abs=1e-4)
+    assert tuned[0] != pytest.approx(scores[0], abs=1e-3)  # the adapter changes the likelihoods
+
+
+@needs_assets
+def test_score_halves_a_batch_on_out_of_memory_and_refuses_what_it_cannot_score(qwen3_tokenizer):
+    import torch
+
+    sizes: list[int] = []
+
+    def scorer(pairs, model):
+        sizes.append(len(pairs))
+        if len(pairs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return [[float(len(p))] * len(c) for p, c in pairs]
+
+    engine = Engine(qwen3_tokenizer, {"m": None}, Script(qwen3_tokenizer, "x"), max_model_len=64, scorer=scorer)
+    assert engine.score(["a b c", "a"], [" x", " y z"]) == [[3.0], [1.0, 1.0]]
+    assert sizes == [2, 1, 1]
+    with pytest.raises(UserError, match="score: pair 0 has 1 prompt and 0 continuation tokens"):
+        engine.score(["a"], [""])
+    with pytest.raises(UserError, match="no model weights to score with"):
+        scripted(qwen3_tokenizer, "x")[0].score(["a"], ["b"])

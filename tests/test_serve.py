@@ -7,7 +7,9 @@ calls (exact outputs).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shlex
 import sys
 import threading
@@ -24,9 +26,12 @@ from typer.testing import CliRunner
 
 from tuneforge.cli import app as cli
 from tuneforge.data.conversation import Message
+from tuneforge.errors import UserError
 from tuneforge.infer.engine import Engine, SamplingParams, load_engine
 from tuneforge.infer.spec import resolve_spec
 from tuneforge.serve.app import create_app, serve_in_background
+from tuneforge.serve.launch import resolve_api_key
+from tuneforge.serve.protocol import ServerLimits
 
 KEY = "sk-test-key"
 TIMEOUT = 60.0
@@ -77,6 +82,10 @@ class Qwen3Script:
         if "slow" in prompt:
             yield from self._slow()
             return
+        if prompt.startswith("CUSTOM:"):  # the request's own chat template was used
+            yield from self.tokenizer.encode("custom template")
+            yield self.tokenizer.eos_token_id
+            return
         if "explode" in prompt:
             yield from self.tokenizer.encode("Partial")
             raise RuntimeError("the GPU caught fire")
@@ -102,12 +111,18 @@ class Qwen3Script:
             self.slow_closed.set()
 
 
+@contextlib.contextmanager
+def scripted_server(tokenizer, limits: ServerLimits = ServerLimits(), **engine) -> Iterator[tuple[str, Qwen3Script]]:
+    script = Qwen3Script(tokenizer)
+    engine = Engine(tokenizer, {"qwen3-scripted": None}, script, **{"max_model_len": 1_000_000, **engine})
+    with serve_in_background(create_app(engine, limits=limits)) as url:
+        yield url, script
+
+
 @pytest.fixture(scope="module")
 def scripted(qwen3_tokenizer) -> Iterator[tuple[str, Qwen3Script]]:
-    script = Qwen3Script(qwen3_tokenizer)
-    engine = Engine(qwen3_tokenizer, {"qwen3-scripted": None}, script, max_model_len=1_000_000)
-    with serve_in_background(create_app(engine)) as url:
-        yield url, script
+    with scripted_server(qwen3_tokenizer) as served:
+        yield served
 
 
 # --- chat and completions on real weights ----------------------------------------------------------------
@@ -243,6 +258,101 @@ def test_malformed_body_is_400_with_an_openai_error_object(real, content, param)
     assert error["message"]
 
 
+def client_port(response: httpx.Response) -> int:
+    """The local port of the connection that carried `response` (equal ports: the connection was reused)."""
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"chat_template": "{{ messages }}"}, "chat_template"),
+        ({"chat_template_kwargs": {"chat_template": "{% for i in range(9**9) %}{% endfor %}"}}, "chat_template"),
+        ({"seed": 2**70}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 10**30}, None),  # beyond the context
+    ],
+)
+def test_out_of_range_requests_are_400_and_the_connection_stays_usable(scripted, fields, param):
+    url, _ = scripted
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+        refused = http.post("/v1/chat/completions", json={"model": "qwen3-scripted", "messages": ask("hi"), **fields})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+        assert refused.json()["error"]["param"] == param
+        served = http.post("/v1/chat/completions", json={"model": "qwen3-scripted", "messages": ask("hi")})
+        assert served.status_code == 200
+        assert served.json()["choices"][0]["message"]["content"] == "Hello! How can I help?"
+        assert client_port(served) == client_port(refused)
+
+
+def test_tiny_temperature_decodes_greedily_instead_of_failing(real):
+    url, engine = real
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=url, timeout=TIMEOUT, headers=headers) as http:
+        first = http.post("/v1/chat/completions", content=body(temperature=1e-45, max_tokens=6, seed=2**63 - 1))
+        assert first.status_code == 200, first.text
+        assert first.json()["choices"][0]["message"]["content"] == expected(engine, "tuned", "x", 6)
+        again = http.post("/v1/chat/completions", content=body(max_tokens=2))
+        assert again.status_code == 200 and client_port(again) == client_port(first)
+
+
+def test_request_chat_template_runs_only_when_the_server_trusts_it(qwen3_tokenizer):
+    custom = {"chat_template": "CUSTOM:{{ messages[0]['content'] }}"}
+    with scripted_server(qwen3_tokenizer, ServerLimits(trust_request_chat_template=True)) as (url, _):
+        for fields in (custom, {"chat_template_kwargs": custom}):
+            reply = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"), extra_body=fields)
+            assert reply.choices[0].message.content == "custom template"
+
+
+def test_max_tokens_defaults_to_the_server_limit_and_never_beyond_the_context(qwen3_tokenizer):
+    prompt_len = len(qwen3_tokenizer.apply_chat_template(ask("slow"), add_generation_prompt=True)["input_ids"])
+    with scripted_server(qwen3_tokenizer, ServerLimits(max_tokens_default=5)) as (url, _):
+        reply = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("slow"))
+        assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (5, "length")
+    with scripted_server(qwen3_tokenizer, max_model_len=prompt_len + 3) as (url, _):
+        reply = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("slow"))
+        assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (3, "length")
+
+
+def test_a_full_queue_is_429_with_retry_after_and_the_connection_stays_usable(qwen3_tokenizer):
+    limits = ServerLimits(max_queued_requests=1, max_num_seqs=1)
+    with scripted_server(qwen3_tokenizer, limits) as (url, _):
+        running = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("slow"), stream=True)
+        next(iter(running))
+        with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=TIMEOUT) as http:
+            queued = pool.submit(
+                lambda: client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"), max_tokens=20)
+            )
+            full = {"status": "ok", "running": 1, "waiting": 1}
+            assert health_becomes(url, full) == full
+            refused = http.post("/v1/chat/completions", json={"model": "qwen3-scripted", "messages": ask("hi")})
+            assert (refused.status_code, refused.headers["retry-after"]) == (429, "1")
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+            running.close()
+            assert queued.result(timeout=20).choices[0].message.content == "Hello! How can I help?"
+            served = http.post("/v1/chat/completions", json={"model": "qwen3-scripted", "messages": ask("hi")})
+            assert served.status_code == 200 and client_port(served) == client_port(refused)
+
+
+def test_with_no_queue_a_request_runs_while_a_place_is_free_and_is_refused_once_none_is(qwen3_tokenizer):
+    with scripted_server(qwen3_tokenizer, ServerLimits(max_queued_requests=0, max_num_seqs=1)) as (url, _):
+        reply = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"))
+        assert reply.choices[0].message.content == "Hello! How can I help?"
+        running = client(url).chat.completions.create(model="qwen3-scripted", messages=ask("slow"), stream=True)
+        next(iter(running))
+        with pytest.raises(openai.RateLimitError) as caught:
+            client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi"))
+        assert caught.value.body["message"] == (
+            "the server is busy: 1 requests run and 0 wait (--max-num-seqs 1, --max-queued-requests 0); retry after 1 s"
+        )
+        running.close()
+
+
 def test_unknown_model_is_404(real):
     url, _ = real
     with pytest.raises(openai.NotFoundError) as caught:
@@ -328,6 +438,52 @@ def test_sixteen_concurrent_streaming_clients_all_complete(real):
     assert results == [(expected(engine, "tuned", p, 6), "length") for p in prompts]
 
 
+def test_requests_join_a_running_batch_with_their_own_parameters_and_a_disconnect_leaves_it(real, tiny_qwen3_dir):
+    url, engine = real
+    batcher = engine.source.__self__
+    base = str(tiny_qwen3_dir)
+    asks = [
+        (base, "Hello", SamplingParams(max_new_tokens=5, temperature=0)),
+        ("tuned", "Hello", SamplingParams(max_new_tokens=9, temperature=0)),
+        ("tuned", "Count", SamplingParams(max_new_tokens=8, temperature=1.0, top_k=40, seed=3)),
+    ]
+    alone = [engine.chat([Message("user", text)], params, model=m).result() for m, text, params in asks]
+    stop = alone[1].content[2:5]
+    asks[1] = ("tuned", "Hello", SamplingParams(max_new_tokens=9, temperature=0, stop=(stop,)))
+    long = client(url).chat.completions.create(
+        model="tuned", messages=ask("Go on and on"), max_tokens=4000, temperature=0, stream=True
+    )
+    next(iter(long)), next(iter(long))
+    assert batcher.running == 1
+
+    def send(item: tuple[str, str, SamplingParams]) -> tuple[str, str]:
+        model, text, params = item
+        reply = client(url).chat.completions.create(
+            model=model,
+            messages=ask(text),
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            seed=params.seed,
+            extra_body={"top_k": params.top_k},
+            stop=list(params.stop) or None,
+        )
+        return reply.choices[0].message.content, reply.choices[0].finish_reason
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(send, asks, timeout=60))
+    assert answers == [
+        (alone[0].content, "length"),
+        (alone[1].content[: alone[1].content.find(stop)], "stop"),
+        (alone[2].content, "length"),
+    ]
+    assert batcher.running == 1  # they joined the long generation's batch and left it; it still runs
+    long.close()
+    deadline = time.monotonic() + 10
+    while batcher.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.running == 0
+
+
 def health_becomes(url: str, expected: dict[str, object], seconds: float = 10.0) -> dict[str, object]:
     """Poll /health until it equals `expected` (or the time is up); return the last answer."""
     deadline = time.monotonic() + seconds
@@ -344,12 +500,10 @@ def test_a_client_that_disconnects_mid_stream_does_not_stall_the_others(scripted
     chunks = iter(slow)
     for _ in range(3):
         next(chunks)
-    with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(lambda: client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi")))
-        busy = {"status": "ok", "running": 1, "waiting": 1}
-        assert health_becomes(url, busy) == busy  # the second request is queued behind the slow one
-        slow.close()  # the slow client goes away after 3 chunks of 100,000
-        assert waiting.result(timeout=20).choices[0].message.content == "Hello! How can I help?"
+    # Another request runs beside the slow one rather than behind it.
+    assert client(url).chat.completions.create(model="qwen3-scripted", messages=ask("hi")).choices[0].message.content
+    assert httpx.get(f"{url}/health", timeout=TIMEOUT).json() == {"status": "ok", "running": 1, "waiting": 0}
+    slow.close()  # the slow client goes away after 3 chunks of 100,000
     assert script.slow_closed.wait(10)
     idle = {"status": "ok", "running": 0, "waiting": 0}
     assert health_becomes(url, idle) == idle
@@ -368,6 +522,14 @@ def test_a_failing_generation_is_reported_and_the_next_request_is_served(scripte
 
 
 # --- vLLM / SGLang launchers ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_key_env(monkeypatch):
+    """No API key in the environment (launch lines and warnings depend on it)."""
+    for name in ("TUNEFORGE_API_KEY", "VLLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -390,7 +552,7 @@ def fake_adapter(folder: Path, rank: int) -> Path:
     return folder
 
 
-def test_vllm_dry_run_for_a_merged_model(model_dir):
+def test_vllm_dry_run_for_a_merged_model(no_key_env, model_dir):
     code, output = run_cli(
         "--model",
         str(model_dir),
@@ -412,13 +574,59 @@ def test_vllm_dry_run_for_a_merged_model(model_dir):
     )
     assert code == 0, output
     assert output.strip() == (
-        f"vllm serve {model_dir} --served-model-name mybot --host 127.0.0.1 --port 9000 "
+        f"VLLM_API_KEY=*** vllm serve {model_dir} --served-model-name mybot --host 127.0.0.1 --port 9000 "
         "--reasoning-parser qwen3 --enable-auto-tool-choice --tool-call-parser hermes "
-        "--tensor-parallel-size 2 --max-model-len 8192 --gpu-memory-utilization 0.85 --api-key secret"
+        "--tensor-parallel-size 2 --max-model-len 8192 --gpu-memory-utilization 0.85"
     )
 
 
-def test_vllm_and_sglang_dry_run_for_base_plus_adapters(model_dir, tmp_path):
+def test_api_key_comes_from_flag_file_or_environment(no_key_env, tmp_path):
+    assert resolve_api_key(None, None) is None
+    no_key_env.setenv("VLLM_API_KEY", "from-vllm-env")
+    assert resolve_api_key(None, None) == "from-vllm-env"
+    no_key_env.setenv("TUNEFORGE_API_KEY", "from-our-env")
+    assert resolve_api_key(None, None) == "from-our-env"
+    assert resolve_api_key("from-flag", None) == "from-flag"
+    (tmp_path / "key").write_text("from-file\n")
+    assert resolve_api_key(None, tmp_path / "key") == "from-file"
+    (tmp_path / "empty").write_text("\n")
+    for flag, file, message in [
+        ("k", tmp_path / "key", "give the API key once: --api-key or --api-key-file, not both"),
+        (None, tmp_path / "empty", f"--api-key-file {tmp_path / 'empty'}: the file is empty"),
+        (None, tmp_path / "absent", f"--api-key-file {tmp_path / 'absent'}: cannot read it"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            resolve_api_key(flag, file)
+
+
+def test_the_key_is_never_printed_and_an_open_server_without_key_warns(no_key_env, model_dir, tmp_path):
+    (tmp_path / "key").write_text("file-secret")
+    no_key_env.setenv("TUNEFORGE_API_KEY", "env-secret")
+    runs = {
+        "sglang": run_cli("--model", str(model_dir), "--engine", "sglang", "--dry-run", "--api-key", "flag-secret"),
+        "vllm": run_cli("--model", str(model_dir), "--engine", "vllm", "--dry-run", "--host", "0.0.0.0"),
+        "builtin": run_cli(
+            "--model", str(model_dir), "--engine", "transformers", "--dry-run", "--api-key-file", str(tmp_path / "key")
+        ),
+    }
+    for code, output in runs.values():
+        assert code == 0, output
+        assert "secret" not in output and "warning" not in output
+    assert runs["sglang"][1].strip().endswith("--tool-call-parser qwen25 --api-key ***")
+    assert runs["vllm"][1].startswith("VLLM_API_KEY=*** vllm serve")
+
+    no_key_env.delenv("TUNEFORGE_API_KEY")
+    code, output = run_cli("--model", str(model_dir), "--engine", "transformers", "--dry-run", "--host", "0.0.0.0")
+    assert code == 0
+    assert output.splitlines()[0] == (
+        "warning: serving on 0.0.0.0 without an API key: anyone who can reach this port can use the model; "
+        "set TUNEFORGE_API_KEY or pass --api-key-file"
+    )
+    code, output = run_cli("--model", str(model_dir), "--engine", "transformers", "--dry-run", "--host", "::1")
+    assert (code, output.count("warning")) == (0, 0)
+
+
+def test_vllm_and_sglang_dry_run_for_base_plus_adapters(no_key_env, model_dir, tmp_path):
     a, b = fake_adapter(tmp_path / "a", 8), fake_adapter(tmp_path / "b", 40)
     flags = ["--model", str(model_dir), "--adapter", f"alpha={a}", "--adapter", f"beta={b}", "--dry-run"]
     code, output = run_cli(*flags, "--engine", "vllm")
@@ -457,7 +665,7 @@ def test_vllm_and_sglang_dry_run_for_base_plus_adapters(model_dir, tmp_path):
     )
 
 
-def test_vllm_dry_run_for_a_lora_run_folder(tmp_path):
+def test_vllm_dry_run_for_a_lora_run_folder(no_key_env, tmp_path):
     from tuneforge.config import save_config, validate
 
     run = tmp_path / "mybot"
@@ -491,6 +699,6 @@ def test_missing_engine_is_a_one_line_error(model_dir, monkeypatch):
     assert (code, output.strip()) == (2, "error: --engine tpu: expected one of auto, transformers, vllm, sglang")
 
 
-def test_builtin_dry_run_names_what_it_serves(model_dir):
+def test_builtin_dry_run_names_what_it_serves(no_key_env, model_dir):
     code, output = run_cli("--model", str(model_dir), "--engine", "transformers", "--dry-run", "--port", "8123")
     assert (code, output.strip()) == (0, f"built-in engine: serving {model_dir} at http://127.0.0.1:8123/v1")

@@ -250,21 +250,45 @@ def serve(
     served_model_name: Annotated[str | None, typer.Option(help="Name of the base weights in the API.")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 requests.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Require 'Authorization: Bearer KEY' on /v1 (default: $TUNEFORGE_API_KEY, $VLLM_API_KEY)."),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="Read the API key from this file (not shown in ps).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="auto | transformers | vllm | sglang.")] = "auto",
     max_model_len: Annotated[int | None, typer.Option(help="Longest prompt + answer in tokens.")] = None,
     tensor_parallel_size: Annotated[int | None, typer.Option(help="GPUs per model (vllm, sglang).")] = None,
     gpu_memory_utilization: Annotated[
         float | None, typer.Option(help="Share of GPU memory to use (vllm, sglang).")
     ] = None,
+    trust_request_chat_template: Annotated[
+        bool, typer.Option(help="Let requests bring their own chat_template (arbitrary Jinja; vLLM's flag).")
+    ] = False,
+    max_tokens_default: Annotated[
+        int | None, typer.Option(min=1, help="max_tokens of a request that sets none [default: 2048].")
+    ] = None,
+    max_queued_requests: Annotated[
+        int | None, typer.Option(min=0, help="Requests that may wait; more are answered 429 [default: 128].")
+    ] = None,
+    max_num_seqs: Annotated[
+        int | None, typer.Option(min=1, help="Requests generated together in one batch [default: 32].")
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the server or command that would run, and exit.")] = False,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API: built-in (CPU too), or one command for vLLM / SGLang."""
     from tuneforge.infer.spec import parse_adapters, resolve_spec
-    from tuneforge.serve.launch import ServeOptions, launch
+    from tuneforge.serve.launch import ServeOptions, launch, resolve_api_key
+    from tuneforge.serve.protocol import ServerLimits
 
     spec = resolve_spec(model=model, run=run, adapters=parse_adapters(adapter or []), served_name=served_model_name)
-    options = ServeOptions(host, port, api_key, max_model_len, tensor_parallel_size, gpu_memory_utilization)
+    sizes = dict(
+        max_tokens_default=max_tokens_default, max_queued_requests=max_queued_requests, max_num_seqs=max_num_seqs
+    )
+    limits = ServerLimits(trust_request_chat_template, **{k: v for k, v in sizes.items() if v is not None})
+    key = resolve_api_key(api_key, api_key_file)
+    options = ServeOptions(host, port, key, max_model_len, tensor_parallel_size, gpu_memory_utilization, limits=limits)
     launch(spec, engine=engine, options=options, dry_run=dry_run)
 
 

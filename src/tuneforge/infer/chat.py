@@ -1,16 +1,21 @@
 """`tuneforge chat`: one answer or a multi-turn REPL, streaming, thinking shown apart from the answer.
 
-With `--compare` the base model and the fine-tuned one answer the same prompt side by side.
+With `--compare` the base model and the fine-tuned one answer the same prompt side by side: both generations
+run in one batch (the engine's batched path, one forward pass per step for both) and stream into two columns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tuneforge.data.conversation import Message
-from tuneforge.infer.engine import ChatResult, Engine, SamplingParams, load_engine
+from tuneforge.infer.engine import ChatResult, Engine, Generation, SamplingParams, load_engine
 from tuneforge.infer.spec import parse_adapters, resolve_spec
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 @dataclass
@@ -24,11 +29,20 @@ class ChatSession:
     think: bool | None = None
     system: str | None = None
 
-    def ask(self, history: list[Message], prompt: str, model: str | None = None,
-            on_delta: Callable[[str, str], None] | None = None) -> ChatResult:
-        """Answer `prompt` after `history` (streaming pieces to on_delta(kind, text)); history is not changed."""
+    def start(self, history: list[Message], prompt: str, model: str | None = None) -> Generation:
+        """The generation answering `prompt` after `history` (not yet read); history is not changed."""
         messages = ([Message("system", self.system)] if self.system else []) + history + [Message("user", prompt)]
-        generation = self.engine.chat(messages, self.params, model=model or self.tuned, enable_thinking=self.think)
+        return self.engine.chat(messages, self.params, model=model or self.tuned, enable_thinking=self.think)
+
+    def ask(
+        self,
+        history: list[Message],
+        prompt: str,
+        model: str | None = None,
+        on_delta: Callable[[str, str], None] | None = None,
+    ) -> ChatResult:
+        """Answer `prompt` after `history` (streaming pieces to on_delta(kind, text)); history is not changed."""
+        generation = self.start(history, prompt, model)
         for delta in generation:
             if on_delta:
                 if delta.reasoning:
@@ -38,14 +52,19 @@ class ChatSession:
         return generation.result()
 
 
-def open_session(model: str | None, adapter: str | None, run: str | None, params: SamplingParams,
-                 think: bool | None = None, system: str | None = None) -> ChatSession:
+def open_session(
+    model: str | None,
+    adapter: str | None,
+    run: str | None,
+    params: SamplingParams,
+    think: bool | None = None,
+    system: str | None = None,
+) -> ChatSession:
     """Load the base and the fine-tuned model (adapter or run) into one engine."""
     adapters = parse_adapters([f"adapter={adapter}"]) if adapter else {}
     spec = resolve_spec(model=model, run=run, adapters=adapters, with_base=True)
     engine = load_engine(spec)
-    return ChatSession(engine, base=engine.names[0], tuned=engine.names[-1], params=params, think=think,
-                       system=system)
+    return ChatSession(engine, base=engine.names[0], tuned=engine.names[-1], params=params, think=think, system=system)
 
 
 def print_streamed(session: ChatSession, history: list[Message], prompt: str, console) -> ChatResult:
@@ -63,28 +82,56 @@ def print_streamed(session: ChatSession, history: list[Message], prompt: str, co
     return result
 
 
-def print_compare(session: ChatSession, history: list[Message], prompt: str, console) -> None:
-    """Answer with the base and the fine-tuned model and show both side by side."""
+def print_compare(session: ChatSession, history: list[Message], prompt: str, console) -> list[ChatResult]:
+    """Answer with the base and the fine-tuned model in one batch, streaming both side by side."""
+    from rich.live import Live
     from rich.table import Table
 
-    table = Table(show_lines=True, expand=True)
-    for name in (session.base, session.tuned):
-        table.add_column(name)
-    results = [session.ask(history, prompt, model=name) for name in (session.base, session.tuned)]
-    table.add_row(*(_format(r) for r in results))
-    console.print(table)
+    names = (session.base, session.tuned)
+    generations = [session.start(history, prompt, model=name) for name in names]
+    for generation in generations:  # both join the batch before either is read
+        generation.start()
+    parts = [{"reasoning": "", "content": ""} for _ in names]
+
+    def table() -> Table:
+        view = Table(show_lines=True, expand=True)
+        for name in names:
+            view.add_column(name)
+        view.add_row(*(_format(part["reasoning"], part["content"]) for part in parts))
+        return view
+
+    streams = [iter(generation) for generation in generations]
+    with Live(table(), console=console, refresh_per_second=8) as live:
+        running = list(range(len(names)))
+        while running:
+            for i in list(running):  # one delta from each in turn: both advance together, as in the batch
+                delta = next(streams[i], None)
+                if delta is None:
+                    running.remove(i)
+                    continue
+                parts[i]["reasoning"] += delta.reasoning
+                parts[i]["content"] += delta.content
+            live.update(table())
+    return [generation.result() for generation in generations]
 
 
-def _format(result: ChatResult) -> str:
-    thinking = f"[dim]{result.reasoning.strip()}[/dim]\n\n" if result.reasoning and result.reasoning.strip() else ""
-    return thinking + result.content.strip()
+def _format(reasoning: str, content: str) -> Text:
+    """One column: reasoning dimmed above the answer; model text is never read as rich markup."""
+    from rich.text import Text
+
+    cell = Text(reasoning.strip(), style="dim")
+    if reasoning.strip():
+        cell.append("\n\n")
+    return cell.append(content.strip())
 
 
 def repl(session: ChatSession, console, compare: bool = False, read: Callable[[str], str] = input) -> None:
     """Multi-turn chat until /exit or end of input; /clear forgets the conversation."""
     history: list[Message] = []
-    console.print(f"chatting with {session.tuned} ({'compare with ' + session.base if compare else 'streaming'}); "
-                  "/clear resets, /exit quits")
+    console.print(
+        f"chatting with {session.tuned} ({'compare with ' + session.base if compare else 'streaming'}); "
+        "/clear resets, /exit quits"
+    )
     while True:
         try:
             prompt = read("you> ").strip()

@@ -17,11 +17,15 @@ engine itself owns everything after the token: eos, max tokens, stop strings, de
 
 from __future__ import annotations
 
+import atexit
 import functools
+import inspect
+import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuneforge.data.conversation import Message, ToolCall
 from tuneforge.errors import UserError
@@ -46,8 +50,13 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # the output ends before the first of these
 
 
-# (prompt token ids, sampling params, served model name) -> an endless stream of next-token ids.
+GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: smaller temperatures decode greedily
+
+# (prompt token ids, sampling params, served model name) -> next-token ids (it may end at eos or max tokens).
 TokenSource = Callable[[list[int], SamplingParams, str], Iterator[int]]
+# ([(prompt ids, continuation ids), ...], served model name) -> log-probability of each continuation token.
+Scorer = Callable[[list[tuple[list[int], list[int]]], str], list[list[float]]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -108,6 +117,12 @@ class Generation:
         self._content: list[str] = []
         self._tool_calls: list[ToolCall] = []
         self._started = self._cancelled = False
+        self._tokens: Iterator[int] | None = None
+
+    def start(self) -> None:
+        """Hand the prompt to the token source now (generate_batch starts a whole batch before reading any)."""
+        if self._tokens is None:
+            self._tokens = self._engine.source(self._prompt_ids, self._params, self.model)
 
     def cancel(self) -> None:
         """Stop before the next token (safe from another thread); the model is free at once."""
@@ -119,7 +134,8 @@ class Generation:
         self._started = True
         engine, params = self._engine, self._params
         decoder, stops = IncrementalDecoder(engine.tokenizer), StopMatcher(params.stop)
-        tokens = engine.source(self._prompt_ids, params, self.model)
+        self.start()
+        tokens = self._tokens
         stopped = False
         try:
             for token in tokens:
@@ -177,10 +193,12 @@ class Engine:
         *,
         max_model_len: int,
         eos_ids: set[int] | None = None,
+        scorer: Scorer | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.models = dict(models)  # served name -> name of the base it adapts (None for a base)
         self.source = source
+        self.scorer = scorer
         self.max_model_len = max_model_len
         self.eos_ids = eos_ids if eos_ids is not None else {tokenizer.eos_token_id}
 
@@ -227,17 +245,95 @@ class Engine:
         parse_tools: bool | None = None,
         enable_thinking: bool | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        default_max_tokens: int | None = None,
     ) -> Generation:
-        """Start a chat answer (model: a served name, default the last one, i.e. the fine-tuned model)."""
+        """Start a chat answer (model: a served name, default the last one, i.e. the fine-tuned model).
+
+        Without `params.max_new_tokens` the answer may run to `default_max_tokens`, or to the context end if None.
+        """
         prompt = self.render(messages, tools=tools, enable_thinking=enable_thinking, template_kwargs=template_kwargs)
         # Templates such as QwQ's open <think> in the prompt: the output then starts inside the reasoning.
         reasoning_open = prompt.rstrip().endswith(THINK_OPEN)
         parser = OutputParser(reasoning_open=reasoning_open, tools=bool(tools) if parse_tools is None else parse_tools)
-        return self._start(prompt, params, model, parser, special_tokens=False)
+        return self._start(prompt, params, model, parser, special_tokens=False, default_max_tokens=default_max_tokens)
 
-    def complete(self, prompt: str, params: SamplingParams | None = None, *, model: str | None = None) -> Generation:
+    def complete(
+        self,
+        prompt: str,
+        params: SamplingParams | None = None,
+        *,
+        model: str | None = None,
+        default_max_tokens: int | None = None,
+    ) -> Generation:
         """Start a raw text continuation of `prompt` (no template, no parsing: all output is content)."""
-        return self._start(prompt, params, model, OutputParser(think=False), special_tokens=True)
+        parser = OutputParser(think=False)
+        return self._start(prompt, params, model, parser, special_tokens=True, default_max_tokens=default_max_tokens)
+
+    def generate_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams | None = None,
+        *,
+        model: str | Sequence[str] | None = None,
+        enable_thinking: bool | None = None,
+        max_batch_size: int = 8,
+        max_batch_tokens: int | None = None,
+    ) -> list[ChatResult]:
+        """Answer many conversations in batches (model: one served name, or one per conversation); input order.
+
+        Batches hold prompts of similar length (sorted, so one long prompt does not pad a whole batch), at most
+        `max_batch_size` of them and `max_batch_tokens` padded prompt + new tokens; on CUDA out-of-memory a
+        batch is halved and retried.
+        """
+        names = [model] * len(conversations) if model is None or isinstance(model, str) else list(model)
+        if len(names) != len(conversations):
+            raise UserError(f"generate_batch: {len(names)} model names for {len(conversations)} conversations")
+
+        def chat(i: int) -> Generation:
+            return self.chat(conversations[i], params, model=names[i], enable_thinking=enable_thinking)
+
+        def run(batch: list[int]) -> list[ChatResult]:
+            generations = [chat(i) for i in batch]
+            for generation in generations:  # all rows join the batch before any is read
+                generation.start()
+            return [generation.result() for generation in generations]
+
+        sizes = [g.prompt_tokens + (g._params.max_new_tokens or 0) for g in map(chat, range(len(conversations)))]
+        return _batched(sizes, run, max_batch_size, max_batch_tokens)
+
+    def score(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str],
+        *,
+        model: str | None = None,
+        max_batch_size: int = 8,
+        max_batch_tokens: int | None = None,
+    ) -> list[list[float]]:
+        """Per-token log-probabilities of each continuation after its raw-text prompt (batched as generate_batch)."""
+        model = self.names[-1] if model is None else model
+        if model not in self.models:
+            raise UserError(f"model '{model}' is not served here; choose one of: {', '.join(self.names)}")
+        if self.scorer is None:
+            raise UserError("this engine has no model weights to score with (its tokens come from a script)")
+        if len(prompts) != len(continuations):
+            raise UserError(f"score: {len(prompts)} prompts but {len(continuations)} continuations")
+        pairs = []
+        for i, (prompt, continuation) in enumerate(zip(prompts, continuations)):
+            ids = (
+                self.tokenizer(prompt)["input_ids"],
+                self.tokenizer(continuation, add_special_tokens=False)["input_ids"],
+            )
+            if not ids[0] or not ids[1] or len(ids[0]) + len(ids[1]) > self.max_model_len:
+                raise UserError(
+                    f"score: pair {i} has {len(ids[0])} prompt and {len(ids[1])} continuation tokens; both must be "
+                    f"non-empty and together fit the context of {self.max_model_len} tokens"
+                )
+            pairs.append(ids)
+        sizes = [len(p) + len(c) for p, c in pairs]
+        return _batched(
+            sizes, lambda batch: self.scorer([pairs[i] for i in batch], model), max_batch_size, max_batch_tokens
+        )
 
     def _start(
         self,
@@ -247,6 +343,7 @@ class Engine:
         parser: OutputParser,
         *,
         special_tokens: bool,
+        default_max_tokens: int | None = None,
     ) -> Generation:
         model = self.names[-1] if model is None else model
         if model not in self.models:
@@ -264,58 +361,300 @@ class Engine:
                 "shorten the conversation or ask for fewer tokens"
             )
         if params.max_new_tokens is None:
-            params = SamplingParams(**{**params.__dict__, "max_new_tokens": room})
+            params = replace(params, max_new_tokens=min(room, default_max_tokens or room))
         return Generation(self, model, prompt_ids, params, parser)
 
 
-@dataclass
-class _Weights:
-    """Loaded models as a TokenSource: one forward pass at a time, LoRA adapters switched as needed."""
+_END = object()  # a row's queue: the batch is done with it (eos or max tokens)
+PAD_ID = 0  # what fills padded positions; the attention mask hides them, so any valid id does
 
-    targets: dict[str, tuple[Any, str | None]]  # served name -> (model, adapter name or None for the base)
-    peft_model: Any = None  # the PeftModel holding the adapters, if any
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _active: str | None = None  # adapter active on peft_model (None: adapters disabled)
+
+@dataclass(eq=False)
+class _Row:
+    """One generation inside the batcher: its prompt, how to pick tokens, and where its tokens go."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    adapter: str | None
+    pick: Callable[[torch.Tensor], int]
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    produced: int = 0
+    last: int = 0
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class _Group:
+    """The rows running on one set of weights: one KV cache, left-padded, and its attention mask."""
+
+    model: Any
+    peft: bool  # rows choose their adapter per row through peft's adapter_names
+    cache_kwarg: str  # transformers renamed past_key_values to cache (the old name goes in 5.40); we accept >= 4.56
+    rows: list[_Row] = field(default_factory=list)
+    waiting: list[_Row] = field(default_factory=list)
+    cache: Any = None
+    mask: torch.Tensor | None = None
+
+
+class _Batcher:
+    """Loaded models as a batched TokenSource: step-level batching over a shared, left-padded KV cache.
+
+    Every request is a row; each step runs one forward pass per set of weights for all its rows, rows for
+    different LoRA adapters included (peft's `adapter_names`). A request that arrives while others run is
+    prefilled and joins the next step; a row leaves at eos, at its max tokens, or when its reader closes it.
+
+    Why our own scheduler: transformers' `generate` runs a fixed batch to the end (no joining, one set of
+    sampling parameters, no per-row cancel), and its continuous-batching manager packs all requests into one
+    ragged row, which peft's per-row `adapter_names` cannot address, and takes one generation config for all.
+    """
+
+    def __init__(self, targets: dict[str, tuple[Any, str | None]], eos_ids: set[int], max_batch_size: int) -> None:
+        self.targets = targets  # served name -> (model, adapter name or None for the base)
+        self.eos_ids = eos_ids
+        self.max_batch_size = max_batch_size
+        self._groups: dict[int, _Group] = {}
+        for model, _ in targets.values():
+            base = model.get_base_model() if hasattr(model, "peft_config") else model
+            kwarg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+            self._groups.setdefault(id(model), _Group(model, hasattr(model, "peft_config"), kwarg))
+        self._lock = threading.Lock()
+        # peft routes adapter_names through forward hooks it adds to every LoRA layer for the duration of a call:
+        # two concurrent forwards (a batch step and a score call) would apply each other's routing.
+        self._forward_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        _BATCHERS.add(self)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop after the current step (at interpreter exit: see _stop_batchers)."""
+        with self._lock:
+            self._closing, thread = True, self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def running(self) -> int:
+        """Rows in a batch now (waiting ones not counted)."""
+        return sum(len(g.rows) for g in self._groups.values())
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, name: str) -> Iterator[int]:
-        """Next-token ids after `prompt_ids`, forever (the engine decides when to stop)."""
+        """Queue the prompt for the next step; return its next-token ids, which end at eos or max tokens."""
+        model, adapter = self.targets[name]
+        pick = _sampler(params, model.generation_config, model.device)
+        row = _Row(list(prompt_ids), params.max_new_tokens or 1, adapter, pick)
+        with self._lock:
+            self._groups[id(model)].waiting.append(row)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tuneforge-batcher", daemon=True)
+                self._thread.start()
+        return self._read(row)
+
+    def _read(self, row: _Row) -> Iterator[int]:
+        try:
+            while (item := row.out.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            row.cancelled = True  # closed early (stop string, client gone): it leaves the batch next step
+
+    def _run(self) -> None:
+        import torch
+
+        while True:
+            with self._lock:
+                if self._closing or not any(g.rows or g.waiting for g in self._groups.values()):
+                    # Idle: the thread ends (generate starts another), so no thread outlives the work it serves.
+                    self._thread = None
+                    return
+                admitted = {}
+                for key, group in self._groups.items():
+                    room = self.max_batch_size - len(group.rows)
+                    admitted[key], group.waiting = group.waiting[:room], group.waiting[room:]
+            for key, group in self._groups.items():
+                new = [row for row in admitted[key] if not row.cancelled]
+                try:
+                    with torch.inference_mode():
+                        self._step(group, new)
+                except Exception as exc:  # noqa: BLE001 -- every reader of this batch gets the error; the loop goes on
+                    for row in group.rows + new:
+                        row.out.put(exc)
+                    group.rows, group.cache, group.mask = [], None, None
+
+    def _step(self, group: _Group, new: list[_Row]) -> None:
+        """Drop finished rows, prefill the new ones into the batch, then one decode step for all."""
+        import torch
+
+        self._keep(group, [i for i, row in enumerate(group.rows) if not row.cancelled])
+        if new:
+            ids, mask = _left_padded([row.prompt for row in new], group.model.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = self._forward(group, new, ids, mask, positions, None)
+            self._join(group, new, getattr(out, group.cache_kwarg), mask)
+            self._emit(group, new, out.logits[:, -1])
+        if not group.rows:
+            return
+        ids = torch.tensor([[row.last] for row in group.rows], device=group.model.device)
+        group.mask = torch.cat([group.mask, group.mask.new_ones(len(group.rows), 1)], dim=1)
+        positions = group.mask.sum(-1, keepdim=True) - 1
+        out = self._forward(group, group.rows, ids, group.mask, positions, group.cache)
+        self._emit(group, group.rows, out.logits[:, -1])
+
+    def _forward(self, group: _Group, rows: list[_Row], ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        extra = {"adapter_names": [row.adapter or "__base__" for row in rows]} if group.peft else {}
+        with self._forward_lock:
+            return group.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{group.cache_kwarg: cache},
+                **extra,
+            )
+
+    def _emit(self, group: _Group, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token and hand it on; rows at eos or max tokens leave the batch."""
+        for row, row_logits in zip(rows, logits.float()):
+            row.last = row.pick(row_logits)
+            row.produced += 1
+            row.out.put(row.last)
+            if row.last in self.eos_ids or row.produced >= row.max_new_tokens:
+                row.out.put(_END)
+                row.cancelled = True
+        self._keep(group, [i for i, row in enumerate(group.rows) if not row.cancelled])
+
+    def _join(self, group: _Group, new: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+        """Append prefilled rows to the batch: both caches left-padded to one length, then stacked."""
+        import torch
+
+        if not group.rows:
+            group.rows, group.cache, group.mask = list(new), cache, mask
+            return
+        length = max(group.mask.shape[1], mask.shape[1])
+        for old, add in zip(group.cache.layers, cache.layers):
+            old.keys = torch.cat([_pad_left(old.keys, length, 2), _pad_left(add.keys, length, 2)])
+            old.values = torch.cat([_pad_left(old.values, length, 2), _pad_left(add.values, length, 2)])
+        group.mask = torch.cat([_pad_left(group.mask, length, 1), _pad_left(mask, length, 1)])
+        group.rows += new
+
+    def _keep(self, group: _Group, keep: list[int]) -> None:
+        """Keep only rows `keep`, and cut the padding columns no remaining row needs."""
+        import torch
+
+        if len(keep) == len(group.rows):
+            return
+        group.rows = [group.rows[i] for i in keep]
+        if not keep:
+            group.cache = group.mask = None
+            return
+        index = torch.tensor(keep, device=group.mask.device)
+        group.cache.batch_select_indices(index)
+        group.mask = group.mask[index]
+        unused = int((group.mask.sum(0) == 0).cumprod(0).sum())  # leading columns that are padding in every row
+        if unused:
+            group.mask = group.mask[:, unused:]
+            for layer in group.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+
+    def score(self, pairs: list[tuple[list[int], list[int]]], name: str) -> list[list[float]]:
+        """Log-probability of each continuation token after its prompt, for one batch of (prompt, continuation)."""
         import torch
 
         model, adapter = self.targets[name]
-        pick = _sampler(params, model.generation_config, model.device)
-        ids, cache = torch.tensor([prompt_ids], device=model.device), None
-        cache_name = _cache_argument()
-        while True:
-            with torch.inference_mode():
-                # The lock covers adapter choice + forward, so generations for different adapters may
-                # interleave token by token (e.g. chat --compare) and never see each other's adapter.
-                with self._lock:
-                    self._activate(model, adapter)
-                    out = model(input_ids=ids, **{cache_name: cache}, use_cache=True, logits_to_keep=1)
-                cache = getattr(out, cache_name)
-                token = pick(out.logits[0, -1].float())
-            yield token
-            ids = torch.tensor([[token]], device=model.device)
+        group = self._groups[id(model)]
+        ids, mask = _left_padded([p + c for p, c in pairs], model.device)
+        keep = max(len(c) for _, c in pairs) + 1  # left padding puts every continuation in the last columns
+        extra = {"adapter_names": [adapter or "__base__"] * len(pairs)} if group.peft else {}
+        with torch.inference_mode(), self._forward_lock:
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=False,
+                logits_to_keep=keep,
+                **extra,
+            ).logits
+            logprobs = logits.float().log_softmax(-1)
+        scores = []
+        for row, (_, continuation) in enumerate(pairs):
+            # Column keep-1-len(c)+j predicts continuation token j (the column after it holds that token).
+            first = keep - 1 - len(continuation)
+            picked = logprobs[row, first : keep - 1].gather(-1, torch.tensor(continuation)[:, None].to(model.device))
+            scores.append(picked[:, 0].tolist())
+        return scores
 
-    def _activate(self, model: Any, adapter: str | None) -> None:
-        if model is not self.peft_model or adapter == self._active:
-            return
-        if adapter is None:
-            model.base_model.disable_adapter_layers()
+
+_BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_batchers() -> None:
+    # A daemon thread still inside a torch op while the interpreter finalizes aborts the process ("terminate called
+    # without an active exception"): each batcher finishes its step and stops first.
+    for batcher in list(_BATCHERS):
+        batcher.close()
+
+
+def _left_padded(sequences: list[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the left to one length, and the attention mask (1 on real tokens)."""
+    import torch
+
+    length = max(len(s) for s in sequences)
+    ids = torch.tensor([[PAD_ID] * (length - len(s)) + s for s in sequences], device=device)
+    mask = torch.tensor([[0] * (length - len(s)) + [1] * len(s) for s in sequences], device=device)
+    return ids, mask
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """`tensor` with zeros prepended along `dim` up to `length`."""
+    import torch
+
+    missing = length - tensor.shape[dim]
+    if not missing:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _batched(
+    sizes: list[int], run: Callable[[list[int]], list[T]], max_batch_size: int, max_batch_tokens: int | None
+) -> list[T]:
+    """`run` over batches of item indices, similar sizes together; results in input order.
+
+    A batch holds at most `max_batch_size` items and `max_batch_tokens` padded tokens (size of its largest item
+    times its items; a single item always runs). On CUDA out-of-memory the batch is halved and retried.
+    """
+    import torch
+
+    if max_batch_size < 1:
+        raise UserError(f"max batch size must be at least 1 (got {max_batch_size})")
+    batches: list[list[int]] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # longest first: too big shows at once
+        batch = batches[-1] if batches else []
+        # Sorted descending, the batch's first item is its largest: padded size is that times the count.
+        fits = batch and len(batch) < max_batch_size
+        fits = fits and (max_batch_tokens is None or sizes[batch[0]] * (len(batch) + 1) <= max_batch_tokens)
+        if fits:
+            batch.append(i)
         else:
-            model.base_model.enable_adapter_layers()
-            model.set_adapter(adapter, inference_mode=True)
-        self._active = adapter
-
-
-@functools.cache
-def _cache_argument() -> str:
-    """The forward argument (and output field) of the KV cache in the installed transformers."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    # transformers 5.24 renamed past_key_values to cache (the old name warns, and goes in 5.40); older releases in
-    # pyproject's range know only past_key_values. Drop the fallback once the floor is 5.24.
-    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+            batches.append([i])
+    results: list[T | None] = [None] * len(sizes)
+    todo = batches[::-1]
+    while todo:
+        batch = todo.pop()
+        try:
+            outputs = run(batch)
+        except torch.cuda.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            torch.cuda.empty_cache()
+            todo += [batch[len(batch) // 2 :], batch[: len(batch) // 2]]
+            continue
+        for i, output in zip(batch, outputs):
+            results[i] = output
+    return results  # type: ignore[return-value]
 
 
 def _sampler(params: SamplingParams, config: GenerationConfig, device: Any) -> Callable[[torch.Tensor], int]:
@@ -330,7 +669,8 @@ def _sampler(params: SamplingParams, config: GenerationConfig, device: Any) -> C
     temperature = params.temperature
     if temperature is None:
         temperature = (config.temperature or 1.0) if config.do_sample else 0.0
-    if temperature == 0:
+    # Below vLLM's sampling epsilon a temperature is greedy: dividing logits by 1e-45 overflows to inf and NaN.
+    if temperature < GREEDY_BELOW:
         return lambda logits: int(logits.argmax())
     top_k = params.top_k if params.top_k is not None else config.top_k
     top_p = params.top_p if params.top_p is not None else config.top_p
@@ -348,8 +688,11 @@ def _sampler(params: SamplingParams, config: GenerationConfig, device: Any) -> C
     return pick
 
 
-def load_engine(spec: ModelSpec, *, max_model_len: int | None = None) -> Engine:
-    """Load the spec's tokenizer, base weights, adapters and further models (on the GPU where there is one)."""
+def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_size: int = 32) -> Engine:
+    """Load the spec's tokenizer, base weights, adapters and further models (on the GPU where there is one).
+
+    Up to `max_batch_size` generations per set of weights run together; more wait for a place.
+    """
     import torch
 
     from tuneforge.model.load import load_model, load_tokenizer
@@ -358,7 +701,6 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None) -> Engine:
     tokenizer = load_tokenizer(spec.tokenizer)
     base = load_model(spec.model).to(device).eval()
     targets: dict[str, tuple[Any, str | None]] = {spec.name: (base, None)}
-    peft_model = None
     if spec.adapters:
         from peft import PeftModel
 
@@ -377,6 +719,12 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None) -> Engine:
     eos = base.generation_config.eos_token_id
     eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
     models = {spec.name: None, **{name: spec.name for name in spec.adapters}, **{name: None for name in spec.others}}
-    # PeftModel.from_pretrained leaves the first adapter active; _Weights must know, or the base answers with it.
-    weights = _Weights(targets, peft_model, _active=next(iter(spec.adapters), None))
-    return Engine(tokenizer, models, weights.generate, max_model_len=max_model_len or context, eos_ids=eos_ids)
+    batcher = _Batcher(targets, eos_ids, max_batch_size)
+    return Engine(
+        tokenizer,
+        models,
+        batcher.generate,
+        max_model_len=max_model_len or context,
+        eos_ids=eos_ids,
+        scorer=batcher.score,
+    )

@@ -2,9 +2,11 @@
 
 Routes: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (JSON or SSE stream).
 Answers follow vLLM's shape with `--reasoning-parser qwen3` and a hermes tool parser: `reasoning_content`
-beside `content` (stream deltas too), `tool_calls` with `finish_reason: "tool_calls"`. Generations run one
-at a time in arrival order (serve/worker.py). With an API key, every /v1 request must send it as a Bearer
-token (401 otherwise); /health stays open for load-balancer probes, as in vLLM.
+beside `content` (stream deltas too), `tool_calls` with `finish_reason: "tool_calls"`. Up to --max-num-seqs
+generations run together, batched step by step by the engine; the rest wait in arrival order (serve/worker.py)
+and a full queue is answered 429 with `Retry-After`. With an API key, every /v1
+request must send it as a Bearer token (401 otherwise); /health stays open for load-balancer probes, as in vLLM.
+Limits on what one request may ask (its own chat template, default max tokens) are in `ServerLimits`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from starlette.exceptions import HTTPException
 from tuneforge.data.conversation import ToolCall
 from tuneforge.errors import UserError
 from tuneforge.infer.engine import ChatResult, Engine, Generation
-from tuneforge.serve.protocol import ChatRequest, CompletionRequest
-from tuneforge.serve.worker import Job, Worker
+from tuneforge.serve.protocol import ChatRequest, CompletionRequest, ServerLimits
+from tuneforge.serve.worker import Job, QueueFull, Worker
+
+RETRY_AFTER_S = 1  # what a 429 asks the client to wait: a batch step frees places within about a second
 
 
 class APIError(Exception):
@@ -43,21 +47,22 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.body = status, _error_body(message, type, param, code)
+        self.status, self.body, self.headers = status, _error_body(message, type, param, code), headers
 
 
 def _error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
+def create_app(engine: Engine, *, api_key: str | None = None, limits: ServerLimits = ServerLimits()) -> FastAPI:
     """The FastAPI app serving `engine`; with `api_key`, /v1 routes require `Authorization: Bearer KEY`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.worker = Worker()
+        app.state.worker = Worker(max_queued=limits.max_queued_requests, max_running=limits.max_num_seqs)
         yield
         app.state.worker.close()
 
@@ -88,6 +93,16 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
+        if body.custom_template() and not limits.trust_request_chat_template:
+            raise APIError(
+                400,
+                "a request's own chat_template is refused (it runs arbitrary Jinja on the server); the model's "
+                "template is used, or start the server with --trust-request-chat-template",
+                param="chat_template",
+            )
+        template_kwargs = {**(body.chat_template_kwargs or {})}
+        if body.chat_template:
+            template_kwargs["chat_template"] = body.chat_template
         generation = await _start(
             engine,
             body.model,
@@ -97,7 +112,8 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
                 model=body.model,
                 tools=body.tools,
                 parse_tools=bool(body.tools) and body.tool_choice != "none",
-                template_kwargs=body.chat_template_kwargs,
+                template_kwargs=template_kwargs,
+                default_max_tokens=limits.max_tokens_default,
             ),
         )
         return await _respond(request, generation, body, "chat.completion", _chat_choice, _chat_chunks)
@@ -105,7 +121,11 @@ def create_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
     @router.post("/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         generation = await _start(
-            engine, body.model, lambda: engine.complete(body.text(), body.sampling(), model=body.model)
+            engine,
+            body.model,
+            lambda: engine.complete(
+                body.text(), body.sampling(), model=body.model, default_max_tokens=limits.max_tokens_default
+            ),
         )
         return await _respond(request, generation, body, "text_completion", _text_choice, _completion_chunks)
 
@@ -133,7 +153,7 @@ def _key_check(api_key: str | None) -> Callable[..., Any]:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body, status_code=exc.status)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -212,11 +232,23 @@ async def _respond(
         "created": int(time.time()),
         "model": generation.model,
     }
-    job = request.app.state.worker.submit(generation)
+    try:
+        job = request.app.state.worker.submit(generation)
+    except QueueFull as exc:
+        raise APIError(
+            429,
+            f"the server is busy: {exc}; retry after {RETRY_AFTER_S} s",
+            type="rate_limit_error",
+            code="queue_full",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
     if body.stream:
         return _sse(job, chunks(job, head, body.include_usage))
-    if not await _finished(job, request):
-        return Response(status_code=499)  # nobody is listening any more
+    try:
+        if not await _finished(job, request):
+            return Response(status_code=499)  # nobody is listening any more
+    except Exception as exc:  # noqa: BLE001 -- answered here: raised to Starlette, the error would close the connection
+        return JSONResponse(_error_body(f"internal error: {exc}", "internal_error"), 500)
     return JSONResponse({**head, "choices": [choice(generation.result())], "usage": _usage(generation)})
 
 
@@ -302,14 +334,21 @@ def _sse(job: Job, chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def run_server(engine: Engine, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
+def run_server(
+    engine: Engine,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits: ServerLimits = ServerLimits(),
+) -> None:
     """Serve `engine` until interrupted."""
     import uvicorn
 
     from tuneforge.quiet import is_verbose
 
     # Our own line says where the server listens; uvicorn's start-up banner and access log come with --verbose.
-    app = create_app(engine, api_key=api_key)
+    app = create_app(engine, api_key=api_key, limits=limits)
     level = "info" if is_verbose() else "warning"
     uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=5, log_level=level)
 

@@ -4,11 +4,16 @@ The vLLM and SGLang commands serve the same names as the built-in server (infer/
 that give the same answer shape: `--reasoning-parser qwen3` for Qwen3, the hermes-style tool parser for the
 Qwen family. `--dry-run` prints the command (it needs neither engine installed); otherwise the process
 becomes that command (exec), so signals and exit codes are the engine's own.
+
+The API key comes from `--api-key`, `--api-key-file`, or the environment (`TUNEFORGE_API_KEY`, then
+`VLLM_API_KEY` as vLLM reads it); it is never printed (launch lines show `***`) and reaches vLLM through its
+environment rather than its command line, where `ps` would show it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import json
 import os
 import shlex
@@ -20,15 +25,18 @@ from pathlib import Path
 from tuneforge.config import ModelConfig
 from tuneforge.errors import UserError
 from tuneforge.infer.spec import ModelSpec
+from tuneforge.serve.protocol import ServerLimits
 
 ENGINES = ("auto", "transformers", "vllm", "sglang")
 # vLLM sizes its LoRA buffers for --max-lora-rank (default 16) and accepts only these values.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+KEY_ENV = ("TUNEFORGE_API_KEY", "VLLM_API_KEY")  # read in this order when no flag gives the key
+HIDDEN = "***"
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Server flags shared by all engines (the last two only matter to vLLM and SGLang)."""
+    """Server flags shared by all engines (tensor parallel and GPU memory only matter to vLLM and SGLang)."""
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,6 +44,39 @@ class ServeOptions:
     max_model_len: int | None = None
     tensor_parallel_size: int | None = None
     gpu_memory_utilization: float | None = None
+    limits: ServerLimits = ServerLimits()  # the built-in server's; vLLM gets --trust-request-chat-template
+
+
+def resolve_api_key(flag: str | None, file: Path | None) -> str | None:
+    """The API key from --api-key, --api-key-file, or TUNEFORGE_API_KEY / VLLM_API_KEY (None: no key)."""
+    if flag is not None and file is not None:
+        raise UserError("give the API key once: --api-key or --api-key-file, not both")
+    if file is not None:
+        try:
+            key = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(f"--api-key-file {file}: cannot read it ({exc.strerror})") from None
+        if not key:
+            raise UserError(f"--api-key-file {file}: the file is empty; write the key on its first line")
+        return key
+    if flag is not None:
+        return flag
+    return next((os.environ[name] for name in KEY_ENV if os.environ.get(name)), None)
+
+
+def open_without_key_warning(host: str, api_key: str | None) -> str | None:
+    """A warning when the server listens beyond this machine with no API key, else None."""
+    if api_key or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name other than localhost: it may resolve to any interface
+        pass
+    return (
+        f"warning: serving on {host} without an API key: anyone who can reach this port can use the model; "
+        "set TUNEFORGE_API_KEY or pass --api-key-file"
+    )
 
 
 def choose_engine(requested: str) -> str:
@@ -86,10 +127,23 @@ def build_command(engine: str, spec: ModelSpec, options: ServeOptions) -> tuple[
     for flag, value in zip(flags, values):
         if value is not None:
             cmd += [flag, str(value)]
-    if options.api_key:
+    if vllm and options.limits.trust_request_chat_template:
+        cmd += ["--trust-request-chat-template"]
+    env = {}
+    if model.hub == "modelscope":
+        env = {"VLLM_USE_MODELSCOPE": "True"} if vllm else {"SGLANG_USE_MODELSCOPE": "true"}
+    if options.api_key and vllm:
+        env["VLLM_API_KEY"] = options.api_key  # vLLM reads it there; on the command line `ps` would show it
+    elif options.api_key:
         cmd += ["--api-key", options.api_key]
-    env = {"VLLM_USE_MODELSCOPE": "True"} if vllm else {"SGLANG_USE_MODELSCOPE": "true"}
-    return cmd, env if model.hub == "modelscope" else {}
+    return cmd, env
+
+
+def shown(cmd: list[str], env: dict[str, str]) -> str:
+    """The launch line as printed: environment then command, with the API key replaced by ***."""
+    words = [f"{k}={HIDDEN}" if k in KEY_ENV else shlex.quote(f"{k}={v}") for k, v in env.items()]
+    words += [HIDDEN if i and cmd[i - 1] == "--api-key" else shlex.quote(word) for i, word in enumerate(cmd)]
+    return " ".join(words)
 
 
 def launch(
@@ -97,13 +151,16 @@ def launch(
 ) -> None:
     """Serve `spec` with the chosen engine (runs until interrupted), or print what would run."""
     chosen = choose_engine(engine)
+    warning = open_without_key_warning(options.host, options.api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if chosen == "transformers":
         _serve_builtin(spec, options, dry_run)
         return
     if not dry_run:
         _require(chosen)
     cmd, env = build_command(chosen, spec, options)
-    print(shlex.join([f"{k}={v}" for k, v in env.items()] + cmd), flush=True)
+    print(shown(cmd, env), flush=True)
     if not dry_run:
         os.execvpe(cmd[0], cmd, {**os.environ, **env})
 
@@ -126,8 +183,8 @@ def _serve_builtin(spec: ModelSpec, options: ServeOptions, dry_run: bool) -> Non
     except ImportError as exc:
         raise UserError(f"the built-in server needs {exc.name}: pip install 'tuneforge[serve]'") from None
 
-    engine = load_engine(spec, max_model_len=options.max_model_len)
-    run_server(engine, host=options.host, port=options.port, api_key=options.api_key)
+    engine = load_engine(spec, max_model_len=options.max_model_len, max_batch_size=options.limits.max_num_seqs)
+    run_server(engine, host=options.host, port=options.port, api_key=options.api_key, limits=options.limits)
 
 
 def _require(engine: str) -> None:

@@ -1,17 +1,32 @@
-"""The OpenAI request bodies the built-in server accepts, and their translation to engine calls.
+"""The OpenAI request bodies the built-in server accepts, their limits, and their translation to engine calls.
 
 Fields the engine cannot honour are accepted and ignored (as vLLM does), except where ignoring them would
-change the answer's meaning (n > 1, a forced tool choice): those are refused with 400.
+change the answer's meaning (n > 1, a forced tool choice): those are refused with 400. Every sampling value
+is range-checked here, so a value the sampler cannot take is a 400, never a 500 from inside the model loop.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.data.conversation import Message, ToolCall
 from tuneforge.infer.engine import SamplingParams
+
+# torch.Generator.manual_seed takes a 64-bit integer; vLLM bounds `seed` the same way.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask of the built-in server (`tuneforge serve` flags, named as vLLM's where it has one)."""
+
+    trust_request_chat_template: bool = False  # a request's own chat_template runs arbitrary Jinja: off by default
+    max_tokens_default: int = 2048  # max_tokens when a request sets none (never beyond the context end)
+    max_queued_requests: int = 128  # requests waiting for a place in the batch; more are answered 429
+    max_num_seqs: int = 32  # requests generated together in one batch
 
 
 class _Body(BaseModel):
@@ -29,7 +44,7 @@ class _Sampling(_Body):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     n: Literal[1] = Field(1, description="Only one choice per request.")
     stream: bool = False
@@ -88,7 +103,12 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessageIn] = Field(min_length=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto"] | None = Field(None, description="Forced tool choices are not supported.")
+    chat_template: str | None = Field(None, description="Refused unless the server trusts request templates.")
     chat_template_kwargs: dict[str, Any] | None = None
+
+    def custom_template(self) -> str | None:
+        """The request's own chat template, given as `chat_template` or inside `chat_template_kwargs` (None if none)."""
+        return self.chat_template or (self.chat_template_kwargs or {}).get("chat_template")
 
 
 class CompletionRequest(_Sampling):

@@ -1,22 +1,26 @@
-"""One background thread that runs generations in arrival order and hands their deltas to asyncio.
+"""Threads that run generations side by side (the engine batches their forward passes) and hand deltas to asyncio.
 
-Requests never fail because another is running: they wait in a FIFO queue. A client that goes away
-cancels its job: a waiting job is skipped, a running one stops before its next token, so the next
-request starts at once.
+Requests never fail because others are running: up to --max-num-seqs run together, the rest wait in a FIFO
+queue of at most --max-queued-requests (more are refused with QueueFull, a 429). A client that goes away
+cancels its job: a waiting job is skipped, a running one stops before its next token and leaves the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
 import threading
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from tuneforge.infer.engine import Generation
 from tuneforge.infer.parse import Delta
 
 _DELTA, _ERROR, _DONE = "delta", "error", "done"
+
+
+class QueueFull(Exception):
+    """The queue holds --max-queued-requests requests already."""
 
 
 class Job:
@@ -50,42 +54,48 @@ class Job:
 
 
 class Worker:
-    """Runs jobs one at a time in a daemon thread."""
+    """Runs up to `max_running` generations at once, each in its own thread, the rest in arrival order.
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self.running = 0
-        self._thread = threading.Thread(target=self._run, name="tuneforge-generate", daemon=True)
-        self._thread.start()
+    The threads only read tokens: the engine's batcher runs one forward pass for all of them per step, so
+    a running request never waits for another to finish. At most `max_queued` wait for a thread.
+    """
+
+    def __init__(self, *, max_queued: int = 128, max_running: int = 32) -> None:
+        self.max_queued, self.max_running = max_queued, max_running
+        self.running = self.waiting = 0
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_running, thread_name_prefix="tuneforge-generate")
 
     def submit(self, generation: Generation) -> Job:
-        """Queue a generation; call from the event loop."""
+        """Queue a generation; call from the event loop. Raises QueueFull when max_queued jobs wait already."""
+        with self._lock:
+            # Counted against both limits together: a job that finds a free thread does not wait (even with 0).
+            if self.running + self.waiting >= self.max_running + self.max_queued:
+                raise QueueFull(
+                    f"{self.running} requests run and {self.waiting} wait (--max-num-seqs {self.max_running}, "
+                    f"--max-queued-requests {self.max_queued})"
+                )
+            self.waiting += 1
         job = Job(generation, asyncio.get_running_loop())
-        self._queue.put(job)
+        self._pool.submit(self._run, job)
         return job
 
-    @property
-    def waiting(self) -> int:
-        """Jobs queued behind the running one."""
-        return self._queue.qsize()
+    def close(self) -> None:
+        """Drop the waiting jobs; running ones end when their clients go (the server cancels them)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Finish the running job and stop the thread."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            if job.cancelled.is_set():
-                job._send(_DONE)
-                continue
-            self.running = 1
-            try:
+    def _run(self, job: Job) -> None:
+        with self._lock:
+            self.waiting -= 1
+            self.running += 1
+        end: tuple[str, object] = (_DONE, None)
+        try:
+            if not job.cancelled.is_set():
                 for delta in job.generation:
                     job._send(_DELTA, delta)
-            except Exception as exc:  # noqa: BLE001 -- reported to this request's client; the worker goes on
-                job._send(_ERROR, exc)
-            else:
-                job._send(_DONE)
-            finally:
-                self.running = 0
+        except Exception as exc:  # noqa: BLE001 -- reported to this request's client; the worker goes on
+            end = (_ERROR, exc)
+        finally:
+            with self._lock:  # the place is free before the client hears the end, so its next request fits
+                self.running -= 1
+        job._send(*end)

@@ -1,0 +1,101 @@
+"""Offline batched generation: `engine.generate_batch` throughput by batch size, tiny Qwen3, real tokenizer.
+
+The same prompts (mixed lengths) are answered greedily at each `--max-batch-size`; every level must give the same
+answers as batch size 1 (batching is not allowed to change greedy output). Generated tokens/s and the ratio against
+batch size 1 of the same invocation are printed and written as JSON. Not part of the tests.
+
+    .venv/bin/python bench/generate_batch.py --batch-sizes 1 2 4 8 16 --prompts 32 --max-tokens 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import machine
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny Qwen3 the tests use (conftest.make_tiny_qwen3)
+
+TOPICS = ["the sea", "a dragon who counts", "Paris in spring", "prime numbers", "a quiet library", "rain"]
+
+
+def prompts(count: int) -> list[str]:
+    """`count` questions of mixed length (1 to 6 clauses), so that bucketing by length matters."""
+    return [
+        f"Question {i}: tell me about " + ", and then about ".join(TOPICS[: 1 + i % len(TOPICS)]) + "."
+        for i in range(count)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="First is the baseline.")
+    parser.add_argument("--prompts", type=int, default=32, help="Conversations answered at each batch size.")
+    parser.add_argument("--max-tokens", type=int, default=32, help="New tokens per answer.")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice).")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate_batch.json")
+    args = parser.parse_args()
+
+    import torch
+    from conftest import make_tiny_qwen3
+
+    from tuneforge.data.conversation import Message
+    from tuneforge.infer.engine import SamplingParams, load_engine
+    from tuneforge.infer.spec import resolve_spec
+    from tuneforge.io import atomic_write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    host = {**machine("transformers", "peft"), "torch_threads": str(torch.get_num_threads())}
+    conversations = [[Message("user", text)] for text in prompts(args.prompts)]
+    greedy = SamplingParams(max_new_tokens=args.max_tokens, temperature=0)
+    levels, reference = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = load_engine(resolve_spec(model=str(make_tiny_qwen3(Path(tmp) / "tiny-qwen3"))))
+        engine.generate_batch(conversations[:2], greedy, max_batch_size=2)  # warm-up
+        for size in args.batch_sizes:
+            start = time.perf_counter()
+            results = engine.generate_batch(conversations, greedy, max_batch_size=size)
+            wall = time.perf_counter() - start
+            reference = reference or results
+            tokens = sum(r.completion_tokens for r in results)
+            levels.append(
+                {
+                    "max_batch_size": size,
+                    "wall_s": round(wall, 3),
+                    "tokens": tokens,
+                    "tokens_per_s": round(tokens / wall, 1),
+                    "same_answers_as_baseline": results == reference,
+                }
+            )
+
+    for level in levels:
+        level["tokens_per_s_ratio"] = round(level["tokens_per_s"] / levels[0]["tokens_per_s"], 2)
+    print("batch | wall s | tokens | tokens/s | ratio | same answers")
+    for level in levels:
+        print(
+            f"{level['max_batch_size']} | {level['wall_s']} | {level['tokens']} | {level['tokens_per_s']} | "
+            f"{level['tokens_per_s_ratio']} | {level['same_answers_as_baseline']}"
+        )
+    command = " ".join([".venv/bin/python", "bench/generate_batch.py", *sys.argv[1:]])
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "generate_batch",
+            "command": command,
+            "machine": host,
+            "prompts": args.prompts,
+            "max_tokens": args.max_tokens,
+            "baseline_batch_size": levels[0]["max_batch_size"],
+            "levels": levels,
+        },
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
