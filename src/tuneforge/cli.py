@@ -105,7 +105,9 @@ def estimate(
     cfg = job_config(config, overrides or [], flags)
     console = _console()
     plan = plan_steps(cfg, console.print) if config is not None and steps else None
-    est = estimate_memory(Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda"))
+    # With the data prepared, rows are as wide as its longest sample (at most data.max_length).
+    job = Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda", plan.longest if plan else 0)
+    est = estimate_memory(job)
     print_report(est, plan, () if cpu else ((gpu_memory,) if gpu_memory else GPU_SIZES), console)
 
 

@@ -135,11 +135,10 @@ class Job:
     device: str = "cuda"  # "cuda": a GPU (auto dtype bf16); "cpu": this machine's RAM (auto dtype fp32)
 
     @classmethod
-    def from_config(cls, cfg: Config, shape: Shape, device: str = "cuda") -> Job:
-        """The job a full config describes."""
-        return cls(
-            shape, cfg.model, cfg.method, cfg.train, cfg.distributed, cfg.data.max_length, cfg.data.packing, device
-        )
+    def from_config(cls, cfg: Config, shape: Shape, device: str = "cuda", longest: int = 0) -> Job:
+        """The job a full config describes; `longest` (the longest prepared sample) narrows rows below max_length."""
+        width = min(cfg.data.max_length, longest) if longest else cfg.data.max_length
+        return cls(shape, cfg.model, cfg.method, cfg.train, cfg.distributed, width, cfg.data.packing, device)
 
     def but(self, **changes: Any) -> Job:
         """A copy with section fields changed, e.g. but(train={'per_device_batch_size': 1})."""

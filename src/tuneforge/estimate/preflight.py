@@ -38,8 +38,9 @@ def preflight(cfg: Config, log: Callable[..., None] = print) -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    est = estimate(Job.from_config(cfg, load_shape(cfg.model), device))
     steps = plan_steps(cfg, log)
+    # Rows are never wider than the longest prepared sample: size them by the data, not by data.max_length.
+    est = estimate(Job.from_config(cfg, load_shape(cfg.model), device, steps.longest))
     limit, what = device_memory()
     log(
         f"estimate: {gib(est.total)} per device ("

@@ -34,6 +34,7 @@ class StepPlan:
     steps_per_epoch: int
     total_steps: int
     epochs: float  # epochs the run covers (with train.max_steps, possibly a fraction or more than configured)
+    longest: int = 0  # tokens in the longest prepared sample (0: not known)
 
     @property
     def global_batch(self) -> int:
@@ -49,7 +50,7 @@ class StepPlan:
         )
 
 
-def count_steps(samples: int, train: TrainConfig, world_size: int = 1) -> StepPlan:
+def count_steps(samples: int, train: TrainConfig, world_size: int = 1, longest: int = 0) -> StepPlan:
     """Optimizer steps for `samples` training samples on `world_size` processes, as the Trainer will run them."""
     batch, accumulation = train.per_device_batch_size, train.gradient_accumulation
     batches = math.ceil(samples / (batch * world_size))
@@ -60,7 +61,7 @@ def count_steps(samples: int, train: TrainConfig, world_size: int = 1) -> StepPl
     else:
         total = math.ceil(train.epochs * per_epoch)
         epochs = train.epochs
-    return StepPlan(samples, world_size, batch, accumulation, batches, per_epoch, total, epochs)
+    return StepPlan(samples, world_size, batch, accumulation, batches, per_epoch, total, epochs, longest)
 
 
 def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
@@ -69,4 +70,5 @@ def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
     from tuneforge.model.load import load_tokenizer
 
     data = prepare(cfg.data, load_tokenizer(cfg.model), log)
-    return count_steps(len(data.train), cfg.train, cfg.distributed.nproc * cfg.distributed.nnodes)
+    longest = max(len(ids) for ids in data.train["input_ids"])
+    return count_steps(len(data.train), cfg.train, cfg.distributed.nproc * cfg.distributed.nnodes, longest)
