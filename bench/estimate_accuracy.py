@@ -181,6 +181,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["tiny", "0.6B"], choices=sorted(SHAPES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--checkpointing", nargs="+", default=["on", "off"], choices=["on", "off"])
+    parser.add_argument("--layouts", nargs="+", default=["packed", "padded"], choices=["packed", "padded"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--max-length", type=int, help="tokens per sample (default: tiny 512, 0.6B 256, 8B 2048)")
     parser.add_argument("--batch", type=int, default=2)
@@ -205,7 +207,9 @@ def main() -> None:
             base = Path(work) / shape
             write_base(config, base, "auto", None)
             length = args.max_length or {"tiny": 512, "0.6B": 256, "8B": 2048}[shape]
-            for method, checkpointing, packing in itertools.product(args.methods, (True, False), (True, False)):
+            for method, checkpointing, packing in itertools.product(
+                args.methods, [c == "on" for c in args.checkpointing], [x == "packed" for x in args.layouts]
+            ):
                 spec = {
                     "model": str(base),
                     "method": method,
