@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import random
 import subprocess
@@ -231,7 +232,15 @@ def test_train_preflight_refuses_a_run_that_cannot_fit_in_one_line(tmp_path, tin
 def test_env_reports_versions_and_offline_problems(tmp_path):
     result = tuneforge("env", "--offline-check", "--model", str(tmp_path), env={"HF_HUB_OFFLINE": "0"})
     assert result.returncode == 1
-    assert "transformers" in result.stdout and "not installed" in result.stdout  # vllm is not installed here
+    from tuneforge.env import PACKAGES, versions
+
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert {name: rows[name] for name in PACKAGES} == versions()  # "not installed" where absent
+    assert versions()["transformers"] == importlib.metadata.version("transformers")
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem:")]
     assert any("HF_HUB_OFFLINE is not set" in p for p in problems)
     assert any("no config.json" in p for p in problems)
