@@ -77,7 +77,7 @@ def verdict(job: Job, size_gb: float) -> str:
     total = estimate(job).total
     batch, length = job.train.per_device_batch_size, job.max_length
     if total <= limit:
-        line = f"fits on {size_gb:g} GB ({gib(total)}) with batch {batch}, max_length {length}"
+        line = f"fits on {size_gb:g} GB ({gib(total)}) with batch {batch} × {length} tokens"
         bigger = job.but(train={"per_device_batch_size": 2 * batch})
         if estimate(bigger).total <= limit:
             return line + f"; batch {2 * batch} fits too"
