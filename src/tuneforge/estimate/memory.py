@@ -297,9 +297,10 @@ def _loss(job: Job, trainable_head: bool) -> float:
 
     chunk = min(tokens, chunk_tokens(s.vocab))
     # A chunk's fp32 logits (softmax in place) and their cast from the model dtype; past the first chunk the loop
-    # computes the next chunk's logits while the previous chunk's buffer is still bound, so two are alive at once.
-    buffers = 2 if tokens > chunk else 1
-    logits = chunk * s.vocab * (buffers * FP32 + (b if b < FP32 else 0))
+    # computes the next chunk's logits while the previous chunk's buffer is still bound, so two are alive at once
+    # (the second as long as the tokens left).
+    rows = chunk + min(chunk, tokens - chunk)
+    logits = rows * s.vocab * FP32 + chunk * s.vocab * (b if b < FP32 else 0)
     return logits + 2 * tokens * s.hidden * b + head_grad
 
 
