@@ -78,6 +78,9 @@ def train(
     node_rank: Annotated[int | None, typer.Option(help="This machine's index, 0 to nnodes-1.")] = None,
     master_addr: Annotated[str | None, typer.Option(help="Address of node 0 (distributed.master_addr).")] = None,
     master_port: Annotated[int | None, typer.Option(help="Rendezvous port on node 0.")] = None,
+    preflight: Annotated[
+        bool, typer.Option(help="Print the memory estimate and step count first; stop if memory cannot fit.")
+    ] = True,
 ) -> None:
     """Fine-tune a model as the config says; everything lands in output.dir. --nproc/--nnodes use torchrun."""
     from tuneforge.train.launch import train_command
@@ -90,9 +93,84 @@ def train(
         "master_port": master_port,
     }
     overrides = [*(overrides or []), *(f"distributed.{k}={v}" for k, v in flags.items() if v is not None)]
-    status = train_command(config, overrides, log=_console().print)
+    status = train_command(config, overrides, log=_console().print, preflight=preflight)
     if status:
         raise typer.Exit(status)
+
+
+@app.command()
+@user_errors
+def estimate(
+    config: Annotated[Path | None, typer.Argument(help="YAML config file (or describe the job by flags).")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model folder or hub id (model.name_or_path).")] = None,
+    method: Annotated[str | None, typer.Option(help="lora | qlora | full (method.type).")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Longest sample in tokens (data.max_length).")] = None,
+    batch: Annotated[int | None, typer.Option(help="Per-device batch size (train.per_device_batch_size).")] = None,
+    gradient_checkpointing: Annotated[
+        bool | None, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Checkpointing.")
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(help="ddp | deepspeed | fsdp (distributed.strategy).")] = None,
+    deepspeed: Annotated[str | None, typer.Option(help="zero2 | zero2_offload | zero3 | zero3_offload.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs (processes) the run uses (distributed.nproc).")] = None,
+    gpu_memory: Annotated[float | None, typer.Option(help="Judge this GPU size in GB (default 24, 48, 80).")] = None,
+    cpu: Annotated[bool, typer.Option(help="Estimate for training on this machine's CPU (fp32), not a GPU.")] = False,
+    steps: Annotated[bool, typer.Option(help="With a CONFIG: prepare its data and count the optimizer steps.")] = True,
+) -> None:
+    """Memory per device (from config.json alone), the exact step count, and whether it fits 24 / 48 / 80 GB GPUs."""
+    from tuneforge.estimate.memory import Job, load_shape
+    from tuneforge.estimate.memory import estimate as estimate_memory
+    from tuneforge.estimate.report import GPU_SIZES, job_config, print_report
+    from tuneforge.estimate.steps import plan_steps
+
+    flags = {"model.name_or_path": model, "method.type": method, "data.max_length": max_length,
+             "train.per_device_batch_size": batch, "train.gradient_checkpointing": gradient_checkpointing,
+             "distributed.strategy": strategy, "distributed.deepspeed": deepspeed, "distributed.nproc": gpus}
+    cfg = job_config(config, overrides or [], flags)
+    console = _console()
+    plan = plan_steps(cfg, console.print) if config is not None and steps else None
+    # With the data prepared, rows are as wide as its longest sample (at most data.max_length).
+    job = Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda", plan.longest if plan else 0)
+    est = estimate_memory(job)
+    print_report(est, plan, () if cpu else ((gpu_memory,) if gpu_memory else GPU_SIZES), console)
+
+
+@app.command()
+@user_errors
+def env(
+    offline_check: Annotated[bool, typer.Option(help="Check that a run needs no network; exit 1 on problems.")] = False,
+    model: Annotated[str | None, typer.Option(help="With --offline-check: model folder or hub id to check.")] = None,
+) -> None:
+    """Library versions, GPUs, and which attention / loss / quantization paths a run would take here."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuneforge.env import gpus, offline_problems, paths, versions
+
+    console = Console(highlight=False)
+    table = Table("package", "version", title="libraries", title_justify="left")
+    for name, version in versions().items():
+        table.add_row(name, version)
+    console.print(table)
+    found = gpus()
+    if found:
+        table = Table(*found[0], title="GPUs", title_justify="left")
+        for gpu in found:
+            table.add_row(*gpu.values())
+        console.print(table)
+    else:
+        console.print("GPUs: none visible (training runs on the CPU)")
+    table = Table("choice", "taken here", title="paths a run takes", title_justify="left")
+    for name, value in paths().items():
+        table.add_row(name, value)
+    console.print(table)
+    if offline_check:
+        problems = offline_problems(model)
+        for problem in problems:
+            typer.secho(f"problem: {problem}", fg="red", err=True)
+        if problems:
+            raise typer.Exit(1)
+        console.print("offline check: ok")
 
 
 @config_app.command("check")

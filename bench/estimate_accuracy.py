@@ -1,0 +1,246 @@
+"""How close `tuneforge estimate` comes to measured training memory: each configuration trains in a fresh process.
+
+For each model shape × method (lora, qlora, full) × activation checkpointing (on, off) × batch layout (packed,
+padded): a random-weight base written once by tuneforge's random-init path, loaded by tuneforge (quantized while
+loading for qlora), trained for a few steps through tuneforge's SFTTrainer, collator and TrainingArguments on
+batches of random token ids at exactly data.max_length (every token labelled: the estimate's worst case). Measured:
+on the CPU the peak RSS while training minus the process's idle baseline (after imports and data, before the
+model); on a GPU torch.cuda.max_memory_allocated. Estimated: tuneforge.estimate for the same job ("tensors", what
+torch allocates).
+
+glibc keeps freed heap memory under RSS (docs/performance.md, Training throughput), so CPU workers run with
+MALLOC_MMAP_THRESHOLD_=65536: RSS then follows the live tensors, which is what the estimate models.
+
+    python bench/estimate_accuracy.py                          # CPU: tiny and Qwen3-0.6B shapes, fp32
+    python bench/estimate_accuracy.py --shapes tiny            # CPU: tiny only
+    python bench/estimate_accuracy.py --device cuda --shapes 8B --max-length 2048 --batch 2   # GPU: 8B, bf16
+
+Prints a Markdown table and writes bench/results/estimate_accuracy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from machine import machine
+from qlora_memory import own_memory, release_freed_heap, write_base
+from worker import run_worker
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT.parent / "shared" / "assets" / "model-configs"
+# The test suite's tiny Qwen3 (tests/conftest.py) on the 0.6B config: real vocabulary, toy width and depth.
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
+SHAPES = {"tiny": ("Qwen3-0.6B", TINY), "0.6B": ("Qwen3-0.6B", {}), "8B": ("Qwen3-8B", {})}
+METHODS = ("lora", "qlora", "full")
+
+
+def job_raw(spec: dict[str, Any]) -> dict[str, Any]:
+    """The tuneforge config of one measured configuration."""
+    return {
+        "model": {"name_or_path": spec["model"], "attn": "sdpa"},
+        "data": {
+            "datasets": [{"path": "(random tokens)"}],
+            "max_length": spec["max_length"],
+            "packing": spec["packing"],
+            "group_by_length": False,
+        },
+        "method": {"type": spec["method"], "rank": 8, "alpha": 16, "dropout": 0.0},
+        "train": {
+            "max_steps": spec["steps"],
+            "per_device_batch_size": spec["batch"],
+            "gradient_checkpointing": spec["checkpointing"],
+            "save_steps": 10**6,
+            "logging_steps": 1,
+        },
+        "output": {"dir": spec["out"]},
+    }
+
+
+def rss() -> int:
+    """This process's resident memory in bytes."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one configuration and measure its peak memory."""
+    import datasets
+    import torch
+    from transformers import TrainerCallback
+
+    from tuneforge.config import validate
+    from tuneforge.data.collate import make_collator
+    from tuneforge.model.adapters import apply_method
+    from tuneforge.model.load import load_model
+    from tuneforge.rundir import RunDir
+    from tuneforge.train.run import training_arguments
+    from tuneforge.train.trainer import SFTTrainer
+
+    cfg = validate(job_raw(spec))
+    cuda = torch.cuda.is_available()
+    generator = torch.Generator().manual_seed(0)
+    rows = spec["batch"] * spec["steps"]
+    ids = torch.randint(0, 151_000, (rows, spec["max_length"]), generator=generator).tolist()
+    dataset = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+    release_freed_heap()
+    baseline = rss()
+
+    class Peak(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if not cuda:
+                own_memory(model)  # weights out of the checkpoint's memory map, as in bench/qlora_memory.py
+                release_freed_heap()
+                Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS (VmHWM) count here
+            else:
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            status = Path("/proc/self/status").read_text()
+            self.peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) * 1024
+
+    quiet = lambda *_: None  # noqa: E731
+    model = apply_method(load_model(cfg.model, cfg.method, log=quiet), cfg.method, quiet)
+    peak = Peak()
+    trainer = SFTTrainer(
+        model=model,
+        args=training_arguments(cfg, RunDir(Path(spec["out"])), False),
+        train_dataset=dataset,
+        data_collator=make_collator(cfg.data, 151643, model, quiet),
+        loss=cfg.train.loss,
+        callbacks=[peak],
+    )
+    trainer.train()
+    measured = torch.cuda.max_memory_allocated() if cuda else peak.peak - baseline
+    return {"measured_bytes": measured, "baseline_rss_bytes": baseline}
+
+
+def shape_config(shape: str) -> dict[str, Any]:
+    """The config.json of a measured shape: an official Qwen3 config, cut down for tiny."""
+    name, overrides = SHAPES[shape]
+    return json.loads((CONFIGS / f"{name}.config.json").read_text()) | overrides
+
+
+def estimated(row: dict[str, Any], device: str) -> dict[str, float]:
+    """tuneforge's estimate of a measured row's job, by component (its shape from config.json alone)."""
+    from tuneforge.config import validate
+    from tuneforge.estimate.memory import Job, Shape, estimate
+
+    cfg = validate(job_raw(row))
+    est = estimate(Job.from_config(cfg, Shape.from_config(shape_config(row["shape"])), device))
+    return {**est.parts, "tensors": est.tensors}
+
+
+def score(row: dict[str, Any], device: str) -> None:
+    """Fill in a measured row's estimate and error."""
+    row["estimate"] = estimated(row, device)
+    row["error"] = row["estimate"]["tensors"] / row["measured_bytes"] - 1
+
+
+def rescore(path: Path, device: str) -> None:
+    """Recompute the estimates of recorded results (after a change to the estimator); measurements stay as run."""
+    record = json.loads(path.read_text())
+    for row in record["results"]:
+        score(row, device)
+    record["rescored_with_estimator_of"] = "this checkout"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(table(record["results"]))
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: measured vs estimated per configuration, and the error."""
+    mib = 2**20
+    lines = [
+        "| shape | method | checkpointing | layout | measured | estimated | error |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['method']} | {'on' if r['checkpointing'] else 'off'} | "
+            f"{'packed' if r['packing'] else 'padded'} | {r['measured_bytes'] / mib:,.0f} MiB | "
+            f"{r['estimate']['tensors'] / mib:,.0f} MiB | {r['error']:+.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "0.6B"], choices=sorted(SHAPES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--checkpointing", nargs="+", default=["on", "off"], choices=["on", "off"])
+    parser.add_argument("--layouts", nargs="+", default=["packed", "padded"], choices=["packed", "padded"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--max-length", type=int, help="tokens per sample (default: tiny 512, 0.6B 256, 8B 2048)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "estimate_accuracy.json")
+    parser.add_argument("--rescore", type=Path, help="recompute the estimates of a results JSON (measurements kept)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.rescore:
+        rescore(args.rescore, args.device)
+        return
+    if args.device == "cpu":
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the workers; see the docstring
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tf-estimate-bench-") as work:
+        for shape in args.shapes:
+            config = Path(work) / f"{shape}.config.json"
+            config.write_text(json.dumps(shape_config(shape)))
+            base = Path(work) / shape
+            write_base(config, base, "auto", None)
+            length = args.max_length or {"tiny": 512, "0.6B": 256, "8B": 2048}[shape]
+            for method, checkpointing, packing in itertools.product(
+                args.methods, [c == "on" for c in args.checkpointing], [x == "packed" for x in args.layouts]
+            ):
+                spec = {
+                    "model": str(base),
+                    "method": method,
+                    "checkpointing": checkpointing,
+                    "packing": packing,
+                    "max_length": length,
+                    "batch": args.batch,
+                    "steps": args.steps,
+                    "out": str(Path(work) / "run"),
+                }
+                row = {"shape": shape, **spec, **run_worker(__file__, spec, f"{shape} {method}")}
+                score(row, args.device)
+                rows.append(row)
+                print(
+                    f"{shape} {method} ckpt={checkpointing} packed={packing}: measured "
+                    f"{row['measured_bytes'] / 2**20:,.0f} MiB, "
+                    f"estimated {row['estimate']['tensors'] / 2**20:,.0f} MiB "
+                    f"({row['error']:+.1%})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print(table(rows))
+    command = "python bench/estimate_accuracy.py " + " ".join(sys.argv[1:])
+    record = {
+        "command": command.strip(),
+        "environment": machine("transformers", "peft", "bitsandbytes"),
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

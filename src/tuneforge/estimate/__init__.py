@@ -1,0 +1,1 @@
+"""Plan before you spend: optimizer steps from the real prepared data, and memory per device from config.json."""

@@ -1,0 +1,369 @@
+"""Memory per device for one training job, from the model's config.json alone (no weights are read).
+
+Each term follows what the code actually allocates (transformers 5 Qwen3 modelling, peft LoRA, bitsandbytes,
+tuneforge's loss), in bytes, for one micro-batch of `per_device_batch_size` rows of `data.max_length` tokens (the
+worst case: packed rows are never wider than the longest sample, data/collate.py):
+
+- weights: every parameter in the model dtype; for qlora the decoder's linear layers in 4 bits plus their block
+  scales (blocksize 64: fp32 absmax, or with double quant an 8-bit absmax plus one fp32 per 256 blocks) or 8 bits
+  plus one fp32 scale per output row; full fine-tuning in fp16 keeps fp32 weights (model/load.py);
+- LoRA weights r·(in + out) per target layer, in fp32 (peft's autocast_adapter_dtype);
+- gradients of what trains, in the dtype of what trains;
+- optimizer state: AdamW two moments in the parameters' dtype (8-bit: one byte each), Adafactor its factored
+  second moment; DeepSpeed adds fp32 master weights and keeps fp32 moments;
+- activations: what autograd keeps per token and decoder layer (see `_layer_bytes`), all layers without
+  checkpointing, the layer inputs plus one recomputed layer with it; eager attention adds its score matrices;
+- the logits/loss buffer: full [tokens × vocab] logits with their fp32 copies for train.loss standard, one chunk
+  for chunked (model/loss.py), plus an fp32 gradient of lm_head where it trains;
+- framework overhead: on a GPU the CUDA context and cuBLAS workspace plus the caching allocator's slack;
+- ZeRO-2 shards gradients and optimizer state over the processes, ZeRO-3 and FSDP the weights too (plus the
+  gathered layers in flight); offload moves optimizer state (and for ZeRO-3 / FSDP the weights) to CPU memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tuneforge.config import Config, DistributedConfig, MethodConfig, ModelConfig, TrainConfig
+from tuneforge.errors import UserError
+
+GIB = 2**30
+FP32 = 4
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit block size and double-quant block size
+CUDA_CONTEXT = 0.6 * GIB  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator, inside the GPU
+ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation, as a share of the tensors
+BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes 8-bit optimizers keep smaller tensors' state in 32 bits
+
+# Official Qwen3 config.json values (huggingface.co/Qwen/Qwen3-*/blob/main/config.json), used when a hub id cannot
+# be fetched (offline): hidden, intermediate, layers, attention heads, key-value heads, tied embeddings.
+QWEN3_SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
+    "Qwen/Qwen3-0.6B": (1024, 3072, 28, 16, 8, True),
+    "Qwen/Qwen3-1.7B": (2048, 6144, 28, 16, 8, True),
+    "Qwen/Qwen3-4B": (2560, 9728, 36, 32, 8, True),
+    "Qwen/Qwen3-8B": (4096, 12288, 36, 32, 8, False),
+    "Qwen/Qwen3-14B": (5120, 17408, 40, 40, 8, False),
+    "Qwen/Qwen3-32B": (5120, 25600, 64, 64, 8, False),
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a decoder-only transformer that memory depends on."""
+
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> Shape:
+        """From a transformers config (or a config.json mapping)."""
+        get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+        hidden, heads = get("hidden_size"), get("num_attention_heads")
+        if not hidden or not heads or not get("intermediate_size") or not get("num_hidden_layers"):
+            raise UserError(
+                "model config.json: hidden_size, intermediate_size, num_hidden_layers and "
+                "num_attention_heads are needed to estimate memory (a decoder-only model)"
+            )
+        return cls(
+            vocab=get("vocab_size"),
+            hidden=hidden,
+            intermediate=get("intermediate_size"),
+            layers=get("num_hidden_layers"),
+            heads=heads,
+            kv_heads=get("num_key_value_heads") or heads,
+            head_dim=get("head_dim") or hidden // heads,
+            tied=bool(get("tie_word_embeddings", False)),
+        )
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of one decoder layer."""
+        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters in all decoder linear layers (what bitsandbytes quantizes)."""
+        return self.layers * sum(a * b for a, b in self.linears().values())
+
+    @property
+    def params(self) -> int:
+        """All parameters: embeddings, (untied) lm_head, decoder linears, RMSNorm weights."""
+        embed = self.vocab * self.hidden * (1 if self.tied else 2)
+        norms = self.layers * (2 * self.hidden + 2 * self.head_dim) + self.hidden
+        return embed + self.linear_params + norms
+
+
+def load_shape(model: ModelConfig) -> Shape:
+    """The model's shape from its config.json (local folder or hub); known Qwen3 ids also work offline."""
+    from tuneforge.model.load import load_model_config
+
+    try:
+        return Shape.from_config(load_model_config(model))
+    except UserError:
+        if model.name_or_path not in QWEN3_SHAPES:
+            raise
+    hidden, intermediate, layers, heads, kv_heads, tied = QWEN3_SHAPES[model.name_or_path]
+    return Shape(151936, hidden, intermediate, layers, heads, kv_heads, 128, tied)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What memory depends on: the model's shape and the config sections that size a training step."""
+
+    shape: Shape
+    model: ModelConfig
+    method: MethodConfig
+    train: TrainConfig
+    dist: DistributedConfig = field(default_factory=DistributedConfig)
+    max_length: int = 2048
+    packing: bool = True
+    device: str = "cuda"  # "cuda": a GPU (auto dtype bf16); "cpu": this machine's RAM (auto dtype fp32)
+
+    @classmethod
+    def from_config(cls, cfg: Config, shape: Shape, device: str = "cuda", longest: int = 0) -> Job:
+        """The job a full config describes; `longest` (the longest prepared sample) narrows rows below max_length."""
+        width = min(cfg.data.max_length, longest) if longest else cfg.data.max_length
+        return cls(shape, cfg.model, cfg.method, cfg.train, cfg.distributed, width, cfg.data.packing, device)
+
+    def but(self, **changes: Any) -> Job:
+        """A copy with section fields changed, e.g. but(train={'per_device_batch_size': 1})."""
+        updates = {k: getattr(self, k).model_copy(update=v) if isinstance(v, dict) else v for k, v in changes.items()}
+        return replace(self, **updates)
+
+    @property
+    def world_size(self) -> int:
+        """Processes taking part."""
+        return self.dist.nproc * self.dist.nnodes
+
+    @property
+    def dtype_bytes(self) -> int:
+        """Bytes per value of the model dtype (auto: bf16 on a GPU, fp32 on the CPU)."""
+        name = self.model.dtype if self.model.dtype != "auto" else ("bf16" if self.device == "cuda" else "fp32")
+        return {"bf16": 2, "fp16": 2, "fp32": 4}[name]
+
+    @property
+    def sharding(self) -> str:
+        """none, zero2, zero3 or fsdp, with '+offload' where state moves to CPU memory."""
+        dist = self.dist
+        if dist.strategy == "fsdp":
+            return "fsdp+offload" if dist.fsdp_offload else "fsdp"
+        if dist.strategy == "deepspeed":
+            preset = dist.deepspeed if dist.deepspeed.startswith("zero") else "zero3"
+            return preset.replace("_offload", "+offload")
+        return "none"
+
+
+@dataclass
+class Estimate:
+    """Bytes per device by component; `offloaded` is what the strategy keeps in CPU memory instead."""
+
+    job: Job
+    parts: dict[str, float]
+    notes: dict[str, str]
+    offloaded: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """Everything on one device."""
+        return sum(self.parts.values())
+
+    @property
+    def tensors(self) -> float:
+        """What torch allocates (all but the CUDA context and allocator slack)."""
+        return self.total - self.parts.get("framework overhead", 0.0)
+
+
+def _lora_modules(job: Job) -> dict[str, tuple[int, int]]:
+    """The decoder linear layers LoRA wraps (all-linear: all of them; peft leaves lm_head out)."""
+    targets = job.method.target_modules
+    linears = job.shape.linears()
+    if targets == "all-linear":
+        return linears
+    names = [targets] if isinstance(targets, str) else targets
+    return {name: dims for name, dims in linears.items() if any(name == t or name.endswith(t) for t in names)}
+
+
+def _trainable(job: Job) -> tuple[int, list[tuple[int, int]], int]:
+    """(trainable parameters, their matrices as (rows, cols), bytes per trainable value)."""
+    s = job.shape
+    if job.method.type == "full":
+        per_layer = [(o, i) for i, o in s.linears().values()] * s.layers
+        embeddings = [(s.vocab, s.hidden)] * (1 if s.tied else 2)
+        width = FP32 if job.model.dtype == "fp16" else job.dtype_bytes
+        return s.params, per_layer + embeddings, width
+    r = job.method.rank
+    matrices = [m for i, o in _lora_modules(job).values() for m in ((r, i), (o, r))] * s.layers
+    extra = [(s.vocab, s.hidden)] * sum(1 for m in job.method.modules_to_save or [] if m in ("lm_head", "embed_tokens"))
+    return sum(a * b for a, b in matrices + extra), matrices + extra, FP32
+
+
+def _weights(job: Job) -> float:
+    s, w = job.shape, job.dtype_bytes
+    if job.method.type == "full":
+        return s.params * (FP32 if job.model.dtype == "fp16" else w)
+    if job.method.type != "qlora":
+        return s.params * w
+    if job.method.bits == 8:
+        rows = s.layers * sum(o for _, o in s.linears().values())
+        quantized = s.linear_params + FP32 * rows  # int8 weights plus one fp32 scale per output row
+    else:
+        scales = 1 / NF4_BLOCK + FP32 / (NF4_BLOCK * NESTED_BLOCK) if job.method.double_quant else FP32 / NF4_BLOCK
+        quantized = s.linear_params * (0.5 + scales)
+    return quantized + (s.params - s.linear_params) * w
+
+
+def _optimizer(job: Job, trainable: int, matrices: list[tuple[int, int]], width: int) -> float:
+    if job.dist.strategy == "deepspeed":  # DeepSpeed's own AdamW: fp32 moments and fp32 master weights
+        return trainable * (2 * FP32 + (FP32 if width < FP32 else 0))
+    name = job.train.optim
+    if name == "adafactor":
+        return sum((rows + cols) * FP32 for rows, cols in matrices)
+    if name.endswith("_8bit"):
+        big = sum(a * b for a, b in matrices if a * b >= BNB_8BIT_MIN_SIZE)
+        return 2 * big * (1 + FP32 / 2048) + 2 * (trainable - big) * FP32  # 8-bit blocks of 2048 with fp32 absmax
+    return 2 * trainable * width
+
+
+def _layer_bytes(job: Job, rows: int, width: int) -> float:
+    """What autograd keeps for one decoder layer's backward, for `rows` × `width` tokens.
+
+    Per token: each RMSNorm keeps its fp32 input and its output (the projections' input); q_norm / k_norm the
+    same over the heads; RoPE's rotated q and k, v, the attention output and its fp32 logsumexp for the kernel's
+    backward; SwiGLU its gate, silu(gate), up and their product. LoRA adds per wrapped layer a copy of its input
+    where a cast or dropout makes one (plus dropout's byte mask) and the rank-r middle.
+    """
+    s, b = job.shape, job.dtype_bytes
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    per_token = (
+        2 * (FP32 + b) * s.hidden
+        + (FP32 + b) * (q + kv)
+        + b * (q + kv)
+        + b * kv
+        + b * q
+        + FP32 * s.heads
+        + 4 * b * s.intermediate
+    )
+    if job.method.type != "full":
+        dropout = job.method.dropout > 0
+        for fan_in, _ in _lora_modules(job).values():
+            # peft casts x to the adapter's fp32; lora_A keeps that input for its gradient, which bf16 / fp16
+            # autocast turns back into a b-byte copy. Dropout keeps a byte mask besides.
+            copies = b * fan_in if (dropout or b < FP32) else 0
+            per_token += copies + (fan_in if dropout else 0) + FP32 * job.method.rank
+    attn = job.model.attn
+    scores = rows * s.heads * width * width * (FP32 + b) if attn == "eager" else 0  # fp32 softmax + its cast
+    return rows * width * per_token + scores
+
+
+def _activations(job: Job) -> float:
+    s, b = job.shape, job.dtype_bytes
+    rows, width = job.train.per_device_batch_size, job.max_length
+    tokens = rows * width
+    layer = _layer_bytes(job, rows, width)
+    # sdpa and eager get a boolean [rows × 1 × width × width] mask (padding or packed block-diagonal), built once.
+    attn = job.model.attn if job.model.attn != "auto" else ("sdpa" if job.device == "cpu" else "flash_attention_2")
+    mask = rows * width * width if attn in ("sdpa", "eager") else 0
+    embeddings = 2 * tokens * s.hidden * b  # embedding output and the final norm's
+    if job.train.gradient_checkpointing:
+        # Each layer keeps only its input; backward recomputes one layer at a time and builds its gradients.
+        return s.layers * tokens * s.hidden * b + 2 * layer + mask + embeddings
+    return s.layers * layer + layer + mask + embeddings  # all layers, plus the gradients of the first one back
+
+
+def _loss(job: Job, trainable_head: bool) -> float:
+    s, b = job.shape, job.dtype_bytes
+    tokens = job.train.per_device_batch_size * job.max_length
+    head_grad = FP32 * s.vocab * s.hidden if trainable_head else 0
+    if job.train.loss == "standard":
+        # Logits in the model dtype (kept in the output), their fp32 copy, log-softmax and its gradient in fp32.
+        copies = 3 if b == FP32 else 4
+        return tokens * s.vocab * (b + FP32 * (copies - 1)) + head_grad
+    from tuneforge.model.loss import chunk_tokens
+
+    chunk = min(tokens, chunk_tokens(s.vocab))
+    # A chunk's fp32 logits (softmax in place) and their cast from the model dtype; past the first chunk the loop
+    # computes the next chunk's logits while the previous chunk's buffer is still bound, so two are alive at once
+    # (the second as long as the tokens left).
+    rows = chunk + min(chunk, tokens - chunk)
+    logits = rows * s.vocab * FP32 + chunk * s.vocab * (b if b < FP32 else 0)
+    return logits + 2 * tokens * s.hidden * b + head_grad
+
+
+def estimate(job: Job) -> Estimate:
+    """Memory per device for `job`, split by component."""
+    trainable, matrices, width = _trainable(job)
+    world = job.world_size
+    sharding = job.sharding
+    full_head = job.method.type == "full" or "lm_head" in (job.method.modules_to_save or [])
+    weights = _weights(job)
+    lora = 0.0 if job.method.type == "full" else trainable * FP32
+    grads = trainable * width
+    optim = _optimizer(job, trainable, matrices, width)
+    offloaded = 0.0
+    notes: dict[str, str] = {}
+    shard_grads = sharding != "none"
+    shard_weights = sharding.startswith(("zero3", "fsdp"))
+    if shard_grads:
+        grads /= world
+        optim /= world
+        notes["gradients"] = notes["optimizer state"] = f"sharded over {world} processes ({sharding})"
+    layer = weights / max(job.shape.layers, 1)
+    if shard_weights:
+        weights = weights / world + 2 * layer  # plus the gathered layer in use and the one prefetched
+        notes["weights"] = f"sharded over {world} processes, plus two gathered layers"
+    if sharding.endswith("+offload"):
+        offloaded += optim
+        optim = 0.0
+        notes["optimizer state"] = "in CPU memory (offload)"
+        if shard_weights:
+            offloaded += weights - 2 * layer
+            weights = 2 * layer
+            notes["weights"] = "in CPU memory (offload), gathered layer by layer"
+    elif sharding == "none" and world > 1:
+        grads *= 2  # DDP reduces gradients through buckets of the same size
+        notes["gradients"] = "plus DDP's all-reduce buckets"
+    parts = {
+        "weights": weights,
+        "LoRA weights": lora,
+        "gradients": grads,
+        "optimizer state": optim,
+        "activations": _activations(job),
+        "logits / loss": _loss(job, full_head),
+    }
+    if job.device == "cuda":
+        parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * sum(parts.values())
+    notes.setdefault("weights", _weights_note(job))
+    notes["activations"] = (
+        f"{job.train.per_device_batch_size} × {job.max_length} tokens, checkpointing "
+        f"{'on' if job.train.gradient_checkpointing else 'off'}, attention {job.model.attn}"
+    )
+    notes["logits / loss"] = "full logits (standard)" if job.train.loss == "standard" else "chunked over the vocab"
+    return Estimate(job, parts, notes, offloaded)
+
+
+def _weights_note(job: Job) -> str:
+    m = job.method
+    if m.type == "qlora":
+        kind = f"{m.quant_type}{' + double quant' if m.double_quant else ''}" if m.bits == 4 else "int8"
+        return f"{job.shape.params / 1e9:.2f} B params, decoder linears {m.bits}-bit {kind}"
+    return f"{job.shape.params / 1e9:.2f} B params, {job.dtype_bytes * 8}-bit"
+
+
+def gib(n: float) -> str:
+    """Bytes as GiB with two decimals."""
+    return f"{n / GIB:.2f} GiB"

@@ -1,0 +1,246 @@
+"""tuneforge estimate: the step count against the real Trainer, the memory model's terms, the train pre-flight."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import DATA_DIR, needs_assets
+
+from tuneforge.config import validate
+from tuneforge.estimate.memory import GIB, Job, Shape, estimate
+from tuneforge.estimate.steps import count_steps
+
+QWEN3_8B = Shape(
+    vocab=151936, hidden=4096, intermediate=12288, layers=36, heads=32, kv_heads=8, head_dim=128, tied=False
+)
+
+
+def _raw(tmp_path, model_dir, data: dict, train: dict) -> dict:
+    return {
+        "model": {"name_or_path": str(model_dir), "init": "random"},
+        "data": {
+            "datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "N", "author": "A"}}],
+            "cache_dir": str(tmp_path / "cache"),
+            **data,
+        },
+        "train": train,
+        "output": {"dir": str(tmp_path / "run")},
+    }
+
+
+def _trainer_max_steps(cfg, dataset, model, tmp_path, world_size: int) -> tuple[int, int]:
+    """(steps per epoch, max_steps) as transformers' Trainer computes them for this dataset on `world_size` ranks."""
+    from accelerate.data_loader import prepare_data_loader
+
+    from tuneforge.rundir import RunDir
+    from tuneforge.train.run import training_arguments
+    from tuneforge.train.trainer import SFTTrainer
+
+    args = training_arguments(cfg, RunDir(tmp_path / "run"), has_eval=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=lambda rows: rows)
+    loader = trainer.get_train_dataloader()
+    if world_size > 1:  # what accelerate gives rank 0 of `world_size` processes (even batches, as the Trainer asks)
+        loader = prepare_data_loader(
+            loader.base_dataloader, num_processes=world_size, process_index=0, put_on_device=False, even_batches=True
+        )
+    values = trainer.set_initial_training_values(args, loader)
+    return values[1], values[-1]
+
+
+@pytest.fixture(scope="module")
+def bare_model():
+    """A 2-layer Qwen3 the Trainer can hold (never run: only the step arithmetic is tested)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=64,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=4,
+        )
+    )
+
+
+@needs_assets
+def test_step_count_equals_the_trainers_max_steps_on_50_random_configs(tmp_path, bare_model, qwen3_tokenizer):
+    from tuneforge.data.prepare import prepare
+
+    rng = random.Random(16)
+    # Data settings that change the prepared set: validation split, max_samples, over-long samples dropped.
+    data_variants = [
+        {"val_size": 0.0},
+        {"val_size": 0.1},
+        {"val_size": 7, "max_length": 96},
+        {"max_length": 80, "packing": False},
+        {"val_size": 0.25, "datasets_max": 37},
+    ]
+    prepared = {}
+    checked = set()
+    for _ in range(50):
+        variant = rng.randrange(len(data_variants))
+        data = dict(data_variants[variant])
+        max_samples = data.pop("datasets_max", None)
+        train = {"per_device_batch_size": rng.randint(1, 8), "gradient_accumulation": rng.randint(1, 16)}
+        if rng.random() < 0.3:
+            train["max_steps"] = rng.randint(1, 200)
+        else:
+            train["epochs"] = rng.choice([0.3, 0.5, 1, 1.5, 2, 3, 2.7])
+        raw = _raw(tmp_path, "unused", data, train)
+        if max_samples:
+            raw["data"]["datasets"][0]["max_samples"] = max_samples
+        raw["data"]["group_by_length"] = rng.random() < 0.5
+        cfg = validate(raw)
+        if variant not in prepared:
+            prepared[variant] = prepare(cfg.data, qwen3_tokenizer, log=lambda *_: None).train
+        world = rng.choice([1, 1, 2, 3, 4, 8])
+        plan = count_steps(len(prepared[variant]), cfg.train, world)
+        per_epoch, max_steps = _trainer_max_steps(cfg, prepared[variant], bare_model, tmp_path, world)
+        assert (plan.steps_per_epoch, plan.total_steps) == (per_epoch, max_steps), (cfg.train, world)
+        checked.add(len(prepared[variant]))
+    assert len(checked) == len(data_variants)  # five different prepared sizes took part
+    assert checked == {len(x) for x in prepared.values()}
+
+
+def test_step_count_rounds_a_short_accumulation_group_up():
+    train = validate(
+        {
+            "model": {"name_or_path": "x"},
+            "data": {"datasets": [{"path": "x"}]},
+            "output": {"dir": "x"},
+            "train": {"per_device_batch_size": 2, "gradient_accumulation": 4, "epochs": 1.5},
+        }
+    ).train
+    plan = count_steps(100, train, world_size=3)
+    assert (plan.batches_per_epoch, plan.steps_per_epoch, plan.total_steps) == (17, 5, 8)
+    assert plan.global_batch == 24
+
+
+def _job(**sections) -> Job:
+    raw = {
+        "model": {"name_or_path": "Qwen/Qwen3-8B"},
+        "data": {"datasets": [{"path": "x"}], "max_length": 2048},
+        "output": {"dir": "x"},
+        **sections,
+    }
+    return Job.from_config(validate(raw), QWEN3_8B)
+
+
+def test_memory_terms_follow_the_method():
+    lora, qlora, full = (estimate(_job(method={"type": t})) for t in ("lora", "qlora", "full"))
+    params = QWEN3_8B.params
+    assert params == 8_190_735_360  # Qwen3-8B's published parameter count
+    assert lora.parts["weights"] == 2 * params  # bf16
+    # nf4 + double quant: 0.5 byte plus 1/64 + 4/(64·256) per linear weight; embeddings and head stay bf16.
+    linear = QWEN3_8B.linear_params
+    assert qlora.parts["weights"] == pytest.approx(linear * (0.5 + 1 / 64 + 4 / 16384) + 2 * (params - linear))
+    rank8 = 36 * 8 * sum(i + o for i, o in QWEN3_8B.linears().values())
+    assert lora.parts["LoRA weights"] == 4 * rank8 and lora.parts["gradients"] == 4 * rank8
+    assert lora.parts["optimizer state"] == 8 * rank8  # AdamW: two fp32 moments
+    assert full.parts["gradients"] == 2 * params and full.parts["optimizer state"] == 4 * params
+    assert full.parts["logits / loss"] > lora.parts["logits / loss"] + 4 * 151936 * 4096 - 1  # lm_head's fp32 grad
+
+
+def test_checkpointing_chunked_loss_and_sharding_shrink_what_they_should():
+    base = _job(train={"per_device_batch_size": 4})
+    ckpt = _job(train={"per_device_batch_size": 4, "gradient_checkpointing": True})
+    standard = _job(train={"per_device_batch_size": 4, "loss": "standard"})
+    assert estimate(ckpt).parts["activations"] < estimate(base).parts["activations"] / 5
+    # Full logits of 8,192 tokens × 151,936 in bf16 plus three fp32 copies: 15.8 GiB; one chunk instead: < 1 GiB.
+    assert estimate(standard).parts["logits / loss"] / GIB == pytest.approx(8192 * 151936 * 14 / GIB, rel=1e-6)
+    assert estimate(base).parts["logits / loss"] < GIB
+    full = {"method": {"type": "full"}}
+    ddp = estimate(_job(**full, distributed={"nproc": 4}))
+    zero3 = estimate(_job(**full, distributed={"nproc": 4, "strategy": "deepspeed", "deepspeed": "zero3"}))
+    offload = estimate(_job(**full, distributed={"nproc": 4, "strategy": "deepspeed", "deepspeed": "zero3_offload"}))
+    assert zero3.parts["weights"] < ddp.parts["weights"] / 3
+    assert offload.parts["optimizer state"] == 0 and offload.offloaded > zero3.parts["optimizer state"]
+
+
+def test_verdict_says_what_to_change():
+    from tuneforge.estimate.report import fit, verdict
+
+    job = _job(train={"per_device_batch_size": 8, "loss": "standard"})
+    line = verdict(job, 24)
+    assert line.startswith("does not fit on 24 GB") and "train.loss=chunked" in line
+    changes = fit(job, 24 * GIB)
+    assert changes is not None and changes[0] == "train.loss=chunked"
+    assert verdict(_job(method={"type": "qlora"}, train={"gradient_checkpointing": True}), 80).startswith(
+        "fits on 80 GB"
+    )
+
+
+def tuneforge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=600,
+    )
+
+
+def test_estimate_from_flags_alone(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(
+        '{"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288, '
+        '"num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128}'
+    )
+    result = tuneforge(
+        "estimate",
+        "--model",
+        str(model),
+        "--method",
+        "qlora",
+        "--max-length",
+        "2048",
+        "--batch",
+        "2",
+        "--gradient-checkpointing",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "nf4 + double quant" in result.stderr
+    verdicts = [line for line in result.stderr.splitlines() if line.startswith(("24 GB:", "48 GB:", "80 GB:"))]
+    assert [v.split(":")[0] for v in verdicts] == ["24 GB", "48 GB", "80 GB"]
+    assert all("fits on" in v for v in verdicts)
+
+
+@needs_assets
+def test_train_preflight_refuses_a_run_that_cannot_fit_in_one_line(tmp_path, tiny_qwen3_dir):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(_raw(tmp_path, tiny_qwen3_dir, {"max_length": 128}, {"max_steps": 2})))
+    result = tuneforge("train", str(config), env={"TUNEFORGE_DEVICE_MEMORY_GB": "0.01"})
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pre-flight" in errors[0] and "TUNEFORGE_DEVICE_MEMORY_GB=0.01" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing started
+    steps = [line for line in result.stderr.splitlines() if line.startswith("steps:")]
+    assert len(steps) == 1 and "2 in total" in steps[0]
+
+
+def test_env_reports_versions_and_offline_problems(tmp_path):
+    result = tuneforge("env", "--offline-check", "--model", str(tmp_path), env={"HF_HUB_OFFLINE": "0"})
+    assert result.returncode == 1
+    from tuneforge.env import PACKAGES, versions
+
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in result.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert {name: rows[name] for name in PACKAGES} == versions()  # "not installed" where absent
+    assert versions()["transformers"] == importlib.metadata.version("transformers")
+    problems = [line for line in result.stderr.splitlines() if line.startswith("problem:")]
+    assert any("HF_HUB_OFFLINE is not set" in p for p in problems)
+    assert any("no config.json" in p for p in problems)
