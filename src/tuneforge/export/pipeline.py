@@ -66,8 +66,8 @@ def export_run(
     unknown = sorted(set(to) - set(TARGETS))
     if unknown or not to:
         raise UserError(f"--to {','.join(to)}: expected a comma-separated list of {', '.join(TARGETS)}")
-    check_gguf_type(qtype)
     rundir = Run.open(run)
+    check_gguf_type(qtype)
     full = rundir.model.is_dir() and not rundir.adapter.is_dir()
     if not full:
         run_sources(rundir)  # one line when there is no adapter
