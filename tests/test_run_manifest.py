@@ -206,3 +206,17 @@ def test_a_changed_adapter_or_other_options_rebuild_merged_and_gguf(old_run, tin
 
     same = runner.invoke(app, ["export", "--run", str(old_run), "--to", "gguf", "--type", "f32"])
     assert "old-f32.gguf already exists; pass --force to replace it (it is up to date" in error_line(same)
+
+
+def test_python_m_tuneforge_train_needs_no_cli_layer(tmp_path):
+    import subprocess
+
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['tuneforge.train', 'missing.yaml']\n"
+        "try:\n    runpy.run_module('tuneforge.train', run_name='__main__')\n"
+        "except SystemExit as exc:\n    print('typer' in sys.modules, 'tuneforge.cli' in sys.modules, exc.code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.stdout == "False False 2\n", result.stderr
+    assert result.stderr == "error: missing.yaml: config file not found\n"

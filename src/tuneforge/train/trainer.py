@@ -11,7 +11,7 @@ from typing import Any, Literal
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from tuneforge.data.render import IGNORE
+from tuneforge.constants import IGNORE
 from tuneforge.io import atomic_write_json, publish_dir
 from tuneforge.model.loss import LeanLoss
 
