@@ -395,18 +395,24 @@ def merge(
 ) -> None:
     """Merge a LoRA adapter into its base: a plain Hugging Face model for vLLM, GGUF export, anything."""
     from tuneforge.config import ModelConfig
-    from tuneforge.export.merge import merge_adapter, run_sources
+    from tuneforge.export.merge import merge_adapter
+    from tuneforge.export.pipeline import merge_run
+    from tuneforge.rundir import Run
 
     if run is not None and (model or adapter):
         raise UserError("merge: pass either --run RUN_DIR or --model BASE --adapter DIR, not both")
     if run is not None:
-        base, adapter = run_sources(run)
-        out = out or run / "merged"
+        report = merge_run(Run.open(run), out, dtype=dtype, onto=onto, force=force)
+        if report is None:  # RUN/merged is this very merge of the adapter as it is now
+            raise UserError(
+                f"{run / 'merged'} already exists; pass --force to replace it (it is up to date: made from the "
+                "adapter as it is now, with these --dtype and --onto)"
+            )
     elif model is None or adapter is None or out is None:
         raise UserError("merge: pass --run RUN_DIR, or --model BASE --adapter DIR --out DIR")
     else:
-        base = ModelConfig(name_or_path=model)
-    typer.echo(merge_adapter(base, adapter, out, dtype=dtype, force=force, onto=onto).summary())
+        report = merge_adapter(ModelConfig(name_or_path=model), adapter, out, dtype=dtype, force=force, onto=onto)
+    typer.echo(report.summary())
 
 
 @export_app.callback(invoke_without_command=True)
@@ -426,7 +432,8 @@ def export(
         raise UserError("export: pass --run RUN_DIR, or use `tuneforge export gguf` / `tuneforge export ollama`")
     from tuneforge.export.pipeline import export_run
 
-    result = export_run(run, [t.strip() for t in to.split(",") if t.strip()], type_, force=force, onto=onto)
+    targets = [t.strip() for t in to.split(",") if t.strip()]
+    result = export_run(run, targets, type_, force=force, onto=onto, log=typer.echo)
     typer.echo(result.merge.summary() if result.merge else f"using the model in {result.model}")
     typer.echo(f"wrote {result.gguf}")
     if result.ollama_create:

@@ -22,9 +22,9 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tuneforge.constants import IGNORE  # re-exported: data/ modules import it from here
 from tuneforge.data.conversation import Conversation
 
-IGNORE = -100
 Thinking = Literal["auto", "off", "keep_empty"]
 ReasoningStyle = Literal["field", "content", "prompt"]
 _PROBE_Q, _PROBE_A, _PROBE_R = "PROBE-QUESTION-7f3a", "PROBE-ANSWER-7f3a", "PROBE-REASONING-7f3a"
@@ -70,15 +70,17 @@ def _common_prefix(*texts: str) -> str:
 def _markers_for(tokenizer) -> TemplateMarkers:
     user = [{"role": "user", "content": _PROBE_Q}]
     base = _chat_text(tokenizer, user)
-    gen_on = _chat_text(tokenizer, user, add_generation_prompt=True, enable_thinking=True)[len(base):]
-    gen_off = _chat_text(tokenizer, user, add_generation_prompt=True, enable_thinking=False)[len(base):]
-    turn = _chat_text(tokenizer, user + [{"role": "assistant", "content": _PROBE_A}])[len(base):]
+    gen_on = _chat_text(tokenizer, user, add_generation_prompt=True, enable_thinking=True)[len(base) :]
+    gen_off = _chat_text(tokenizer, user, add_generation_prompt=True, enable_thinking=False)[len(base) :]
+    turn = _chat_text(tokenizer, user + [{"role": "assistant", "content": _PROBE_A}])[len(base) :]
     opening = turn[: turn.index(_PROBE_A)]
     header = _common_prefix(gen_on, gen_off, opening)
-    end = turn[turn.index(_PROBE_A) + len(_PROBE_A):].rstrip()
+    end = turn[turn.index(_PROBE_A) + len(_PROBE_A) :].rstrip()
     if not header or not end:
         raise ValueError("cannot find the assistant header and end-of-turn text in the chat template")
-    return TemplateMarkers(header, gen_off[len(header):], gen_on[len(header):], end, _reasoning_style(tokenizer, user))
+    return TemplateMarkers(
+        header, gen_off[len(header) :], gen_on[len(header) :], end, _reasoning_style(tokenizer, user)
+    )
 
 
 def template_markers(tokenizer) -> TemplateMarkers:
@@ -126,8 +128,9 @@ def completion(conv: Conversation, markers: TemplateMarkers) -> str:
     return text.removeprefix(markers.think_on) + markers.end
 
 
-def trained_spans(text: str, conv: Conversation, markers: TemplateMarkers, thinking: Thinking,
-                  last_turn_only: bool) -> list[tuple[int, int]]:
+def trained_spans(
+    text: str, conv: Conversation, markers: TemplateMarkers, thinking: Thinking, last_turn_only: bool
+) -> list[tuple[int, int]]:
     """Character spans of `text` that carry loss: each assistant turn's output through its end marker."""
     spans, cursor = [], 0
     assistants = [m for m in conv.messages if m.role == "assistant"]
@@ -137,8 +140,11 @@ def trained_spans(text: str, conv: Conversation, markers: TemplateMarkers, think
             raise ValueError("an assistant turn was not found in the rendered text")
         start += len(markers.header)
         has_reasoning = bool(message.reasoning) and thinking != "off"
-        if markers.think_off and not has_reasoning and thinking != "keep_empty" and text.startswith(
-            markers.think_off, start
+        if (
+            markers.think_off
+            and not has_reasoning
+            and thinking != "keep_empty"
+            and text.startswith(markers.think_off, start)
         ):
             start += len(markers.think_off)  # the empty think block is prompt, as at inference
         elif markers.think_on and text.startswith(markers.think_on, start):

@@ -389,14 +389,44 @@ def _lossless_type(tensors: dict[str, StoredTensor]) -> str:
     return {frozenset({"BF16"}): "bf16", frozenset({"F16"}): "f16"}.get(frozenset(dtypes), "f32")
 
 
+_NO_LLAMA_CPP = (
+    f"--type {', '.join(LLAMA_CPP_TYPES)} use llama.cpp's quantizer: pip install 'tuneforge[llamacpp]' "
+    f"(or export --type q8_0 / f16, which need nothing extra)"
+)
+
+
+def check_gguf_type(qtype: str) -> None:
+    """Fail, without importing anything heavy, where `qtype` is unknown or needs llama.cpp and it is missing."""
+    import importlib.util
+
+    if qtype not in GGUF_TYPES:
+        raise UserError(f"--type {qtype}: expected one of {', '.join(GGUF_TYPES)}")
+    if qtype in LLAMA_CPP_TYPES and importlib.util.find_spec("llama_cpp") is None:
+        raise UserError(_NO_LLAMA_CPP)
+
+
+def check_architecture(model_dir: Path) -> None:
+    """Fail where the model in `model_dir` (its config.json) cannot be converted to GGUF."""
+    _read_config(model_dir)
+
+
+def gguf_bytes(model_dir: Path, qtype: str) -> int:
+    """About the disk space writing the `qtype` GGUF of `model_dir` takes (k-quants: with their lossless input)."""
+    weights = sum(math.prod(t.shape) for t in _index_safetensors(model_dir).values())
+    if qtype in DIRECT_TYPES:
+        return int(weights * _BYTES_PER_WEIGHT[qtype])
+    return int(weights * (_BYTES_PER_WEIGHT["q6_k"] + _BYTES_PER_WEIGHT["f32"]))  # the intermediate may be f32
+
+
+# Storage per weight of each type (q8_0: 34 bytes per 32 weights; q6_k, the largest k-quant: 210 per 256).
+_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q6_k": 210 / 256}
+
+
 def _llama_cpp_quantizer() -> Callable[[Path, Path, gguf.LlamaFileType], None]:
     try:
         import llama_cpp
     except ImportError:
-        raise UserError(
-            f"--type {', '.join(LLAMA_CPP_TYPES)} use llama.cpp's quantizer: pip install 'tuneforge[llamacpp]' "
-            f"(or export --type q8_0 / f16, which need nothing extra)"
-        ) from None
+        raise UserError(_NO_LLAMA_CPP) from None
 
     def quantize(source: Path, target: Path, file_type: gguf.LlamaFileType) -> None:
         params = llama_cpp.llama_model_quantize_default_params()

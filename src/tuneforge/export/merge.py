@@ -24,7 +24,7 @@ from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import UserError, unreadable
 from tuneforge.export import interrupt_as_user_error, refuse_existing
 from tuneforge.io import atomic_dir
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 
 if TYPE_CHECKING:
     import torch
@@ -74,14 +74,14 @@ class MergeReport:
         return head + ", ".join(f"--onto {onto} {diff:.3g}{written[onto]}" for onto, diff in self.diffs.items())
 
 
-def run_sources(run: Path) -> tuple[ModelConfig, Path]:
+def run_sources(run: Run | Path) -> tuple[ModelConfig, Path]:
     """The base model config and adapter folder of a LoRA run folder."""
-    rundir = RunDir(run)
-    if rundir.model.is_dir() and not rundir.adapter.is_dir():
-        raise UserError(f"{run} is a full fine-tune: {rundir.model} is already a complete model, nothing to merge")
-    if not (rundir.adapter / "adapter_config.json").is_file():
-        raise UserError(f"{run}: no adapter/adapter_config.json (has the run finished?)")
-    return rundir.base_model_config(), rundir.adapter
+    run = run if isinstance(run, Run) else Run.open(run)
+    if run.model.is_dir() and not run.adapter.is_dir():
+        raise UserError(f"{run.root} is a full fine-tune: {run.model} is already a complete model, nothing to merge")
+    if not (run.adapter / "adapter_config.json").is_file():
+        raise UserError(f"{run.root}: no adapter/adapter_config.json (has the run finished?)")
+    return run.base_model_config(), run.adapter
 
 
 def merge_adapter(
@@ -179,9 +179,9 @@ def _trained_quantization(adapter: Path, onto: str | None, log: Callable) -> Met
 
     A pre-quantized base needs no method: it loads quantized as saved, and that is found from its config.
     """
-    run = RunDir(adapter.parent)
-    if adapter.name == "adapter" and run.config.is_file():
-        method = run.load_config().method
+    run = Run(adapter.parent)
+    if adapter.name == "adapter" and run.config_file.is_file():
+        method = run.cfg.method
         return method if method.type == "qlora" else None
     if onto == "dequantized":
         default = MethodConfig(type="qlora")

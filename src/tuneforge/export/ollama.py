@@ -138,8 +138,13 @@ def _check_qwen3_template(gguf_file: Path) -> None:
     from tuneforge.export.gguf import read_metadata
 
     template = read_metadata(gguf_file, ["tokenizer.chat_template"]).get("tokenizer.chat_template", "")
-    if "<|im_start|>" not in template or "<think>" not in template:
+    check_qwen3_template(template, f"{gguf_file}: this GGUF's")
+
+
+def check_qwen3_template(template: str | None, whose: str) -> None:
+    """Fail where `template` (described by `whose`) is not a Qwen3 one, the only template a Modelfile gets."""
+    if not template or "<|im_start|>" not in template or "<think>" not in template:
         raise UserError(
-            f"{gguf_file}: export ollama writes Qwen3's chat template, and this GGUF's template is not a "
-            f"Qwen3 one (no <|im_start|> / <think>)"
+            f"{whose} chat template is not a Qwen3 one (no <|im_start|> / <think>), and export ollama writes "
+            "Qwen3's; export with --to gguf only"
         )

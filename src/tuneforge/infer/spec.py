@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tuneforge.config import ModelConfig
 from tuneforge.errors import UserError
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 
 
 @dataclass(frozen=True)
@@ -62,11 +62,10 @@ def resolve_spec(
             raise UserError("give the model to load: --model DIR_OR_HUB_ID, or --run RUN_DIR")
         base = ModelConfig(name_or_path=model)
         return _checked(ModelSpec(served_name or model, base, base, adapters))
-    rundir = RunDir(Path(run))
-    config = rundir.load_config().model
+    rundir = Run.open(run)
     base = ModelConfig(name_or_path=model) if model else rundir.base_model_config()
-    base_name = model or config.name_or_path
-    run_name = rundir.root.resolve().name
+    base_name = model or rundir.cfg.model.name_or_path
+    run_name = rundir.name
     if rundir.adapter.is_dir():
         adapter = _adapter_dir(rundir.adapter, f"--run {run}")
         tokenizer = ModelConfig(name_or_path=str(adapter)) if (adapter / "tokenizer_config.json").is_file() else base

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tuneforge.data.render import IGNORE
+from tuneforge.constants import IGNORE
 
 
 def chunk_tokens(vocab: int) -> int:

@@ -14,13 +14,13 @@ from transformers import TrainerCallback
 
 from tuneforge.errors import UserError
 from tuneforge.io import atomic_write_bytes, atomic_write_text
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 
 
 class MetricsCallback(TrainerCallback):
     """Appends every log entry to RUN/metrics.jsonl (rank 0); on resume, drops entries after the checkpoint."""
 
-    def __init__(self, run: RunDir, resume: str | None) -> None:
+    def __init__(self, run: Run, resume: str | None) -> None:
         self.run = run
         self.resume = resume
 
@@ -91,7 +91,7 @@ class StopOnSignal(TrainerCallback):
         return int(flag.item()) or None
 
 
-def logged_lines(run: RunDir) -> list[str]:
+def logged_lines(run: Run) -> list[str]:
     """The lines of RUN/metrics.jsonl; a torn last line (the run was killed while appending it) is dropped."""
     lines = run.metrics.read_text(encoding="utf-8", errors="replace").splitlines()
     for number, line in enumerate(lines, 1):
@@ -136,7 +136,7 @@ class ProgressBarCallback(TrainerCallback):
             self.bar.close()
 
 
-def plot_loss(run: RunDir) -> None:
+def plot_loss(run: Run) -> None:
     """Draw RUN/loss.png from RUN/metrics.jsonl (train and validation loss against step)."""
     import matplotlib
 

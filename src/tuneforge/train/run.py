@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -17,14 +16,14 @@ from tuneforge.config import Config, save_config
 from tuneforge.errors import Interrupted, UserError
 from tuneforge.io import atomic_dir, atomic_write_json, check_writable
 from tuneforge.model.adapters import check_method
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
 from tuneforge.train.scratch import own_run_folder
 from tuneforge.train.trainer import SFTTrainer
 
 
-def resolve_resume(cfg: Config, run: RunDir) -> str | None:
+def resolve_resume(cfg: Config, run: Run) -> str | None:
     """The checkpoint to resume from: the newest one for `auto`, a given path, or None."""
     resume = cfg.train.resume
     if resume is None:
@@ -37,7 +36,7 @@ def resolve_resume(cfg: Config, run: RunDir) -> str | None:
     return resume
 
 
-def check_finished(cfg: Config, run: RunDir) -> None:
+def check_finished(cfg: Config, run: Run) -> None:
     """Refuse to resume a run that wrote its summary, unless the config asks for more steps or epochs than it ran."""
     if not run.summary.is_file():
         return
@@ -80,7 +79,7 @@ def check_resume_config(cfg: Config, resume: str) -> None:
         )
 
 
-def check_run_dir(cfg: Config, run: RunDir, resume: str | None) -> None:
+def check_run_dir(cfg: Config, run: Run, resume: str | None) -> None:
     """Refuse to overwrite a finished run or to silently restart over existing checkpoints."""
     check_writable(run.root, "output.dir", folder=True)
     finished = run.adapter.exists() or run.model.exists()
@@ -88,8 +87,7 @@ def check_run_dir(cfg: Config, run: RunDir, resume: str | None) -> None:
         check_finished(cfg, run)
     if resume or cfg.output.overwrite:
         if cfg.output.overwrite and not resume:
-            for path in (run.checkpoints, run.adapter, run.model, run.base, run.metrics):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            run.clear()  # merged/, gguf/, ollama/ too: nothing made from the old run survives it
         return
     if finished or run.latest_checkpoint():
         raise UserError(
@@ -98,7 +96,7 @@ def check_run_dir(cfg: Config, run: RunDir, resume: str | None) -> None:
         )
 
 
-def setup_tracker(cfg: Config, run: RunDir) -> None:
+def setup_tracker(cfg: Config, run: Run) -> None:
     """Check the chosen tracker is installed; TensorBoard logs go under RUN/logs."""
     import importlib.util
     import os
@@ -152,7 +150,7 @@ def check_hardware(cfg: Config) -> None:
         raise UserError("\n".join(problems))
 
 
-def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
+def training_arguments(cfg: Config, run: Run, has_eval: bool):
     """transformers TrainingArguments from the config (the only place they are built)."""
     import torch
     from transformers import TrainingArguments
@@ -208,7 +206,7 @@ def training_arguments(cfg: Config, run: RunDir, has_eval: bool):
     )
 
 
-def _save_final(trainer, cfg: Config, run: RunDir, tokenizer) -> Path:
+def _save_final(trainer, cfg: Config, run: Run, tokenizer) -> Path:
     target = run.adapter if cfg.method.type != "full" else run.model
     if not trainer.is_world_process_zero():
         trainer.save_model(str(target))  # joins the ZeRO-3 / FSDP weight gathering; writes nothing here
@@ -219,7 +217,7 @@ def _save_final(trainer, cfg: Config, run: RunDir, tokenizer) -> Path:
     return target
 
 
-def _start(cfg: Config, run: RunDir, procs: Processes, log: Callable[..., None]) -> str | None:
+def _start(cfg: Config, run: Run, procs: Processes, log: Callable[..., None]) -> str | None:
     """Checks before any work; all processes agree on config and resume point, or all stop. Returns the resume point."""
     resume, problem = None, None
     if procs.is_main:
@@ -239,11 +237,11 @@ def _start(cfg: Config, run: RunDir, procs: Processes, log: Callable[..., None])
     agree(cfg, procs, resume, problem)
     if procs.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run.config)
+        save_config(cfg, run.config_file)
     return resume
 
 
-def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
+def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
     """Run one training job from a validated config; returns the run folder."""
     from transformers import PrinterCallback, set_seed
 
@@ -255,11 +253,13 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
 
     procs = Processes.from_env()
     init_processes(cfg.distributed, procs)
-    run = RunDir(Path(cfg.output.dir))
+    run = Run(Path(cfg.output.dir))
     resume = _start(cfg, run, procs, log)
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
+    if procs.is_main:
+        run.start(cfg, tokenizer.chat_template)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
         data = prepare(cfg.data, tokenizer, log)
     # Past node_first's barrier rank 0 has written config.yaml: a process that cannot see it is on another node
@@ -313,6 +313,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> RunDir:
             "compile": cfg.train.compile,
         }
         atomic_write_json(run.summary, summary)
+        run.record(target.name, target, made_from={"config": cfg.fingerprint(), "steps": step})
         plot_loss(run)
         wall = summary["wall_time_s"]
         log(f"done: {target} ({summary['steps']} steps, {wall:.0f} s, {summary['tokens_per_s']:.0f} tokens/s)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 
 
 class DiscardCheckpoints(TrainerCallback):
@@ -22,7 +22,7 @@ class DiscardCheckpoints(TrainerCallback):
 
 
 @contextmanager
-def own_run_folder(run: RunDir) -> Iterator[tuple[RunDir, list[TrainerCallback]]]:
+def own_run_folder(run: Run) -> Iterator[tuple[Run, list[TrainerCallback]]]:
     """Where this process writes what it must write itself (random base, its share of checkpoints), and callbacks.
 
     That is the run folder, unless this process cannot see rank 0's run folder (another node without shared
@@ -34,6 +34,6 @@ def own_run_folder(run: RunDir) -> Iterator[tuple[RunDir, list[TrainerCallback]]
         return
     scratch = Path(tempfile.mkdtemp(prefix="tuneforge-node-"))
     try:
-        yield RunDir(scratch), [DiscardCheckpoints()]
+        yield Run(scratch), [DiscardCheckpoints()]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from tuneforge.data.render import IGNORE
+from tuneforge.constants import IGNORE
 from tuneforge.io import atomic_write_json, publish_dir
 from tuneforge.model.loss import LeanLoss
 
@@ -105,7 +105,7 @@ class SFTTrainer(Trainer):
         """The stock checkpoint, written under a staging folder and renamed once every process has written its share.
 
         A kill at any moment leaves either the complete checkpoint-N or a `.checkpoint-N.staging.tmp` folder, which
-        the next start removes (RunDir.clear_interrupted_writes): `resume: auto` never sees a partial checkpoint.
+        the next start removes (Run.clear_interrupted_writes): `resume: auto` never sees a partial checkpoint.
         """
         run_dir = Path(super()._get_output_dir(trial))
         final = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
