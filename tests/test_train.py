@@ -46,6 +46,8 @@ def identity_config(model_dir, out, **sections):
     }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
+    if raw["method"]["type"] == "full":  # LoRA keys under type: full are a config error
+        raw["method"] = {key: value for key, value in raw["method"].items() if key not in ("rank", "alpha", "dropout")}
     return validate(raw)
 
 
