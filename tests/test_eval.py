@@ -125,7 +125,7 @@ tasks:
     assert [s["id"] for s in by_task["cmmlu"]] == ["agronomy/0", "anatomy/0", "ancient_chinese/0"]
     assert [s["id"] for s in by_task["mmlu"]] == ["abstract_algebra/0", "anatomy/0", "astronomy/0"]
     assert by_task["mmlu"][0]["gold"] == "B" and by_task["mmlu"][0]["pred"] in "ABCD"
-    assert by_task["mmlu"][0]["choices"] == ["0", "1", "2", "3"]
+    assert by_task["mmlu"][0]["choices"] == ["0", "4", "2", "6"]
     # One dev example as a previous turn, then the question.
     assert by_task["cmmlu"][0]["prompt"].count("以下是关于agronomy的单项选择题") == 2
     assert [s["gold"] for s in by_task["gsm8k"]] == ["18", "3", "70000"]
