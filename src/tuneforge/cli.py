@@ -370,6 +370,46 @@ def serve(
     launch(spec, engine=engine, options=options, dry_run=dry_run)
 
 
+@app.command("eval")
+@user_errors
+def eval_command(
+    run: Annotated[Path | None, typer.Option(help="A run folder: its fine-tuned model vs its base.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model folder or hub id (the baseline with --adapter).")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder on --model (the fine-tuned one).")] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated shipped tasks, e.g. self-cognition,cmmlu-200.")
+    ] = None,
+    suite: Annotated[
+        str | None, typer.Option(help="Suite YAML file or shipped suite name [default: self-cognition].")
+    ] = None,
+    baseline: Annotated[
+        str, typer.Option(help="base: also evaluate the base model; none: only the fine-tuned.")
+    ] = "base",
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N items per task.")] = None,
+    think: Annotated[
+        bool | None, typer.Option("--think/--no-think", help="Qwen3 thinking mode for generation.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Report folder [default: RUN/eval/<suite>].")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Benchmark files of shipped suites [default: .].")] = None,
+) -> None:
+    """Evaluate the fine-tuned model and its baseline on the same prompts; report in RUN/eval/<suite>/."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuneforge.eval.report import HEADER, table_rows
+    from tuneforge.eval.run import EvalRequest, evaluate
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    request = EvalRequest(run, model, adapter, names, suite, baseline, limit, think, out, data_dir)
+    result = evaluate(request, log=_console().print)
+    table = Table(title=f"eval: {result.out}")
+    for column in HEADER:
+        table.add_column(column)
+    for row in table_rows(result.results):
+        table.add_row(*row)
+    Console(highlight=False).print(table)
+
+
 # --- merge and export (export/) -----------------------------------------------------------------------------
 
 export_app = typer.Typer(help="Export a model: GGUF for llama.cpp / LM Studio, a Modelfile for Ollama.")

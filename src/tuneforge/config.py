@@ -257,10 +257,11 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(current.model_fields) if isinstance(current, type) else []
 
 
-def _describe(err: dict[str, Any], source: str) -> str:
+def _describe(err: dict[str, Any], source: str, root: type[BaseModel] | None = None) -> str:
+    """One line for a pydantic error of a `root` (default Config) document read from `source`."""
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(err["loc"][-1]), _valid_keys(Config, err["loc"]), n=1)
+        close = difflib.get_close_matches(str(err["loc"][-1]), _valid_keys(root or Config, err["loc"]), n=1)
         hint = f"; did you mean '{'.'.join(str(p) for p in err['loc'][:-1] + (close[0],))}'?" if close else ""
         return f"{source}: unknown key '{key}'{hint}"
     if err["type"] == "missing":
@@ -276,7 +277,12 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise UserError("\n".join(_describe(e, source) for e in exc.errors())) from None
+        raise UserError(describe_validation(exc, source)) from None
+
+
+def describe_validation(exc: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """Every problem of a failed validation of a `root` (default Config) document, one line each."""
+    return "\n".join(_describe(e, source, root) for e in exc.errors())
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -311,25 +311,34 @@ class Engine:
         max_batch_tokens: int | None = None,
     ) -> list[list[float]]:
         """Per-token log-probabilities of each continuation after its raw-text prompt (batched as generate_batch)."""
+        if len(prompts) != len(continuations):
+            raise UserError(f"score: {len(prompts)} prompts but {len(continuations)} continuations")
+        pairs = [
+            (self.tokenizer(prompt)["input_ids"], self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
+            for prompt, continuation in zip(prompts, continuations)
+        ]
+        return self.score_ids(pairs, model=model, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
+
+    def score_ids(
+        self,
+        pairs: Sequence[tuple[list[int], list[int]]],
+        *,
+        model: str | None = None,
+        max_batch_size: int = 8,
+        max_batch_tokens: int | None = None,
+    ) -> list[list[float]]:
+        """As `score`, on token ids: for text tokenized as training does (eval's held-out loss uses it)."""
         model = self.names[-1] if model is None else model
         if model not in self.models:
             raise UserError(f"model '{model}' is not served here; choose one of: {', '.join(self.names)}")
         if self.scorer is None:
             raise UserError("this engine has no model weights to score with (its tokens come from a script)")
-        if len(prompts) != len(continuations):
-            raise UserError(f"score: {len(prompts)} prompts but {len(continuations)} continuations")
-        pairs = []
-        for i, (prompt, continuation) in enumerate(zip(prompts, continuations)):
-            ids = (
-                self.tokenizer(prompt)["input_ids"],
-                self.tokenizer(continuation, add_special_tokens=False)["input_ids"],
-            )
-            if not ids[0] or not ids[1] or len(ids[0]) + len(ids[1]) > self.max_model_len:
+        for i, (prompt, continuation) in enumerate(pairs):
+            if not prompt or not continuation or len(prompt) + len(continuation) > self.max_model_len:
                 raise UserError(
-                    f"score: pair {i} has {len(ids[0])} prompt and {len(ids[1])} continuation tokens; both must be "
-                    f"non-empty and together fit the context of {self.max_model_len} tokens"
+                    f"score: pair {i} has {len(prompt)} prompt and {len(continuation)} continuation tokens; both "
+                    f"must be non-empty and together fit the context of {self.max_model_len} tokens"
                 )
-            pairs.append(ids)
         sizes = [len(p) + len(c) for p, c in pairs]
         return _batched(
             sizes, lambda batch: self.scorer([pairs[i] for i in batch], model), max_batch_size, max_batch_tokens

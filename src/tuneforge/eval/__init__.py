@@ -1,0 +1,1 @@
+"""`tuneforge eval`: baseline vs fine-tuned on the same prompts with the same decoding (see docs/eval.md)."""
