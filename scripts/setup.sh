@@ -18,7 +18,7 @@ case "$PROFILE" in
   latest) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard]" VENV=.venv-latest LOCK=(--upgrade --upgrade-strategy eager) ;;
   *) echo "scripts/setup.sh: unknown profile '$PROFILE'; use demo, test or latest" >&2; exit 2 ;;
 esac
-say() { echo "setup ($PROFILE): $*"; }
+say() { echo "setup ($PROFILE, ${SECONDS}s): $*"; }
 
 stamp="$VENV/.tuneforge-setup-$PROFILE"
 fingerprint=$(cat constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)
