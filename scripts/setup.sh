@@ -38,7 +38,7 @@ PIP=(pip install -q --no-compile "${LOCK[@]}")
 say "installing torch 2.13.0 (CPU build), about 1 min"
 "${PIP[@]}" "torch==2.13.0"
 if [ -n "$EXTRAS" ] && ! python -c "import llama_cpp" 2>/dev/null; then
-  say "installing tuneforge$EXTRAS and building llama-cpp-python from source, about 8 min on 2 cores"
+  say "installing tuneforge$EXTRAS and building llama-cpp-python from source, about 6 min on 2 cores"
 else
   say "installing tuneforge$EXTRAS and its libraries, about 1 min"
 fi
