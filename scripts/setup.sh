@@ -35,12 +35,12 @@ fi
 PIP=(pip install -q --no-compile "${LOCK[@]}")
 "${PIP[@]}" --upgrade pip
 # The CPU build of torch first: a bare `torch` requirement can pull GBs of CUDA wheels.
-say "installing torch 2.13.0 (CPU build), about 1 min"
+say "installing torch 2.13.0 (CPU build), 1-2 min"
 "${PIP[@]}" "torch==2.13.0"
 if [ -n "$EXTRAS" ] && ! python -c "import llama_cpp" 2>/dev/null; then
   say "installing tuneforge$EXTRAS and building llama-cpp-python from source, about 6 min on 2 cores"
 else
-  say "installing tuneforge$EXTRAS and its libraries, about 1 min"
+  say "installing tuneforge$EXTRAS and its libraries, 1-3 min"
 fi
 # torch is named again so that `latest` keeps 2.13.0 while upgrading everything else.
 "${PIP[@]}" "torch==2.13.0" -e ".$EXTRAS"
