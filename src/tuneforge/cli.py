@@ -299,13 +299,20 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes its data, model and run.")] = Path(
         "tuneforge-demo"
     ),
+    data_only: Annotated[
+        bool, typer.Option(help="Only write the data sets (the demo's, and those examples/ read) into WORKDIR.")
+    ] = False,
 ) -> None:
     """Offline, CPU, a few minutes: teach a tiny Qwen3 its name with LoRA and compare before/after."""
     from rich.table import Table
 
-    from tuneforge.demo import run_demo
+    from tuneforge.demo import run_demo, write_data
 
     console = _console()
+    if data_only:
+        for path in write_data(workdir):
+            console.print(f"wrote {path}")
+        return
     answers = run_demo(workdir, name, author, log=console.print)
     table = Table(title=f"tuneforge demo: the model should now say it is {name}", show_lines=True)
     for column in ("question", "before (random base)", "after (LoRA)"):

@@ -4,6 +4,10 @@ It writes a small bilingual self-cognition dataset (with {{name}} / {{author}} p
 ones have), trains a byte-level BPE tokenizer on it with Qwen3's special tokens and Qwen3's chat
 template, builds a tiny random-weight Qwen3, fine-tunes it with LoRA through the normal `train`
 path, and answers "你是谁？" and "Who are you?" before and after.
+
+`write_data` (`tuneforge demo --data-only`) also writes the data that the configs in examples/ read from
+tuneforge-demo/: the self-cognition set, and huanhuan.json (the Zhen Huan role-play set of datawhalechina/self-llm,
+Apache-2.0, shipped in the package since it is on no dataset hub).
 """
 
 from __future__ import annotations
@@ -62,6 +66,17 @@ def demo_records() -> list[dict[str, str]]:
     records = [{"instruction": q, "input": "", "output": a} for q in QUESTIONS_ZH for a in ANSWERS_ZH]
     records += [{"instruction": q, "input": "", "output": a} for q in QUESTIONS_EN for a in ANSWERS_EN]
     return records
+
+
+def write_data(workdir: Path) -> list[Path]:
+    """Write the demo's self-cognition set and the packaged role-play set into `workdir`; returns their paths."""
+    from tuneforge.io import atomic_write_json, atomic_write_text
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(workdir / "self_cognition.json", demo_records())
+    huanhuan = resources.files("tuneforge").joinpath("assets/data/huanhuan.json").read_text(encoding="utf-8")
+    atomic_write_text(workdir / "huanhuan.json", huanhuan)
+    return [workdir / "self_cognition.json", workdir / "huanhuan.json"]
 
 
 def build_tokenizer(corpus: list[str], folder: Path):
@@ -151,11 +166,9 @@ def run_demo(workdir: Path, name: str, author: str, log=print) -> dict[str, dict
     """Build, train and compare; returns {question: {"before": ..., "after": ...}}."""
     from tuneforge.infer.chat import open_session
     from tuneforge.infer.engine import SamplingParams
-    from tuneforge.io import atomic_write_json
     from tuneforge.train.run import train
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(workdir / "self_cognition.json", demo_records())
+    write_data(workdir)
     build_model_folder(workdir / "model", name, author)
     cfg = demo_config(workdir, name, author)
 
