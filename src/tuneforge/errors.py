@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can fix."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 
 class UserError(Exception):
@@ -28,3 +28,14 @@ def unreadable(path: object, what: str, fix: str, *errors: type[BaseException]) 
     except errors as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"{path}: not a valid {what} ({reason}); {fix}") from None
+
+
+def problems_of(checks: Iterable[Callable[[], object]]) -> list[str]:
+    """Run every check and return the message of each one that raised UserError (so all are reported at once)."""
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except UserError as exc:
+            problems.append(str(exc))
+    return problems

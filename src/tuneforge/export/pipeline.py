@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import UserError
+from tuneforge.errors import UserError, problems_of
 from tuneforge.export import refuse_existing
 from tuneforge.export.merge import MergeReport, merge_adapter, run_sources
 from tuneforge.rundir import Run, fingerprint
@@ -117,12 +117,7 @@ def check_requirements(run: Run, full: bool, qtype: str, ollama: bool, merge: bo
         checks.append(lambda: check_architecture(source))
     if ollama:
         checks.append(lambda: check_qwen3_template(run.chat_template(), f"--to ollama: the run's ({run.root})"))
-    problems = []
-    for check in checks:
-        try:
-            check()
-        except UserError as exc:
-            problems.append(str(exc))
+    problems = problems_of(checks)
     if not problems and source is not None:
         needed = (gguf_bytes(source, "f32" if qtype == "f32" else "bf16") if merge else 0) + (
             gguf_bytes(source, qtype) if gguf else 0

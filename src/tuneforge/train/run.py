@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Config, save_config
-from tuneforge.errors import Interrupted, UserError
+from tuneforge.errors import Interrupted, UserError, problems_of
 from tuneforge.io import atomic_dir, atomic_write_json, check_writable
 from tuneforge.model.adapters import check_method
 from tuneforge.rundir import Run
@@ -140,13 +140,7 @@ def check_hardware(cfg: Config) -> None:
     ]
     if cfg.method.type == "qlora":
         checks.append(lambda: require_bitsandbytes("method.type: qlora"))
-    problems = []
-    for check in checks:
-        try:
-            check()
-        except UserError as exc:
-            problems.append(str(exc))
-    if problems:
+    if problems := problems_of(checks):
         raise UserError("\n".join(problems))
 
 
