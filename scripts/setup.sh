@@ -8,4 +8,4 @@ PYTHON=${PYTHON:-python3}
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q "torch==2.13.0"
-pip install -q -e ".[test,serve,qlora,llamacpp,deepspeed,tensorboard]"
+pip install -q -e ".[test,serve,qlora,llamacpp,deepspeed,tensorboard,preference]"

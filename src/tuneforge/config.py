@@ -120,24 +120,19 @@ class MethodConfig(Section):
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha / sqrt(rank).")
     use_dora: bool = Field(False, description="DoRA: train a magnitude vector beside the LoRA direction.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full beside LoRA.")
-    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+    objective: Literal["sft", "dpo"] = Field(
         "sft",
-        description="sft: next-token loss on conversations; dpo, orpo, simpo: preference pairs (chosen/rejected); "
-        "kto: answers labelled desirable or undesirable.",
+        description="sft: next-token loss on conversations; dpo: preference pairs (chosen/rejected answers).",
     )
     beta: float = Field(
-        0.1,
-        gt=0,
-        description="dpo, kto: strength of the pull towards the reference (0.1 recommended); orpo: weight of the "
-        "odds-ratio term (lambda, 0.1); simpo: reward scale (2.0-2.5 recommended).",
+        0.1, gt=0, description="dpo: strength of the pull towards the reference model (0.1 recommended)."
     )
     dpo_loss: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down"] = Field(
         "sigmoid", description="dpo: TRL's loss_type; sigmoid is the DPO paper's loss."
     )
-    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin gamma / beta (0.5 recommended).")
     reference: Literal["model", "precomputed"] = Field(
         "model",
-        description="dpo, kto: model: reference log-probs each step (LoRA: the adapter disabled, no copy; full: a "
+        description="dpo: model: reference log-probs each step (LoRA: the adapter disabled, no copy; full: a "
         "frozen copy); precomputed: computed once before training, no reference in memory while training.",
     )
 
@@ -237,14 +232,11 @@ QUANT_KEYS = ("bits", "quant_type", "double_quant", "quant_storage")
 OBJECTIVE_KEYS = {
     "sft": (),
     "dpo": ("beta", "dpo_loss", "reference"),
-    "orpo": ("beta",),
-    "simpo": ("beta", "simpo_gamma"),
-    "kto": ("beta", "reference"),
 }
 
 
 def _objective_key_problems(method: MethodConfig) -> list[str]:
-    """Preference keys set for an objective that ignores them (beta under sft, a DPO loss under kto, ...)."""
+    """Preference keys set for an objective that ignores them (beta under sft)."""
     defaults = MethodConfig()
     read = OBJECTIVE_KEYS[method.objective]
     keys = [k for k in sorted({k for ks in OBJECTIVE_KEYS.values() for k in ks}) if k not in read]

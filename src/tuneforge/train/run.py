@@ -130,6 +130,14 @@ def check_optimizer(name: str) -> None:
         )
 
 
+def require_trl(what: str) -> None:
+    """Fail, with the install command, where a preference objective needs TRL and it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        raise UserError(f"{what} trains through TRL, which is not installed: pip install 'tuneforge[preference]'")
+
+
 def check_hardware(cfg: Config) -> None:
     """Fail before any work where dtype, attention, optimizer or quantization cannot run here (all problems at once)."""
     from tuneforge.model.load import pick_attn, pick_dtype
@@ -142,6 +150,8 @@ def check_hardware(cfg: Config) -> None:
     ]
     if cfg.method.type == "qlora":
         checks.append(lambda: require_bitsandbytes("method.type: qlora"))
+    if cfg.method.objective != "sft":
+        checks.append(lambda: require_trl(f"method.objective: {cfg.method.objective}"))
     problems = []
     for check in checks:
         try:
