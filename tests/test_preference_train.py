@@ -49,7 +49,7 @@ def test_dpo_rewards_rise_and_held_out_chosen_gains_on_rejected(tiny_qwen3_dir, 
     steps = [e for e in entries if "rewards/margins" in e]
     assert [e["step"] for e in steps] == [2, 4, 6, 8]
     first, last = steps[0], steps[-1]
-    assert last["rewards/margins"] > first["rewards/margins"] + 0.5
+    assert last["rewards/margins"] > first["rewards/margins"] + 0.2
     assert last["rewards/accuracies"] > first["rewards/accuracies"]
     assert last["loss"] < first["loss"]
     # Held-out pairs: the chosen answers' log-prob rose relative to the rejected ones (against the reference, which
