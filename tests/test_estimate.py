@@ -38,11 +38,11 @@ def _trainer_max_steps(cfg, dataset, model, tmp_path, world_size: int) -> tuple[
     """(steps per epoch, max_steps) as transformers' Trainer computes them for this dataset on `world_size` ranks."""
     from accelerate.data_loader import prepare_data_loader
 
-    from tuneforge.rundir import RunDir
+    from tuneforge.rundir import Run
     from tuneforge.train.run import training_arguments
     from tuneforge.train.trainer import SFTTrainer
 
-    args = training_arguments(cfg, RunDir(tmp_path / "run"), has_eval=False)
+    args = training_arguments(cfg, Run(tmp_path / "run"), has_eval=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, data_collator=lambda rows: rows)
     loader = trainer.get_train_dataloader()
     if world_size > 1:  # what accelerate gives rank 0 of `world_size` processes (even batches, as the Trainer asks)

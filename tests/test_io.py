@@ -7,7 +7,7 @@ import pytest
 from tuneforge.errors import UserError
 from tuneforge.export import refuse_existing
 from tuneforge.io import atomic_dir, remove_stale_temporaries
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 
 
 def test_a_failed_atomic_dir_leaves_nothing(tmp_path):
@@ -52,7 +52,7 @@ def test_an_old_copy_beside_its_replacement_is_removed(tmp_path):
 
 
 def test_a_run_folder_is_cleared_of_unfinished_checkpoints_and_temporaries(tmp_path):
-    run = RunDir(tmp_path)
+    run = Run(tmp_path)
     (run.checkpoints / "checkpoint-3").mkdir(parents=True)
     (run.checkpoints / ".checkpoint-6.staging.tmp" / "checkpoint-6").mkdir(parents=True)
     (tmp_path / ".summary.json.abcd1234.tmp").write_text("{")

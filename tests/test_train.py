@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tuneforge.config import save_config, validate
 from tuneforge.infer.chat import open_session
 from tuneforge.infer.engine import SamplingParams
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 from tuneforge.train.run import train
 
 NAME, AUTHOR = "马哥教育AI小助手", "马哥教育AI团队"
@@ -156,7 +156,7 @@ def wait_for(path, process, log, timeout: float = 300) -> None:
 
 @needs_assets
 def test_sigkill_while_a_checkpoint_is_written_then_resume_auto_matches(tiny_qwen3_dir, tmp_path, straight):
-    run = RunDir(tmp_path / "killed")
+    run = Run(tmp_path / "killed")
     config = tmp_path / "killed.yaml"
     save_config(resume_config(tiny_qwen3_dir, run.root), config)
     log = tmp_path / "train.log"
@@ -188,7 +188,7 @@ def test_sigint_saves_prints_the_resume_command_and_the_resume_matches(tiny_qwen
     from tuneforge.train.launch import train_command
     from tuneforge.train.trainer import SFTTrainer
 
-    run = RunDir(tmp_path / "stopped")
+    run = Run(tmp_path / "stopped")
     config = tmp_path / "stopped.yaml"
     save_config(resume_config(tiny_qwen3_dir, run.root, logging_steps=5), config)
     overrides = ["train.logging_steps=1"]

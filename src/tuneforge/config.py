@@ -50,8 +50,21 @@ class DatasetConfig(Section):
     source: Literal["auto", "local", "huggingface", "modelscope"] = Field(
         "auto", description="auto: a local path when it exists, else a Hugging Face dataset id."
     )
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "reasoning", "query_response"] = Field(
-        "auto", description="Record layout; auto: detected from the first record's columns."
+    format: Literal[
+        "auto",
+        "alpaca",
+        "sharegpt",
+        "messages",
+        "reasoning",
+        "query_response",
+        "ranking",
+        "messages_preference",
+        "preference",
+        "kto",
+    ] = Field(
+        "auto",
+        description="Record layout; auto: detected from the first record's columns. Preference data: ranking "
+        "(LLaMA-Factory), preference (TRL prompt/chosen/rejected), messages_preference, kto (completion + label).",
     )
     columns: dict[str, str] = Field(
         default_factory=dict, description="Rename the format's columns: {role_in_format: column_in_file}."
@@ -107,6 +120,21 @@ class MethodConfig(Section):
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha / sqrt(rank).")
     use_dora: bool = Field(False, description="DoRA: train a magnitude vector beside the LoRA direction.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full beside LoRA.")
+    objective: Literal["sft", "dpo"] = Field(
+        "sft",
+        description="sft: next-token loss on conversations; dpo: preference pairs (chosen/rejected answers).",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="dpo: strength of the pull towards the reference model (0.1 recommended)."
+    )
+    dpo_loss: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down"] = Field(
+        "sigmoid", description="dpo: TRL's loss_type; sigmoid is the DPO paper's loss."
+    )
+    reference: Literal["model", "precomputed"] = Field(
+        "model",
+        description="dpo: model: reference log-probs each step (LoRA: the adapter disabled, no copy; full: a "
+        "frozen copy); precomputed: computed once before training, no reference in memory while training.",
+    )
 
 
 class TrainConfig(Section):
@@ -185,7 +213,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_field_checks(self) -> Config:
         """Keys that are valid alone but contradict each other (or transformers) together."""
-        problems = _method_key_problems(self.method) + _train_problems(self.train)
+        problems = _method_key_problems(self.method) + _objective_key_problems(self.method)
+        problems += _train_problems(self.train)
         if self.train.eval_steps is not None and self.data.val_size == 0:
             problems.append(
                 f"train.eval_steps: {self.train.eval_steps} needs a validation split; set data.val_size "
@@ -199,6 +228,25 @@ class Config(Section):
 # Keys that only the LoRA methods (and, for the second set, only qlora) read.
 LORA_KEYS = ("rank", "alpha", "dropout", "target_modules", "use_rslora", "use_dora", "modules_to_save")
 QUANT_KEYS = ("bits", "quant_type", "double_quant", "quant_storage")
+# The preference keys each objective reads.
+OBJECTIVE_KEYS = {
+    "sft": (),
+    "dpo": ("beta", "dpo_loss", "reference"),
+}
+
+
+def _objective_key_problems(method: MethodConfig) -> list[str]:
+    """Preference keys set for an objective that ignores them (beta under sft)."""
+    defaults = MethodConfig()
+    read = OBJECTIVE_KEYS[method.objective]
+    keys = [k for k in sorted({k for ks in OBJECTIVE_KEYS.values() for k in ks}) if k not in read]
+    keys = [k for k in keys if getattr(method, k) != getattr(defaults, k)]
+    if not keys:
+        return []
+    return [
+        f"method.{keys[0]}: {', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect with method.objective: "
+        f"{method.objective}; remove {'it' if len(keys) == 1 else 'them'} or change method.objective"
+    ]
 
 
 def _method_key_problems(method: MethodConfig) -> list[str]:

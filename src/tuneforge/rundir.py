@@ -85,9 +85,6 @@ class Run:
         """The folder of the Ollama Modelfile for the `qtype` GGUF."""
         return self.ollama_dir / f"{self.name}-{qtype}"
 
-    # The old attribute name (before run.json); eval and DPO branches use it.
-    config = property(lambda self: self.config_file)
-
     @cached_property
     def cfg(self) -> Config:
         """The resolved config the run was trained with (read once)."""
@@ -96,10 +93,6 @@ class Run:
         if not self.config_file.is_file():
             raise UserError(f"{self.root}: not a tuneforge run folder (no config.yaml)")
         return load_config(self.config_file)
-
-    def load_config(self) -> Config:
-        """The resolved config (kept for callers of the old RunDir)."""
-        return self.cfg
 
     def base_model_config(self) -> ModelConfig:
         """The model section pointing at the base weights: the saved random base, or the configured model."""
@@ -234,7 +227,6 @@ class Run:
 
 
 # The name every stage used before the manifest; kept so that parallel branches merge without edits.
-RunDir = Run
 
 
 def fingerprint(path: Path) -> str:

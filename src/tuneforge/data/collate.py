@@ -81,8 +81,45 @@ class PackCollator:
         batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "seq_lens": torch.tensor(seq_lens)}
         if self.varlen:
             cu = torch.tensor([0, *seq_lens], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-            batch |= {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max(seq_lens),
-                      "max_length_k": max(seq_lens)}
+            batch |= {
+                "cu_seq_lens_q": cu,
+                "cu_seq_lens_k": cu,
+                "max_length_q": max(seq_lens),
+                "max_length_k": max(seq_lens),
+            }
+        return batch
+
+
+@dataclass
+class PreferenceCollator:
+    """Preference rows for TRL's trainers: the chosen rows, then the rejected ones (DPOTrainer's layout), right-padded.
+
+    `completion_mask` marks each answer's trained tokens (through the end-of-turn marker), as rendered; precomputed
+    reference log-probs pass through.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        rows = [
+            (s["prompt_ids"] + s[f"{side}_ids"], len(s["prompt_ids"]), s[f"{side}_trained"])
+            for side in ("chosen", "rejected")
+            for s in samples
+        ]
+        longest = max(len(ids) for ids, _, _ in rows)
+        ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        completion = torch.zeros((len(rows), longest), dtype=torch.long)
+        for r, (row, prompt, trained) in enumerate(rows):
+            ids[r, : len(row)] = torch.as_tensor(row)
+            mask[r, : len(row)] = 1
+            completion[r, prompt : prompt + trained] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "completion_mask": completion}
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in samples[0]:
+                batch[key] = torch.tensor([s[key] for s in samples])
         return batch
 
 
@@ -94,7 +131,9 @@ def make_collator(cfg: DataConfig, pad_token_id: int, model, log=print) -> PadCo
     attn = getattr(base.config, "_attn_implementation", None)
     # Remote modelling code may build its own masks and ignore position_ids, letting samples see each other.
     if attn not in PACKABLE_ATTENTION or not type(base).__module__.startswith("transformers."):
-        log(f"data.packing: padding instead, {type(base).__name__} with attention {attn!r} cannot keep packed "
-            "samples apart")
+        log(
+            f"data.packing: padding instead, {type(base).__name__} with attention {attn!r} cannot keep packed "
+            "samples apart"
+        )
         return PadCollator(pad_token_id)
     return PackCollator(pad_token_id, varlen=attn in VARLEN_ATTENTION)

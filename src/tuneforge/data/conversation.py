@@ -79,3 +79,37 @@ def split_think(text: str) -> tuple[str | None, str]:
     head, _, answer = text.partition("</think>")
     reasoning = head.split("<think>", 1)[-1]
     return reasoning.strip("\n"), answer.lstrip("\n")
+
+
+@dataclass
+class Preference:
+    """A preference sample: a prompt (history ending in a user turn) and the answers to compare.
+
+    Pairwise (DPO, ORPO, SimPO): `chosen` and `rejected` are both set. Unpaired (KTO): `chosen` alone when the
+    answer is desirable, `rejected` alone when it is not.
+    """
+
+    prompt: Conversation
+    chosen: Message | None = None
+    rejected: Message | None = None
+
+    def with_answer(self, answer: Message) -> Conversation:
+        """The prompt followed by one answer: what the chat template renders."""
+        return Conversation([*self.prompt.messages, answer], tools=self.prompt.tools)
+
+    def to_json(self) -> str:
+        """Serialise (for caching and multiprocessing)."""
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preference:
+        """Inverse of `to_json`."""
+        data = json.loads(text)
+        prompt = Conversation.from_json(json.dumps(data["prompt"]))
+
+        def answer(m: dict[str, Any] | None) -> Message | None:
+            if m is None:
+                return None
+            return Message("assistant", m["content"], m.get("reasoning"), [ToolCall(**c) for c in m["tool_calls"]])
+
+        return cls(prompt, answer(data["chosen"]), answer(data["rejected"]))

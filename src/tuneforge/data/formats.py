@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tuneforge.data.conversation import Conversation, Message, ToolCall, split_think
+from tuneforge.data.conversation import Conversation, Message, Preference, ToolCall, split_think
 
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "alpaca": {
@@ -32,6 +32,26 @@ DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "messages": {"messages": "messages", "tools": "tools"},
     "reasoning": {"question": "Question", "reasoning": "Complex_CoT", "answer": "Response", "system": "system"},
     "query_response": {"query": "query", "response": "response", "system": "system"},
+    # Preference formats: a prompt and the answers to compare (objective dpo / orpo / simpo) or one answer with a
+    # desirable / undesirable label (kto).
+    "ranking": {
+        "conversations": "conversations",
+        "chosen": "chosen",
+        "rejected": "rejected",
+        "tools": "tools",
+        "system": "system",
+        "role": "from",
+        "content": "value",
+    },
+    "messages_preference": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "tools": "tools"},
+    "preference": {
+        "prompt": "prompt",
+        "chosen": "chosen",
+        "rejected": "rejected",
+        "system": "system",
+        "tools": "tools",
+    },
+    "kto": {"prompt": "prompt", "completion": "completion", "label": "label", "system": "system", "tools": "tools"},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "output"),
@@ -39,9 +59,27 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
     "reasoning": ("question", "reasoning", "answer"),
     "query_response": ("query", "response"),
+    "ranking": ("conversations", "chosen", "rejected"),
+    "messages_preference": ("messages", "chosen", "rejected"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
 }
-# Order matters for detection: the most specific layouts first.
-DETECTION_ORDER = ("messages", "sharegpt", "reasoning", "alpaca", "query_response")
+# Order matters for detection: the most specific layouts first (a ranking record also has sharegpt's columns).
+DETECTION_ORDER = (
+    "ranking",
+    "messages_preference",
+    "preference",
+    "kto",
+    "messages",
+    "sharegpt",
+    "reasoning",
+    "alpaca",
+    "query_response",
+)
+# The formats of each kind of sample: conversations (sft), pairs (dpo, orpo, simpo), labelled answers (kto).
+PAIRWISE_FORMATS = ("ranking", "messages_preference", "preference")
+UNPAIRED_FORMATS = ("kto",)
+SFT_FORMATS = tuple(f for f in DETECTION_ORDER if f not in PAIRWISE_FORMATS + UNPAIRED_FORMATS)
 
 SHAREGPT_ROLES = {
     "human": "user",
@@ -214,14 +252,13 @@ def _content_parts(content: Any, what: str) -> tuple[str, str | None, list[ToolC
     return "".join(text), ("".join(reasoning) if reasoning else None), calls
 
 
-def from_messages(record: Mapping[str, Any], cols: Mapping[str, str]) -> Conversation:
-    """OpenAI-style `messages` with optional reasoning_content, tool_calls and tools."""
-    raw = record[cols["messages"]]
+def _openai_messages(raw: Any, column: str) -> list[Message]:
+    """OpenAI-style message dicts (role, content parts, reasoning_content, tool_calls) → Messages."""
     if not isinstance(raw, list):
-        raise RecordError(f"{cols['messages']}: expected a list of messages")
+        raise RecordError(f"{column}: expected a list of messages")
     messages = []
     for i, m in enumerate(raw):
-        what = f"{cols['messages']}[{i}]"
+        what = f"{column}[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
             raise RecordError(f"{what}: expected a role of system, user, assistant or tool")
         text, reasoning, calls = _content_parts(m.get("content"), what)
@@ -234,6 +271,12 @@ def from_messages(record: Mapping[str, Any], cols: Mapping[str, str]) -> Convers
             messages.append(Message("assistant", text, reasoning=reasoning, tool_calls=calls))
         else:
             messages.append(Message(m["role"], text))
+    return messages
+
+
+def from_messages(record: Mapping[str, Any], cols: Mapping[str, str]) -> Conversation:
+    """OpenAI-style `messages` with optional reasoning_content, tool_calls and tools."""
+    messages = _openai_messages(record[cols["messages"]], cols["messages"])
     return Conversation(messages, tools=_tools(record.get(cols["tools"]), cols["tools"]))
 
 
@@ -265,6 +308,77 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, str]], Conversat
     "messages": from_messages,
     "reasoning": from_reasoning,
     "query_response": from_query_response,
+}
+
+
+def _answer(value: Any, what: str, content_key: str = "content") -> Message:
+    """One assistant answer: plain text, a message dict ({role, content} or sharegpt's {from, value}), or a list
+    holding one (TRL's conversational layout)."""
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise RecordError(f"{what}: expected one assistant message, got a list of {len(value)}")
+        value = value[0]
+    if isinstance(value, dict):
+        role = value.get("role", value.get("from", "assistant"))
+        if SHAREGPT_ROLES.get(role) != "assistant":
+            raise RecordError(f"{what}: expected an assistant answer, got role {role!r}")
+        content = value.get(content_key, value.get("content"))
+        messages = _openai_messages([{**value, "role": "assistant", "content": content}], what)
+        return messages[0]
+    return _assistant(_text(value, what))
+
+
+def _preference(prompt: Conversation, system: Any, answers: dict[str, Message | None]) -> Preference:
+    """A Preference whose prompt ends where the answers begin (a user or tool turn)."""
+    if not prompt.messages or prompt.messages[-1].role not in ("user", "tool"):
+        raise RecordError("the prompt must end with a user (or tool) turn, which the chosen/rejected answers follow")
+    if prompt.messages[0].role != "system":
+        prompt.messages = _with_system(system, prompt.messages)
+    return Preference(prompt, **answers)
+
+
+def from_ranking(record: Mapping[str, Any], cols: Mapping[str, str]) -> Preference:
+    """LLaMA-Factory's ranking layout: sharegpt `conversations` as the prompt, `chosen` / `rejected` turns."""
+    prompt = from_sharegpt(record, cols)  # with the record's system prompt
+    answers = {side: _answer(record[cols[side]], cols[side], cols["content"]) for side in ("chosen", "rejected")}
+    return _preference(prompt, None, answers)
+
+
+def _prompt(value: Any, what: str, tools: Any) -> Conversation:
+    """A prompt given as text (one user turn) or as OpenAI-style messages."""
+    messages = [Message("user", _text(value, what))] if isinstance(value, str) else _openai_messages(value, what)
+    return Conversation(messages, tools=_tools(tools, "tools"))
+
+
+def from_preference(record: Mapping[str, Any], cols: Mapping[str, str]) -> Preference:
+    """TRL's layout: `prompt` / `chosen` / `rejected`, plain text or conversational (lists of messages)."""
+    prompt = _prompt(record[cols["prompt"]], cols["prompt"], record.get(cols["tools"]))
+    answers = {side: _answer(record[cols[side]], cols[side]) for side in ("chosen", "rejected")}
+    return _preference(prompt, record.get(cols["system"]), answers)
+
+
+def from_messages_preference(record: Mapping[str, Any], cols: Mapping[str, str]) -> Preference:
+    """OpenAI-style `messages` (the prompt) with `chosen` / `rejected` assistant messages."""
+    prompt = from_messages(record, cols)
+    answers = {side: _answer(record[cols[side]], cols[side]) for side in ("chosen", "rejected")}
+    return _preference(prompt, None, answers)
+
+
+def from_kto(record: Mapping[str, Any], cols: Mapping[str, str]) -> Preference:
+    """KTO's unpaired layout: `prompt`, one `completion` and a boolean `label` (true: desirable)."""
+    label = record[cols["label"]]
+    if not isinstance(label, bool):
+        raise RecordError(f"{cols['label']}: expected true (desirable) or false (undesirable), got {label!r}")
+    prompt = _prompt(record[cols["prompt"]], cols["prompt"], record.get(cols["tools"]))
+    answer = _answer(record[cols["completion"]], cols["completion"])
+    return _preference(prompt, record.get(cols["system"]), {"chosen" if label else "rejected": answer})
+
+
+PREFERENCE_CONVERTERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, str]], Preference]] = {
+    "ranking": from_ranking,
+    "messages_preference": from_messages_preference,
+    "preference": from_preference,
+    "kto": from_kto,
 }
 
 
@@ -313,3 +427,12 @@ def to_conversation(record: Mapping[str, Any], fmt: str, overrides: Mapping[str,
     if not any(m.role == "user" for m in conv.messages):
         raise RecordError("no user turn: the assistant answers nothing; add the user's message or remove the record")
     return conv
+
+
+def to_preference(record: Mapping[str, Any], fmt: str, overrides: Mapping[str, str]) -> Preference:
+    """Convert one record of a preference format (pairwise or kto) to a Preference."""
+    if not isinstance(record, Mapping):
+        raise RecordError(f"expected a JSON object per record, got {type(record).__name__}")
+    cols = columns_for(fmt, overrides)
+    _require(record, cols, fmt)
+    return PREFERENCE_CONVERTERS[fmt](record, cols)

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import DataConfig
-from tuneforge.data.conversation import Conversation
-from tuneforge.data.render import IGNORE, render
-from tuneforge.data.sources import build_conversations
+from tuneforge.data.conversation import Conversation, Preference
+from tuneforge.data.render import IGNORE, render, render_preference
+from tuneforge.data.sources import Sample, build_conversations
 from tuneforge.errors import UserError
 from tuneforge.quiet import no_datasets_bars
 
@@ -33,7 +33,7 @@ class Prepared:
     dropped: Counter = field(default_factory=Counter)
 
 
-def _fingerprint(cfg: DataConfig, tokenizer, convs: list[Conversation]) -> str:
+def _fingerprint(cfg: DataConfig, tokenizer, convs: list[Sample]) -> str:
     digest = hashlib.sha256()
     settings = cfg.model_dump(mode="json", exclude={"num_proc", "cache_dir", "packing", "group_by_length"})
     digest.update(json.dumps([CACHE_VERSION, settings], sort_keys=True).encode())
@@ -63,8 +63,25 @@ def _tokenize_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> dict[
     return out
 
 
-def tokenize(convs: list[Conversation], tokenizer, cfg: DataConfig, cache_root: Path, split: str):
-    """Render and tokenize conversations (several processes for big sets), reusing the on-disk cache."""
+PREFERENCE_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "chosen_trained", "rejected_trained")
+
+
+def _tokenize_preference_batch(batch: dict[str, list], tokenizer, cfg: DataConfig) -> dict[str, list]:
+    """Preference samples → shared prompt ids and the answers' ids; a pair is dropped (never cut) when too long."""
+    out: dict[str, list] = {key: [] for key in (*PREFERENCE_COLUMNS, "status", "length")}
+    for text in batch["conversation"]:
+        r = render_preference(Preference.from_json(text), tokenizer, cfg.thinking)
+        # The longest row the trainer builds: the prompt with its longer answer.
+        length = len(r.prompt_ids) + max(len(r.chosen_ids or []), len(r.rejected_ids or []))
+        for key in PREFERENCE_COLUMNS:
+            out[key].append(getattr(r, key) or [])
+        out["length"].append(length)
+        out["status"].append("too_long" if length > cfg.max_length else "ok")
+    return out
+
+
+def tokenize(convs: list[Sample], tokenizer, cfg: DataConfig, cache_root: Path, split: str):
+    """Render and tokenize conversations or preference samples (several processes for big sets), reusing the cache."""
     import datasets
 
     path = cache_root / f"{_fingerprint(cfg, tokenizer, convs)}-{split}"
@@ -72,8 +89,9 @@ def tokenize(convs: list[Conversation], tokenizer, cfg: DataConfig, cache_root: 
         return datasets.load_from_disk(str(path))
     raw = datasets.Dataset.from_dict({"conversation": [c.to_json() for c in convs]})
     num_proc = cfg.num_proc or (min(os.cpu_count() or 1, 8) if len(convs) > MULTIPROCESS_ABOVE else None)
+    preference = bool(convs) and isinstance(convs[0], Preference)
     tokenized = raw.map(
-        _tokenize_batch,
+        _tokenize_preference_batch if preference else _tokenize_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "cfg": cfg},
         remove_columns=["conversation"],
@@ -100,7 +118,8 @@ def _keep_ok(ds, dropped: Counter, lengths: list[int]):
         dropped["truncated (kept)"] += statuses["truncated"]
     with no_datasets_bars():
         kept = ds.filter(lambda s: s in ("ok", "truncated"), input_columns="status")
-    return kept.remove_columns(["status", "length"])
+    # Preference pairs keep `length` (prompt + longer answer): the Trainer's group_by_length sampler reads it there.
+    return kept.remove_columns(["status"] if "prompt_ids" in ds.column_names else ["status", "length"])
 
 
 def _warn_over_length(lengths: list[int], cfg: DataConfig, log) -> None:
@@ -116,9 +135,16 @@ def _warn_over_length(lengths: list[int], cfg: DataConfig, log) -> None:
     )
 
 
-def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
+def _lengths(ds) -> list[int]:
+    """Tokens per sample (a preference sample: its prompt and both answers)."""
+    if "input_ids" in ds.column_names:
+        return [len(x) for x in ds["input_ids"]]
+    return [sum(map(len, row)) for row in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+
+
+def prepare(cfg: DataConfig, tokenizer, log=print, objective: str = "sft") -> Prepared:
     """Load, convert, mix, split, render and tokenize; drop and count samples that cannot be trained."""
-    train_convs, val_convs = build_conversations(cfg, log)
+    train_convs, val_convs = build_conversations(cfg, log, objective)
     cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
     prepared = Prepared(train=None, validation=None)
     lengths: list[int] = []
@@ -136,7 +162,7 @@ def prepare(cfg: DataConfig, tokenizer, log=print) -> Prepared:
             else "no sample has a trained token"
         )
         raise UserError(f"data: no training samples left: {reason}")
-    lengths = [len(x) for x in prepared.train["input_ids"]]
+    lengths = _lengths(prepared.train)
     log(
         f"data: {len(lengths)} training samples, {sum(lengths)} tokens, longest {max(lengths)}, "
         f"mean {sum(lengths) / len(lengths):.0f}"

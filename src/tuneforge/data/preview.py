@@ -25,8 +25,9 @@ def preview(dataset, tokenizer, count: int, console) -> None:
 
     for i in range(min(count, len(dataset))):
         row = dataset[i]
-        console.rule(f"sample {i}: {len(row['input_ids'])} tokens, "
-                     f"{sum(label != IGNORE for label in row['labels'])} trained")
+        console.rule(
+            f"sample {i}: {len(row['input_ids'])} tokens, {sum(label != IGNORE for label in row['labels'])} trained"
+        )
         text = Text()
         for chunk, trained in trained_segments(row["input_ids"], row["labels"], tokenizer):
             text.append(chunk, style="bold green" if trained else "dim")
@@ -34,5 +35,7 @@ def preview(dataset, tokenizer, count: int, console) -> None:
     lengths = sorted(len(ids) for ids in dataset["input_ids"])
     p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
     console.rule("token lengths")
-    console.print(f"samples {len(lengths)}  min {lengths[0]}  median {median(lengths):.0f}  mean {mean(lengths):.0f}  "
-                  f"p95 {p95}  max {lengths[-1]}  (green: trained, dim: prompt)")
+    console.print(
+        f"samples {len(lengths)}  min {lengths[0]}  median {median(lengths):.0f}  mean {mean(lengths):.0f}  "
+        f"p95 {p95}  max {lengths[-1]}  (green: trained, dim: prompt)"
+    )

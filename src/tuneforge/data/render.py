@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tuneforge.constants import IGNORE  # re-exported: data/ modules import it from here
-from tuneforge.data.conversation import Conversation
+from tuneforge.data.conversation import Conversation, Preference
 
 Thinking = Literal["auto", "off", "keep_empty"]
 ReasoningStyle = Literal["field", "content", "prompt"]
@@ -189,3 +189,50 @@ def render(conv: Conversation, tokenizer, thinking: Thinking = "auto", train_on:
         if begin >= span[0] and finish <= span[1]:
             labels[i] = ids[i]
     return Rendered(ids, labels, text)
+
+
+@dataclass
+class RenderedPreference:
+    """A preference sample tokenized: the shared prompt ids and, per answer, the ids that follow them.
+
+    `prompt_ids + chosen_ids` is exactly the chat template's rendering of prompt + chosen (the same for rejected).
+    Of an answer's ids, the first `*_trained` carry the loss: its output through the end-of-turn marker (what follows,
+    Qwen's newline after <|im_end|>, is the template's and is not scored). KTO samples have one answer only.
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int] | None
+    rejected_ids: list[int] | None
+    chosen_trained: int = 0
+    rejected_trained: int = 0
+
+
+def render_preference(sample: Preference, tokenizer, thinking: Thinking = "auto") -> RenderedPreference:
+    """Render prompt + each answer with the chat template; split off the prompt ids both renderings share.
+
+    Each answer is rendered as the last turn of a conversation, by `render`. The prompt ends where the first
+    answer's trained tokens start (after the empty think block for answers without reasoning, as at inference);
+    when the answers differ there (one reasons, the other does not) the shared part, the assistant header, is the
+    prompt and the other's empty think block is part of its answer, scored with it.
+    """
+    answers = [a for a in (sample.chosen, sample.rejected) if a is not None]
+    rendered = [render(sample.with_answer(a), tokenizer, thinking, "last_turn") for a in answers]
+    starts, ends = [], []
+    for r in rendered:
+        trained = [i for i, label in enumerate(r.labels) if label != IGNORE]
+        if not trained:
+            raise ValueError("an answer has no trained token")
+        starts.append(trained[0])
+        ends.append(trained[-1] + 1)
+    prompt_len = min(starts)
+    prompt_ids = rendered[0].input_ids[:prompt_len]
+    if any(r.input_ids[:prompt_len] != prompt_ids for r in rendered):
+        raise ValueError("the chat template renders the prompt differently before the chosen and rejected answers")
+    sides = iter(zip(rendered, ends))
+    out = RenderedPreference(prompt_ids, None, None)
+    for side, answer in (("chosen", sample.chosen), ("rejected", sample.rejected)):
+        if answer is not None:
+            r, end = next(sides)
+            setattr(out, f"{side}_ids", r.input_ids[prompt_len:])
+            setattr(out, f"{side}_trained", end - prompt_len)
+    return out

@@ -16,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import DataConfig, DatasetConfig, looks_like_path, not_found
-from tuneforge.data.conversation import Conversation, Message
+from tuneforge.data.conversation import Conversation, Message, Preference
 from tuneforge.data.formats import (
+    PAIRWISE_FORMATS,
+    SFT_FORMATS,
+    UNPAIRED_FORMATS,
     RecordError,
     detect_format,
     fill_placeholders,
     to_conversation,
+    to_preference,
     unfilled_placeholders,
 )
 from tuneforge.errors import UserError, unreadable
@@ -160,10 +164,39 @@ def raw_records(ds: DatasetConfig) -> Iterator[Located]:
         yield from read_file(file)
 
 
-def load_conversations(ds: DatasetConfig, log=print) -> list[Conversation]:
+# A sample is a Conversation (sft) or a Preference (pairwise or unpaired preference objectives).
+Sample = Conversation | Preference
+# The formats each method.objective trains on, and what they hold (for the error when they do not match).
+# KTO's labelled answers are read (to_preference) but no objective trains on them yet.
+OBJECTIVE_FORMATS = {"sft": SFT_FORMATS, "dpo": PAIRWISE_FORMATS}
+FORMAT_KIND = {
+    **dict.fromkeys(SFT_FORMATS, "conversations (sft)"),
+    **dict.fromkeys(PAIRWISE_FORMATS, "chosen/rejected pairs (dpo)"),
+    **dict.fromkeys(UNPAIRED_FORMATS, "labelled answers (kto, not trainable yet)"),
+}
+
+
+def _check_objective(fmt: str, objective: str, where: str) -> None:
+    if fmt not in OBJECTIVE_FORMATS[objective]:
+        raise UserError(
+            f"{where}: format '{fmt}' holds {FORMAT_KIND[fmt]}, but method.objective: {objective} trains on "
+            f"{FORMAT_KIND[OBJECTIVE_FORMATS[objective][0]]}; change method.objective or use one of the formats "
+            f"{', '.join(OBJECTIVE_FORMATS[objective])}"
+        )
+
+
+def messages_view(sample: Sample) -> Conversation:
+    """Every message of a sample as one Conversation (the same Message objects: edits reach the sample)."""
+    if isinstance(sample, Conversation):
+        return sample
+    answers = [m for m in (sample.chosen, sample.rejected) if m is not None]
+    return Conversation([*sample.prompt.messages, *answers])
+
+
+def load_conversations(ds: DatasetConfig, log=print, objective: str = "sft") -> list[Sample]:
     """Load and convert one dataset; `format: auto` detects the layout from the first record."""
     fmt = ds.format
-    out: list[Conversation] = []
+    out: list[Sample] = []
     unfilled: Counter[str] = Counter()
     for item in raw_records(ds):
         if fmt == "auto":
@@ -172,17 +205,23 @@ def load_conversations(ds: DatasetConfig, log=print) -> list[Conversation]:
                 keys = sorted(item.record) if isinstance(item.record, dict) else type(item.record).__name__
                 raise UserError(
                     f"{item.where}: cannot detect the data format from columns {keys}; set format: to one of "
-                    "alpaca, sharegpt, messages, reasoning, query_response (and columns: to map names)"
+                    f"{', '.join(OBJECTIVE_FORMATS[objective])} (and columns: to map names)"
                 )
             log(f"{ds.path}: format auto → {fmt}")
+            _check_objective(fmt, objective, item.where)
+        elif not out:
+            _check_objective(fmt, objective, item.where)
         try:
-            conv = to_conversation(item.record, fmt, ds.columns)
+            sample = (to_conversation if fmt in SFT_FORMATS else to_preference)(item.record, fmt, ds.columns)
         except RecordError as exc:
             raise UserError(f"{item.where}: {exc}") from None
-        if ds.system and not any(m.role == "system" for m in conv.messages):
-            conv.messages.insert(0, Message("system", ds.system))
-        out.append(fill_placeholders(conv, ds.placeholders))
-        unfilled.update(unfilled_placeholders(out[-1]))
+        prompt = sample if isinstance(sample, Conversation) else sample.prompt
+        if ds.system and not any(m.role == "system" for m in prompt.messages):
+            prompt.messages.insert(0, Message("system", ds.system))
+        view = messages_view(sample)
+        fill_placeholders(view, ds.placeholders)
+        unfilled.update(unfilled_placeholders(view))
+        out.append(sample)
     if not out:
         raise UserError(f"data.datasets: {ds.path}: the dataset is empty")
     for name, count in sorted(unfilled.items()):
@@ -193,9 +232,7 @@ def load_conversations(ds: DatasetConfig, log=print) -> list[Conversation]:
     return out
 
 
-def mix(
-    parts: list[list[Conversation]], weights: list[float | None], seed: int
-) -> tuple[list[Conversation], list[int]]:
+def mix(parts: list[list[Sample]], weights: list[float | None], seed: int) -> tuple[list[Sample], list[int]]:
     """Combine datasets: (mixed, samples taken from each). With weights, each gets its share, the scarcest whole."""
     rng = random.Random(seed)
     if all(w is None for w in weights):
@@ -212,7 +249,7 @@ def mix(
     return combined, taken
 
 
-def split(convs: list[Conversation], val_size: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
+def split(convs: list[Sample], val_size: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Seeded split into (train, validation); val_size is a share (< 1) or a count (>= 1)."""
     count = int(val_size) if val_size >= 1 else round(len(convs) * val_size)
     if count >= len(convs):
@@ -223,11 +260,11 @@ def split(convs: list[Conversation], val_size: float, seed: int) -> tuple[list[C
     return [c for i, c in enumerate(convs) if i not in val], [c for i, c in enumerate(convs) if i in val]
 
 
-def build_conversations(cfg: DataConfig, log=print) -> tuple[list[Conversation], list[Conversation]]:
+def build_conversations(cfg: DataConfig, log=print, objective: str = "sft") -> tuple[list[Sample], list[Sample]]:
     """All configured datasets loaded, capped, mixed and split: (train, validation)."""
     parts = []
     for ds in cfg.datasets:
-        convs = load_conversations(ds, log)
+        convs = load_conversations(ds, log, objective)
         random.Random(cfg.seed).shuffle(convs)
         if ds.max_samples:
             convs = convs[: ds.max_samples]

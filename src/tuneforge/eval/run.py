@@ -16,7 +16,7 @@ from tuneforge.errors import UserError
 from tuneforge.eval.report import summarize, write_report
 from tuneforge.eval.suite import SuiteConfig, load_suite, suite_of_tasks
 from tuneforge.eval.tasks import Context, Row, run_task
-from tuneforge.rundir import RunDir
+from tuneforge.rundir import Run
 
 TUNED_ADAPTER = "tuned"  # served name of an --adapter given with --model
 
@@ -66,11 +66,12 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     if request.run is not None and request.adapter is not None:
         raise UserError("eval: --adapter goes with --model; a run brings its own adapter")
     suite, base_dir = _suite(request)
-    out = request.out or (RunDir(request.run).root / "eval" / suite.name if request.run else None)
+    run = Run.open(request.run) if request.run else None
+    out = request.out or (run.root / "eval" / suite.name if run else None)
     if out is None:
         raise UserError("eval: --out DIR is needed with --model (with --run the report goes to RUN/eval/<suite>)")
 
-    run_config = RunDir(request.run).load_config() if request.run else None
+    run_config = run.cfg if run else None
     adapters = {TUNED_ADAPTER: request.adapter} if request.adapter else None
     spec = resolve_spec(
         model=request.model if request.run is None else None,

@@ -106,6 +106,11 @@ def logged_lines(run: Run) -> list[str]:
     return lines
 
 
+PREFERENCE_BAR = {"rewards/accuracies": "acc", "rewards/margins": "margin"}
+# The preference metrics TRL logs, drawn in RUN/rewards.png (as present).
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
 class ProgressBarCallback(TrainerCallback):
     """A tqdm bar over optimizer steps showing the latest loss, tokens/s and the ETA."""
 
@@ -129,7 +134,9 @@ class ProgressBarCallback(TrainerCallback):
         if self.bar is not None and logs and "loss" in logs:
             elapsed = max(time.perf_counter() - self.start_time, 1e-9)
             rate = (state.num_input_tokens_seen - self.start_tokens) / elapsed
-            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{rate:.0f}")
+            # Preference objectives also show how often, and by how much, the chosen answer wins (TRL's names).
+            rewards = {short: f"{logs[key]:.3f}" for key, short in PREFERENCE_BAR.items() if key in logs}
+            self.bar.set_postfix(loss=f"{logs['loss']:.4f}", **rewards, tok_s=f"{rate:.0f}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
@@ -159,3 +166,30 @@ def plot_loss(run: Run) -> None:
     fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(run.loss_plot, png.getvalue())
+
+
+def plot_rewards(run: Run) -> None:
+    """Draw RUN/rewards.png from the preference metrics in RUN/metrics.jsonl (chosen, rejected, margin, accuracy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = [json.loads(line) for line in logged_lines(run)] if run.metrics.exists() else []
+    fig, (rewards, accuracy) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in REWARD_KEYS:
+        points = [(e["step"], e[key]) for e in entries if key in e]
+        axis = accuracy if key.endswith("accuracies") else rewards
+        if points:
+            axis.plot(*zip(*points), label=key.split("/")[1], marker="." if len(points) < 50 else None)
+    for axis, label in ((rewards, "reward"), (accuracy, "reward accuracy")):
+        axis.set_xlabel("step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend()
+    fig.suptitle(run.root.name)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(run.root / "rewards.png", png.getvalue())

@@ -35,8 +35,12 @@ class Processes:
     def from_env(cls) -> Processes:
         """Read RANK, LOCAL_RANK and WORLD_SIZE (one process, not launched, when they are absent)."""
         env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)),
-                   launched="LOCAL_RANK" in env)
+        return cls(
+            int(env.get("RANK", 0)),
+            int(env.get("LOCAL_RANK", 0)),
+            int(env.get("WORLD_SIZE", 1)),
+            launched="LOCAL_RANK" in env,
+        )
 
     @property
     def distributed(self) -> bool:
@@ -92,11 +96,14 @@ def _first_difference(views: list[dict[str, Any]]) -> str:
     """'KEY is A on rank 0 (host) but B on rank R (host)' for the first process whose config differs."""
     first = views[0]
     rank, other = next((r, v) for r, v in enumerate(views) if v["fingerprint"] != first["fingerprint"])
-    keys = sorted(k for k in first["config"].keys() | other["config"].keys()
-                  if first["config"].get(k) != other["config"].get(k))
+    keys = sorted(
+        k for k in first["config"].keys() | other["config"].keys() if first["config"].get(k) != other["config"].get(k)
+    )
     more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-    return (f"{keys[0]} is {first['config'].get(keys[0])!r:.80} on rank 0 ({first['host']}) but "
-            f"{other['config'].get(keys[0])!r:.80} on rank {rank} ({other['host']}){more}")
+    return (
+        f"{keys[0]} is {first['config'].get(keys[0])!r:.80} on rank 0 ({first['host']}) but "
+        f"{other['config'].get(keys[0])!r:.80} on rank {rank} ({other['host']}){more}"
+    )
 
 
 def _gather(procs: Processes, mine: dict[str, Any], timeout: timedelta) -> list[dict[str, Any]]:
@@ -113,19 +120,28 @@ def _gather(procs: Processes, mine: dict[str, Any], timeout: timedelta) -> list[
 def agree(cfg: Config, procs: Processes, resume: str | None, problem: str | None) -> None:
     """Fail every process alike, on one line, if any found a problem or they differ in config or resume point."""
     shared = _shared_settings(cfg)
-    mine = {"fingerprint": shared.fingerprint(), "config": _flatten(shared.model_dump(mode="json")),
-            "resume": resume, "problem": problem, "host": socket.gethostname()}
+    mine = {
+        "fingerprint": shared.fingerprint(),
+        "config": _flatten(shared.model_dump(mode="json")),
+        "resume": resume,
+        "problem": problem,
+        "host": socket.gethostname(),
+    }
     views = _gather(procs, mine, STARTUP_TIMEOUT) if procs.distributed else [mine]
     problems = [v["problem"] for v in views if v["problem"]]
     if problems:
         raise UserError(problems[0])
     if len({v["fingerprint"] for v in views}) > 1:
-        raise UserError(f"the processes disagree on the config: {_first_difference(views)}; start every node "
-                        "with the same config file and overrides (only --node-rank differs)")
+        raise UserError(
+            f"the processes disagree on the config: {_first_difference(views)}; start every node "
+            "with the same config file and overrides (only --node-rank differs)"
+        )
     if len({v["resume"] for v in views}) > 1:
         seen = ", ".join(f"rank {r} ({v['host']}) {v['resume'] or 'none'}" for r, v in enumerate(views))
-        raise UserError(f"train.resume: the processes found different checkpoints ({seen}); resuming a "
-                        "multi-node run needs output.dir on storage that every node shares")
+        raise UserError(
+            f"train.resume: the processes found different checkpoints ({seen}); resuming a "
+            "multi-node run needs output.dir on storage that every node shares"
+        )
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from tuneforge.errors import Interrupted, UserError, problems_of
 from tuneforge.io import atomic_dir, atomic_write_json, check_writable
 from tuneforge.model.adapters import check_method
 from tuneforge.rundir import Run
-from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss
+from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss, plot_rewards
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
 from tuneforge.train.scratch import own_run_folder
 from tuneforge.train.trainer import SFTTrainer
@@ -128,6 +128,14 @@ def check_optimizer(name: str) -> None:
         )
 
 
+def require_trl(what: str) -> None:
+    """Fail, with the install command, where a preference objective needs TRL and it is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        raise UserError(f"{what} trains through TRL, which is not installed: pip install 'tuneforge[preference]'")
+
+
 def check_hardware(cfg: Config) -> None:
     """Fail before any work where dtype, attention, optimizer or quantization cannot run here (all problems at once)."""
     from tuneforge.model.load import pick_attn, pick_dtype
@@ -140,6 +148,8 @@ def check_hardware(cfg: Config) -> None:
     ]
     if cfg.method.type == "qlora":
         checks.append(lambda: require_bitsandbytes("method.type: qlora"))
+    if cfg.method.objective != "sft":
+        checks.append(lambda: require_trl(f"method.objective: {cfg.method.objective}"))
     if problems := problems_of(checks):
         raise UserError("\n".join(problems))
 
@@ -162,7 +172,12 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool):
     # releases in pyproject's range know only the old names. Drop the fallback once the floor is 5.24.
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    return TrainingArguments(
+    args_class, objective_args = TrainingArguments, {}
+    if cfg.method.objective != "sft":
+        from tuneforge.train.preference import arguments_for
+
+        args_class, objective_args = arguments_for(cfg.method)
+    return args_class(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -197,6 +212,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool):
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our own bar shows loss, tokens/s and ETA
         **strategy_arguments(cfg.distributed, t.gradient_checkpointing, cpu_processes=cpu_processes),
+        **objective_args,
     )
 
 
@@ -239,7 +255,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
     """Run one training job from a validated config; returns the run folder."""
     from transformers import PrinterCallback, set_seed
 
-    from tuneforge.data.collate import PackCollator, make_collator
+    from tuneforge.data.collate import PackCollator, PreferenceCollator, make_collator
     from tuneforge.data.prepare import prepare
     from tuneforge.model.adapters import apply_method
     from tuneforge.model.kernels import apply_kernels, compile_layers
@@ -255,7 +271,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
     if procs.is_main:
         run.start(cfg, tokenizer.chat_template)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
-        data = prepare(cfg.data, tokenizer, log)
+        data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
     # Past node_first's barrier rank 0 has written config.yaml: a process that cannot see it is on another node
     # without shared storage, and keeps what it must write itself (random base, checkpoint shares) in scratch.
     with own_run_folder(run) as (mine, own_callbacks):
@@ -270,18 +286,23 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
         kernels = apply_kernels(model, cfg.model.kernels, log)
         if cfg.train.compile:
             log(f"train.compile: {compile_layers(model)} decoder layers compile on first use")
-        collator = make_collator(cfg.data, tokenizer.pad_token_id, model, log)
         stop = StopOnSignal(log)
-        trainer = SFTTrainer(
+        common = dict(
             model=model,
             args=training_arguments(cfg, mine, data.validation is not None),
             train_dataset=data.train,
             eval_dataset=data.validation,
-            data_collator=collator,
             processing_class=tokenizer,
-            loss=cfg.train.loss,
             callbacks=[MetricsCallback(run, resume), ProgressBarCallback(), stop, *own_callbacks, *(callbacks or [])],
         )
+        if cfg.method.objective == "sft":
+            collator = make_collator(cfg.data, tokenizer.pad_token_id, model, log)
+            trainer = SFTTrainer(data_collator=collator, loss=cfg.train.loss, **common)
+        else:
+            from tuneforge.train.preference import PreferenceTrainer
+
+            collator = PreferenceCollator(tokenizer.pad_token_id)
+            trainer = PreferenceTrainer(data_collator=collator, **common)
         trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl show the logs
         log(f"training → {run.root}" + (f" (resuming from {resume})" if resume else ""))
         with stop.installed():
@@ -305,10 +326,13 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
             "loss": "liger_fused" if trainer.lean_loss and trainer.lean_loss.liger_used else cfg.train.loss,
             "kernels": kernels,
             "compile": cfg.train.compile,
+            "objective": cfg.method.objective,
         }
         atomic_write_json(run.summary, summary)
         run.record(target.name, target, made_from={"config": cfg.fingerprint(), "steps": step})
         plot_loss(run)
+        if cfg.method.objective != "sft":
+            plot_rewards(run)
         wall = summary["wall_time_s"]
         log(f"done: {target} ({summary['steps']} steps, {wall:.0f} s, {summary['tokens_per_s']:.0f} tokens/s)")
         log(json.dumps({k: summary[k] for k in ("train_loss", "tokens_seen", "loss_tokens")}))

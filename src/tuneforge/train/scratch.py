@@ -29,7 +29,7 @@ def own_run_folder(run: Run) -> Iterator[tuple[Run, list[TrainerCallback]]]:
     storage): then a scratch folder, removed at the end, whose checkpoint shares go after each save, so that
     only node 0 writes the run folder and nothing piles up elsewhere.
     """
-    if run.config.is_file():
+    if run.config_file.is_file():
         yield run, []
         return
     scratch = Path(tempfile.mkdtemp(prefix="tuneforge-node-"))

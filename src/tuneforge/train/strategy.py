@@ -68,4 +68,3 @@ def strategy_arguments(dist: DistributedConfig, gradient_checkpointing: bool, cp
             "activation_checkpointing": gradient_checkpointing,
         }
     return arguments
-

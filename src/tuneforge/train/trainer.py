@@ -19,53 +19,21 @@ from tuneforge.model.loss import LeanLoss
 TOTALS_NAME = "run_totals.json"
 
 
-class SFTTrainer(Trainer):
-    """transformers.Trainer plus token accounting and `loss`; everything else is the stock training loop.
+class RunTrainerMixin:
+    """What every tuneforge trainer adds to its transformers / TRL Trainer: the whole run's totals (tokens, loss,
+    wall time over all sessions) and checkpoints that appear only when complete. Subclasses count tokens."""
 
-    loss="standard" is the model's own loss over full logits; "chunked" is `LeanLoss`. Both are the
-    mean over the label tokens of the whole accumulated batch on all processes (the Trainer's
-    `num_items_in_batch`), so accumulation, packing and process count do not change the loss.
-    """
-
-    def __init__(self, *args: Any, loss: Literal["standard", "chunked"] = "standard", **kwargs: Any) -> None:
-        self.lean_loss = LeanLoss() if loss == "chunked" else None
-        if self.lean_loss is not None:
-            kwargs["compute_loss_func"] = self.lean_loss
-        super().__init__(*args, **kwargs)
-        self.tokens_seen = 0  # non-padding tokens, this process, this session
-        self.loss_tokens = 0  # tokens with a label (the model predicts them)
-        self.tokens_computed = 0  # tokens run through the model, padding included
-        self.carried: dict[str, float] = {}  # the totals of earlier sessions, read from the resumed checkpoint
-        self._started = 0.0
-        self._staging: Path | None = None
-
-    def _count_tokens(self, inputs: dict[str, Any], seq_lens: Any | None) -> None:
-        mask = inputs.get("attention_mask")
-        if seq_lens is not None:  # packed rows: their padding, if any, is not a sample
-            self.tokens_seen += int(seq_lens.sum())
-        else:
-            self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-        self.tokens_computed += inputs["input_ids"].numel()
-        self.loss_tokens += int((inputs["labels"][..., 1:] != IGNORE).sum())
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        inputs = dict(inputs)
-        seq_lens = inputs.pop("seq_lens", None)
-        if model.training:
-            self._count_tokens(inputs, seq_lens)
-        # A KV cache makes transformers skip the block-diagonal mask it derives from packed position_ids.
-        inputs["use_cache"] = False
-        lean = self.lean_loss.capture(self.accelerator.unwrap_model(model)) if self.lean_loss else nullcontext()
-        with lean:
-            return super().compute_loss(
-                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-            )
+    tokens_seen = 0  # non-padding tokens, this process, this session
+    loss_tokens = 0  # tokens with a label (the model predicts them)
+    tokens_computed = 0  # tokens run through the model, padding included
+    lean_loss: LeanLoss | None = None
+    _staging: Path | None = None
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
         """The stock `train`, carrying the totals of the sessions before `resume_from_checkpoint`."""
         totals = Path(resume_from_checkpoint, TOTALS_NAME) if resume_from_checkpoint else None
         # A checkpoint written before tuneforge kept totals has none: its summary covers this session only.
-        self.carried = json.loads(totals.read_text()) if totals and totals.is_file() else {}
+        self.carried: dict[str, float] = json.loads(totals.read_text()) if totals and totals.is_file() else {}
         self._started = time.perf_counter()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
@@ -130,3 +98,40 @@ class SFTTrainer(Trainer):
                 use_mtime=True,
             )
         self.accelerator.wait_for_everyone()  # no process goes on (or reads checkpoint-N) before it exists
+
+
+class SFTTrainer(RunTrainerMixin, Trainer):
+    """transformers.Trainer plus token accounting and `loss`; everything else is the stock training loop.
+
+    loss="standard" is the model's own loss over full logits; "chunked" is `LeanLoss`. Both are the
+    mean over the label tokens of the whole accumulated batch on all processes (the Trainer's
+    `num_items_in_batch`), so accumulation, packing and process count do not change the loss.
+    """
+
+    def __init__(self, *args: Any, loss: Literal["standard", "chunked"] = "standard", **kwargs: Any) -> None:
+        self.lean_loss = LeanLoss() if loss == "chunked" else None
+        if self.lean_loss is not None:
+            kwargs["compute_loss_func"] = self.lean_loss
+        super().__init__(*args, **kwargs)
+
+    def _count_tokens(self, inputs: dict[str, Any], seq_lens: Any | None) -> None:
+        mask = inputs.get("attention_mask")
+        if seq_lens is not None:  # packed rows: their padding, if any, is not a sample
+            self.tokens_seen += int(seq_lens.sum())
+        else:
+            self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.tokens_computed += inputs["input_ids"].numel()
+        self.loss_tokens += int((inputs["labels"][..., 1:] != IGNORE).sum())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        seq_lens = inputs.pop("seq_lens", None)
+        if model.training:
+            self._count_tokens(inputs, seq_lens)
+        # A KV cache makes transformers skip the block-diagonal mask it derives from packed position_ids.
+        inputs["use_cache"] = False
+        lean = self.lean_loss.capture(self.accelerator.unwrap_model(model)) if self.lean_loss else nullcontext()
+        with lean:
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )

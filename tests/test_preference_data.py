@@ -1,0 +1,154 @@
+"""Preference data: pairwise and KTO formats, detection, errors, and token-exact rendering of both answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import DATA_DIR, needs_assets
+
+from tuneforge.config import DatasetConfig
+from tuneforge.data.conversation import Preference
+from tuneforge.data.formats import detect_format, to_preference
+from tuneforge.data.render import IGNORE, render_preference
+from tuneforge.data.sources import load_conversations
+from tuneforge.errors import UserError
+
+quiet = {"log": lambda *_: None}
+SHAREGPT_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def _roles(sample: Preference) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m in sample.prompt.messages]
+
+
+def test_ranking_layout_with_system():
+    record = {
+        "conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"}],
+        "chosen": {"from": "gpt", "value": "<think>\ngreet\n</think>\n\nhello"},
+        "rejected": {"from": "gpt", "value": "go away"},
+    }
+    assert detect_format(record, {}) == "ranking"
+    sample = to_preference(record, "ranking", {})
+    assert _roles(sample) == [("system", "be brief"), ("user", "hi")]
+    assert (sample.chosen.reasoning, sample.chosen.content) == ("greet", "hello")
+    assert (sample.rejected.reasoning, sample.rejected.content) == (None, "go away")
+
+
+def test_trl_plain_and_conversational_and_messages_layouts():
+    plain = {"prompt": "2+2?", "chosen": "4", "rejected": "5", "system": "math"}
+    conversational = {
+        "prompt": [{"role": "user", "content": "2+2?"}],
+        "chosen": [{"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "assistant", "content": "5"}],
+    }
+    messages = {
+        "messages": [{"role": "user", "content": "2+2?"}],
+        "chosen": {"role": "assistant", "content": "4"},
+        "rejected": {"role": "assistant", "content": "5"},
+    }
+    assert [detect_format(r, {}) for r in (plain, conversational, messages)] == [
+        "preference",
+        "preference",
+        "messages_preference",
+    ]
+    samples = [
+        to_preference(plain, "preference", {}),
+        to_preference(conversational, "preference", {}),
+        to_preference(messages, "messages_preference", {}),
+    ]
+    assert _roles(samples[0]) == [("system", "math"), ("user", "2+2?")]
+    assert all(
+        _roles(s)[-1] == ("user", "2+2?") and (s.chosen.content, s.rejected.content) == ("4", "5") for s in samples
+    )
+
+
+def test_kto_label_picks_the_side_and_columns_rename():
+    good = to_preference({"q": "hi", "completion": "hello", "label": True}, "kto", {"prompt": "q"})
+    bad = to_preference({"prompt": "hi", "completion": "go away", "label": False}, "kto", {})
+    assert (good.chosen.content, good.rejected) == ("hello", None)
+    assert (bad.chosen, bad.rejected.content) == (None, "go away")
+    with pytest.raises(ValueError, match=r"label: expected true \(desirable\) or false"):
+        to_preference({"prompt": "hi", "completion": "x", "label": "yes"}, "kto", {})
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({"prompt": "hi", "chosen": "a", "rejected": ""}, r"empty value\(s\) rejected=''"),
+        (
+            {
+                "prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "chosen": "b",
+                "rejected": "c",
+            },
+            "the prompt must end with a user",
+        ),
+        (
+            {"prompt": "hi", "chosen": [{"role": "user", "content": "a"}], "rejected": "c"},
+            "chosen: expected an assistant answer, got role 'user'",
+        ),
+    ],
+)
+def test_bad_records_name_the_problem(record, message):
+    with pytest.raises(ValueError, match=message):
+        to_preference(record, "preference", {})
+
+
+def test_objective_and_format_must_match(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": "hi {{name}}", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(
+        UserError,
+        match=r"pairs.jsonl:1: format 'preference' holds chosen/rejected pairs .* "
+        r"method.objective: sft trains on conversations",
+    ):
+        load_conversations(DatasetConfig(path=str(path)), **quiet)
+    ds = DatasetConfig(path=str(path), system="sys", placeholders={"name": "Ann"})
+    [sample] = load_conversations(ds, objective="dpo", **quiet)
+    assert _roles(sample) == [("system", "sys"), ("user", "hi Ann")]
+
+
+def _raw_messages(record: dict) -> list[dict]:
+    """The LLaMA-Factory ranking record's prompt as chat-template messages, read straight from the JSON."""
+    return [{"role": SHAREGPT_ROLE[t["from"]], "content": t["value"]} for t in record["conversations"]]
+
+
+@needs_assets
+@pytest.mark.parametrize("name", ["dpo_zh_demo.json", "dpo_en_demo.json"])
+@pytest.mark.parametrize("thinking", [False, True])
+def test_every_pair_renders_as_the_template_does(qwen3_tokenizer, name, thinking):
+    records = json.loads((DATA_DIR / name).read_text(encoding="utf-8"))
+    tok = qwen3_tokenizer
+    for i, record in enumerate(records):
+        if thinking:  # the thinking variant: both answers carry reasoning
+            record = {
+                **record,
+                **{
+                    side: {"from": "gpt", "value": f"<think>\nwhy {side} {i}\n</think>\n\n{record[side]['value']}"}
+                    for side in ("chosen", "rejected")
+                },
+            }
+        r = render_preference(to_preference(record, "ranking", {}), tok)
+        for side in ("chosen", "rejected"):
+            answer = {"role": "assistant", "content": record[side]["value"]}
+            expected = tok.apply_chat_template(
+                _raw_messages(record) + [answer], tokenize=True, enable_thinking=thinking, return_dict=False
+            )
+            assert r.prompt_ids + getattr(r, f"{side}_ids") == expected, (name, i, side)
+            trained = tok.decode(getattr(r, f"{side}_ids")[: getattr(r, f"{side}_trained")])
+            assert trained.endswith("<|im_end|>")
+            # Non-thinking pairs keep the empty think block on the prompt side; thinking ones train their block.
+            assert trained.startswith("<think>\nwhy") == thinking
+        prompt_text = tok.decode(r.prompt_ids)
+        assert prompt_text.endswith("<|im_start|>assistant\n" + ("" if thinking else "<think>\n\n</think>\n\n"))
+
+
+@needs_assets
+def test_mixed_thinking_pair_scores_the_empty_block_with_its_answer(qwen3_tokenizer):
+    sample = to_preference({"prompt": "q", "chosen": "<think>\nr\n</think>\n\na", "rejected": "b"}, "preference", {})
+    r = render_preference(sample, qwen3_tokenizer)
+    assert qwen3_tokenizer.decode(r.prompt_ids).endswith("<|im_start|>assistant\n")
+    assert qwen3_tokenizer.decode(r.rejected_ids[: r.rejected_trained]) == "<think>\n\n</think>\n\nb<|im_end|>"
+    assert qwen3_tokenizer.decode(r.chosen_ids[: r.chosen_trained]) == "<think>\nr\n</think>\n\na<|im_end|>"
+    assert IGNORE not in r.prompt_ids
