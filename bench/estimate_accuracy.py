@@ -87,7 +87,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from tuneforge.data.collate import make_collator
     from tuneforge.model.adapters import apply_method
     from tuneforge.model.load import load_model
-    from tuneforge.rundir import RunDir
+    from tuneforge.rundir import Run
     from tuneforge.train.run import training_arguments
     from tuneforge.train.trainer import SFTTrainer
 
@@ -118,7 +118,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     peak = Peak()
     trainer = SFTTrainer(
         model=model,
-        args=training_arguments(cfg, RunDir(Path(spec["out"])), False),
+        args=training_arguments(cfg, Run(Path(spec["out"])), False),
         train_dataset=dataset,
         data_collator=make_collator(cfg.data, 151643, model, quiet),
         loss=cfg.train.loss,
