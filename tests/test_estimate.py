@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import random
 import subprocess
@@ -224,9 +225,15 @@ def test_train_preflight_refuses_a_run_that_cannot_fit_in_one_line(tmp_path, tin
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "pre-flight" in errors[0] and "TUNEFORGE_DEVICE_MEMORY_GB=0.01" in errors[0]
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run").exists()  # nothing started
+    run = tmp_path / "run"
+    assert not (run / "base").exists() and not (run / "checkpoints").exists()  # stopped before any weights
     steps = [line for line in result.stderr.splitlines() if line.startswith("steps:")]
     assert len(steps) == 1 and "2 in total" in steps[0]
+
+    forced = tuneforge("train", str(config), "--no-preflight", env={"TUNEFORGE_DEVICE_MEMORY_GB": "0.01"})
+    assert forced.returncode == 0, forced.stderr
+    assert not any(line.startswith("estimate:") for line in forced.stderr.splitlines())
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
 
 
 def test_env_reports_versions_and_offline_problems(tmp_path):

@@ -79,7 +79,7 @@ def train(
     master_addr: Annotated[str | None, typer.Option(help="Address of node 0 (distributed.master_addr).")] = None,
     master_port: Annotated[int | None, typer.Option(help="Rendezvous port on node 0.")] = None,
     preflight: Annotated[
-        bool, typer.Option(help="Print the memory estimate and step count first; stop if memory cannot fit.")
+        bool, typer.Option(help="Print the memory estimate and step count; stop if it cannot fit (train.preflight).")
     ] = True,
 ) -> None:
     """Fine-tune a model as the config says; everything lands in output.dir. --nproc/--nnodes use torchrun."""
@@ -93,7 +93,9 @@ def train(
         "master_port": master_port,
     }
     overrides = [*(overrides or []), *(f"distributed.{k}={v}" for k, v in flags.items() if v is not None)]
-    status = train_command(config, overrides, log=_console().print, preflight=preflight)
+    if not preflight:
+        overrides.append("train.preflight=false")
+    status = train_command(config, overrides, log=_console().print)
     if status:
         raise typer.Exit(status)
 
@@ -123,9 +125,16 @@ def estimate(
     from tuneforge.estimate.report import GPU_SIZES, job_config, print_report
     from tuneforge.estimate.steps import plan_steps
 
-    flags = {"model.name_or_path": model, "method.type": method, "data.max_length": max_length,
-             "train.per_device_batch_size": batch, "train.gradient_checkpointing": gradient_checkpointing,
-             "distributed.strategy": strategy, "distributed.deepspeed": deepspeed, "distributed.nproc": gpus}
+    flags = {
+        "model.name_or_path": model,
+        "method.type": method,
+        "data.max_length": max_length,
+        "train.per_device_batch_size": batch,
+        "train.gradient_checkpointing": gradient_checkpointing,
+        "distributed.strategy": strategy,
+        "distributed.deepspeed": deepspeed,
+        "distributed.nproc": gpus,
+    }
     cfg = job_config(config, overrides or [], flags)
     console = _console()
     plan = plan_steps(cfg, console.print) if config is not None and steps else None

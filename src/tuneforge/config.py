@@ -170,6 +170,11 @@ class TrainConfig(Section):
     save_total_limit: int | None = Field(3, ge=1, description="Checkpoints kept.")
     seed: int = Field(42, description="Seed for model initialisation, LoRA weights and dropout.")
     resume: str | None = Field(None, description="auto (newest checkpoint of the run) or a checkpoint path.")
+    preflight: bool = Field(
+        True,
+        description="Print the memory estimate and step count once the data is prepared, and stop in one line when "
+        "the estimate exceeds the device's memory (TUNEFORGE_DEVICE_MEMORY_GB declares it).",
+    )
     report_to: Literal["none", "tensorboard", "swanlab", "wandb", "mlflow"] = Field(
         "none", description="Experiment tracker (install the extra of the same name); metrics.jsonl is always written."
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from tuneforge.config import Config
 from tuneforge.errors import UserError
 from tuneforge.estimate.memory import GIB, Job, estimate, gib, load_shape
-from tuneforge.estimate.steps import plan_steps
+from tuneforge.estimate.steps import steps_of
 
 # Declares the memory of the device training runs on (GB), instead of asking torch / the OS: for tests, or for a
 # GPU shared with other work.
@@ -33,12 +34,15 @@ def device_memory() -> tuple[float, str]:
     return float(psutil.virtual_memory().available), "available RAM"
 
 
-def preflight(cfg: Config, log: Callable[..., None] = print) -> None:
-    """Log the memory estimate and step count; UserError in one line when the estimate exceeds the device."""
+def preflight(cfg: Config, train: Any, log: Callable[..., None] = print) -> None:
+    """Log the memory estimate and step count over the prepared `train` set; one-line UserError when it cannot fit.
+
+    Training calls it once the data is prepared and before any weights load (every process alike, so all stop).
+    """
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    steps = plan_steps(cfg, log)
+    steps = steps_of(cfg, train)
     # Rows are never wider than the longest prepared sample: size them by the data, not by data.max_length.
     est = estimate(Job.from_config(cfg, load_shape(cfg.model), device, steps.longest))
     limit, what = device_memory()
@@ -51,5 +55,6 @@ def preflight(cfg: Config, log: Callable[..., None] = print) -> None:
     if est.total > limit:
         raise UserError(
             f"pre-flight: the run needs about {gib(est.total)} per device but {what} is {gib(limit)}; "
-            f"see `tuneforge estimate CONFIG` for what to change, or pass --no-preflight to try anyway"
+            "see `tuneforge estimate CONFIG` for what to change, or pass --no-preflight (train.preflight=false) "
+            "to try anyway"
         )

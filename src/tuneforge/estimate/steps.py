@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from tuneforge.config import Config, TrainConfig
 
@@ -69,6 +70,10 @@ def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
     from tuneforge.data.prepare import prepare
     from tuneforge.model.load import load_tokenizer
 
-    data = prepare(cfg.data, load_tokenizer(cfg.model), log)
-    longest = max(len(ids) for ids in data.train["input_ids"])
-    return count_steps(len(data.train), cfg.train, cfg.distributed.nproc * cfg.distributed.nnodes, longest)
+    return steps_of(cfg, prepare(cfg.data, load_tokenizer(cfg.model), log).train)
+
+
+def steps_of(cfg: Config, train: Any) -> StepPlan:
+    """The run's optimizer steps over `train`, its prepared training set (rows of `input_ids`)."""
+    longest = max(len(ids) for ids in train["input_ids"])
+    return count_steps(len(train), cfg.train, cfg.distributed.nproc * cfg.distributed.nnodes, longest)

@@ -138,16 +138,12 @@ def resume_command(config: Path, overrides: list[str]) -> str:
     return shlex.join(["tuneforge", "train", str(config), *kept, "train.resume=auto"])
 
 
-def train_command(config: Path, overrides: list[str], log: Callable[..., None], preflight: bool = True) -> int:
+def train_command(config: Path, overrides: list[str], log: Callable[..., None]) -> int:
     """What `tuneforge train` does: train here, or re-launch on the configured processes; returns the exit status."""
     cfg = load_config(config, overrides)
     check_strategy(cfg)
     if Processes.from_env().launched:
         return _worker(cfg, config, overrides, log)
-    if preflight:  # once, before any process starts (launched workers skip it: their launcher ran it)
-        from tuneforge.estimate.preflight import preflight as check_fits
-
-        check_fits(cfg, log)
     dist = cfg.distributed
     # DeepSpeed and FSDP need a process group even on one process, and torchrun provides it.
     if dist.nproc * dist.nnodes == 1 and dist.strategy == "ddp":

@@ -272,6 +272,10 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
         run.start(cfg, tokenizer.chat_template)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
         data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
+    if cfg.train.preflight and cfg.method.objective == "sft":
+        from tuneforge.estimate.preflight import preflight
+
+        preflight(cfg, data.train, log if procs.is_main else lambda *_: None)
     # Past node_first's barrier rank 0 has written config.yaml: a process that cannot see it is on another node
     # without shared storage, and keeps what it must write itself (random base, checkpoint shares) in scratch.
     with own_run_folder(run) as (mine, own_callbacks):
