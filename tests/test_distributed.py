@@ -121,6 +121,7 @@ def accelerate_launch(job: Path, port: int) -> list[str]:
             HALF_BATCH]
 
 
+@pytest.mark.slow  # about 30-70 s on 2 cores: run in the suite's second step (scripts/test.sh)
 @pytest.mark.parametrize("strategy, launcher", [
     (["distributed.strategy=deepspeed", "distributed.deepspeed=zero2"], torchrun),
     # The default chunked loss, through the lm_head that ZeRO-3 partitions (gathered for the loss).
@@ -144,6 +145,7 @@ def two_nodes(job: Path, folder: Path, overrides: tuple[list[str], list[str]]) -
     return [finish(node) for node in nodes]
 
 
+@pytest.mark.slow  # about 30-70 s on 2 cores: run in the suite's second step (scripts/test.sh)
 def test_two_nodes_on_loopback_train_like_one_and_only_node_0_writes(job, reference, tmp_path):
     # DDP, with gradient checkpointing: it must work under DDP and leave the losses as they are.
     node_args = [HALF_BATCH, "train.gradient_checkpointing=true"]

@@ -42,6 +42,7 @@ def logged(run) -> list[dict]:
     return [json.loads(line) for line in run.metrics.read_text().splitlines()]
 
 
+@pytest.mark.slow  # about 30-70 s on 2 cores: run in the suite's second step (scripts/test.sh)
 @needs_assets
 def test_dpo_rewards_rise_and_held_out_chosen_gains_on_rejected(tiny_qwen3_dir, tmp_path):
     run = train(dpo_config(tiny_qwen3_dir, tmp_path / "run"), **quiet)

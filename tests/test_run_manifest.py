@@ -37,6 +37,7 @@ def gguf_tensors(path: Path) -> dict[str, object]:
     return {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}
 
 
+@pytest.mark.slow  # about 30-70 s on 2 cores: run in the suite's second step (scripts/test.sh)
 def test_retrain_with_overwrite_then_export_ships_the_new_model(tmp_path, tiny_qwen3_dir):
     import numpy as np
 
