@@ -454,7 +454,7 @@ class _Batcher:
         with self._lock:
             self._groups[id(model)].waiting.append(row)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tuneforge-batcher", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=BATCHER_THREAD, daemon=True)
                 self._thread.start()
         return self._read(row)
 
@@ -595,14 +595,20 @@ class _Batcher:
 
 
 _BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
+BATCHER_THREAD = "tuneforge-batcher"
 
 
 @atexit.register
 def _stop_batchers() -> None:
-    # A daemon thread still inside a torch op while the interpreter finalizes aborts the process ("terminate called
-    # without an active exception"): each batcher finishes its step and stops first.
+    # A daemon thread still inside torch while the interpreter finalizes aborts the process ("terminate called
+    # without an active exception"): each batcher finishes its step and stops first. A thread that has already left
+    # _run may still hold the last reference to its batcher: Thread.run drops it afterwards, freeing the model's
+    # tensors there, so every batcher thread is joined too, not only those a live batcher knows.
     for batcher in list(_BATCHERS):
         batcher.close()
+    for thread in threading.enumerate():
+        if thread.name == BATCHER_THREAD:
+            thread.join(10)
 
 
 def _left_padded(sequences: list[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
