@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import DATA_DIR, needs_assets
 
 from tuneforge.config import validate
