@@ -242,29 +242,27 @@ OBJECTIVE_KEYS = {
 
 def _objective_key_problems(method: MethodConfig) -> list[str]:
     """Preference keys set for an objective that ignores them (beta under sft)."""
-    defaults = MethodConfig()
     read = OBJECTIVE_KEYS[method.objective]
     keys = [k for k in sorted({k for ks in OBJECTIVE_KEYS.values() for k in ks}) if k not in read]
-    keys = [k for k in keys if getattr(method, k) != getattr(defaults, k)]
-    if not keys:
-        return []
-    return [
-        f"method.{keys[0]}: {', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect with method.objective: "
-        f"{method.objective}; remove {'it' if len(keys) == 1 else 'them'} or change method.objective"
-    ]
+    return _ignored_keys(method, keys, "objective", method.objective)
 
 
 def _method_key_problems(method: MethodConfig) -> list[str]:
     """Keys set in the method section that its type ignores: a full fine-tune has no LoRA, lora no quantization."""
     ignored = {"full": LORA_KEYS + QUANT_KEYS, "lora": QUANT_KEYS, "qlora": ()}[method.type]
+    return _ignored_keys(method, list(ignored), "type", method.type)
+
+
+def _ignored_keys(method: MethodConfig, keys: list[str], by: str, value: str) -> list[str]:
+    """One problem naming the `keys` set away from their defaults, which method.`by`: `value` ignores."""
     # Compared with the defaults, not model_fields_set: a run's resolved config.yaml spells out every key.
     defaults = MethodConfig()
-    keys = [k for k in ignored if getattr(method, k) != getattr(defaults, k)]
+    keys = [k for k in keys if getattr(method, k) != getattr(defaults, k)]
     if not keys:
         return []
     return [
-        f"method.{keys[0]}: {', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect with method.type: "
-        f"{method.type}; remove {'it' if len(keys) == 1 else 'them'} or change method.type"
+        f"method.{keys[0]}: {', '.join(keys)} {'has' if len(keys) == 1 else 'have'} no effect with method.{by}: "
+        f"{value}; remove {'it' if len(keys) == 1 else 'them'} or change method.{by}"
     ]
 
 
