@@ -12,7 +12,8 @@ python - <<'PY'
 from importlib.metadata import PackageNotFoundError, version
 
 for name in ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "huggingface-hub",
-             "bitsandbytes", "deepspeed", "gguf", "llama-cpp-python", "pydantic", "typer", "fastapi", "pytest"):
+             "bitsandbytes", "deepspeed", "gguf", "llama-cpp-python", "trl", "math-verify", "pydantic", "typer", "fastapi",
+             "pytest"):
     try:
         print(f"  {name}=={version(name)}")
     except PackageNotFoundError:
