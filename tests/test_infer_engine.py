@@ -450,6 +450,21 @@ def test_score_matches_a_full_forward_pass_per_pair_in_input_order(two_adapters,
     assert tuned[0] != pytest.approx(scores[0], abs=1e-3)  # the adapter changes the likelihoods
 
 
+def test_next_token_logprobs_equal_scoring_each_candidate_in_one_forward_per_prompt(two_adapters):
+    engine = two_adapters
+    prompts = ["The capital of France is", "Hi", "Answer:", "Two plus two equals four, so the answer is"]
+    letters = ["A", "B", " C", "D"]
+    for model in engine.names[0], "tuned":
+        got = engine.next_token_logprobs(prompts, letters, model=model, max_batch_size=3)
+        want = engine.score([p for p in prompts for _ in letters], letters * len(prompts), model=model)
+        assert len(got) == len(prompts) and all(len(row) == len(letters) for row in got)
+        assert [x for row in got for x in row] == pytest.approx([s for (s,) in want], abs=1e-5)
+    with pytest.raises(UserError, match="next-token candidate ' long word' is 2 tokens; each must be one token"):
+        engine.next_token_logprobs(["Hi"], ["A", " long word"])
+    with pytest.raises(UserError, match="next-token scoring: prompt 0 has 0 tokens"):
+        engine.next_token_logprobs([""], ["A"])
+
+
 @needs_assets
 def test_score_halves_a_batch_on_out_of_memory_and_refuses_what_it_cannot_score(qwen3_tokenizer):
     import torch

@@ -56,6 +56,8 @@ GREEDY_BELOW = 1e-5  # vLLM's _SAMPLING_EPS: smaller temperatures decode greedil
 TokenSource = Callable[[list[int], SamplingParams, str], Iterator[int]]
 # ([(prompt ids, continuation ids), ...], served model name) -> log-probability of each continuation token.
 Scorer = Callable[[list[tuple[list[int], list[int]]], str], list[list[float]]]
+# ([prompt ids, ...], candidate token ids, served model name) -> log-probability of each candidate as the next token.
+NextScorer = Callable[[list[list[int]], list[int], str], list[list[float]]]
 T = TypeVar("T")
 
 
@@ -194,11 +196,13 @@ class Engine:
         max_model_len: int,
         eos_ids: set[int] | None = None,
         scorer: Scorer | None = None,
+        next_scorer: NextScorer | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.models = dict(models)  # served name -> name of the base it adapts (None for a base)
         self.source = source
         self.scorer = scorer
+        self.next_scorer = next_scorer
         self.max_model_len = max_model_len
         self.eos_ids = eos_ids if eos_ids is not None else {tokenizer.eos_token_id}
 
@@ -328,11 +332,7 @@ class Engine:
         max_batch_tokens: int | None = None,
     ) -> list[list[float]]:
         """As `score`, on token ids: for text tokenized as training does (eval's held-out loss uses it)."""
-        model = self.names[-1] if model is None else model
-        if model not in self.models:
-            raise UserError(f"model '{model}' is not served here; choose one of: {', '.join(self.names)}")
-        if self.scorer is None:
-            raise UserError("this engine has no model weights to score with (its tokens come from a script)")
+        model = self._scoring_model(model, self.scorer)
         for i, (prompt, continuation) in enumerate(pairs):
             if not prompt or not continuation or len(prompt) + len(continuation) > self.max_model_len:
                 raise UserError(
@@ -343,6 +343,48 @@ class Engine:
         return _batched(
             sizes, lambda batch: self.scorer([pairs[i] for i in batch], model), max_batch_size, max_batch_tokens
         )
+
+    def next_token_logprobs(
+        self,
+        prompts: Sequence[str],
+        candidates: Sequence[str],
+        *,
+        model: str | None = None,
+        max_batch_size: int = 8,
+        max_batch_tokens: int | None = None,
+    ) -> list[list[float]]:
+        """Log-probability of each one-token candidate right after each raw-text prompt: one forward per prompt.
+
+        Equal to `score(prompt, candidate)` for every candidate (multiple choice reads all letters at once).
+        """
+        model = self._scoring_model(model, self.next_scorer)
+        token_ids = []
+        for candidate in candidates:
+            ids = self.tokenizer(candidate, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise UserError(f"next-token candidate {candidate!r} is {len(ids)} tokens; each must be one token")
+            token_ids.append(ids[0])
+        prompt_ids = [self.tokenizer(prompt)["input_ids"] for prompt in prompts]
+        for i, ids in enumerate(prompt_ids):
+            if not ids or len(ids) >= self.max_model_len:
+                raise UserError(
+                    f"next-token scoring: prompt {i} has {len(ids)} tokens; it must be non-empty and leave room for "
+                    f"one more in the context of {self.max_model_len} tokens"
+                )
+
+        def run(batch: list[int]) -> list[list[float]]:
+            return self.next_scorer([prompt_ids[i] for i in batch], token_ids, model)
+
+        return _batched([len(ids) for ids in prompt_ids], run, max_batch_size, max_batch_tokens)
+
+    def _scoring_model(self, model: str | None, scorer: Callable | None) -> str:
+        """The served name to score with (default: the fine-tuned one), once it and the scorer are known to exist."""
+        model = self.names[-1] if model is None else model
+        if model not in self.models:
+            raise UserError(f"model '{model}' is not served here; choose one of: {', '.join(self.names)}")
+        if scorer is None:
+            raise UserError("this engine has no model weights to score with (its tokens come from a script)")
+        return model
 
     def _start(
         self,
@@ -570,11 +612,29 @@ class _Batcher:
         """Log-probability of each continuation token after its prompt, for one batch of (prompt, continuation)."""
         import torch
 
+        keep = max(len(c) for _, c in pairs) + 1  # left padding puts every continuation in the last columns
+        logprobs = self._logprobs([p + c for p, c in pairs], name, keep)
+        scores = []
+        for row, (_, continuation) in enumerate(pairs):
+            # Column keep-1-len(c)+j predicts continuation token j (the column after it holds that token).
+            first = keep - 1 - len(continuation)
+            index = torch.tensor(continuation, device=logprobs.device)[:, None]
+            scores.append(logprobs[row, first : keep - 1].gather(-1, index)[:, 0].tolist())
+        return scores
+
+    def next_token(self, prompts: list[list[int]], candidates: list[int], name: str) -> list[list[float]]:
+        """Log-probability of each candidate token right after each prompt, for one batch of prompts."""
+        logprobs = self._logprobs(prompts, name, 1)
+        return logprobs[:, 0, candidates].tolist()
+
+    def _logprobs(self, sequences: list[list[int]], name: str, keep: int) -> torch.Tensor:
+        """Next-token log-probabilities (float32) at the last `keep` positions of each left-padded sequence."""
+        import torch
+
         model, adapter = self.targets[name]
         group = self._groups[id(model)]
-        ids, mask = _left_padded([p + c for p, c in pairs], model.device)
-        keep = max(len(c) for _, c in pairs) + 1  # left padding puts every continuation in the last columns
-        extra = {"adapter_names": [adapter or "__base__"] * len(pairs)} if group.peft else {}
+        ids, mask = _left_padded(sequences, model.device)
+        extra = {"adapter_names": [adapter or "__base__"] * len(sequences)} if group.peft else {}
         with torch.inference_mode(), self._forward_lock:
             logits = model(
                 input_ids=ids,
@@ -584,14 +644,7 @@ class _Batcher:
                 logits_to_keep=keep,
                 **extra,
             ).logits
-            logprobs = logits.float().log_softmax(-1)
-        scores = []
-        for row, (_, continuation) in enumerate(pairs):
-            # Column keep-1-len(c)+j predicts continuation token j (the column after it holds that token).
-            first = keep - 1 - len(continuation)
-            picked = logprobs[row, first : keep - 1].gather(-1, torch.tensor(continuation)[:, None].to(model.device))
-            scores.append(picked[:, 0].tolist())
-        return scores
+            return logits.float().log_softmax(-1)
 
 
 _BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
@@ -742,4 +795,5 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
         max_model_len=max_model_len or context,
         eos_ids=eos_ids,
         scorer=batcher.score,
+        next_scorer=batcher.next_token,
     )
