@@ -407,6 +407,9 @@ def eval_command(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder [default: RUN/eval/<suite>].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Benchmark files of shipped suites [default: .].")] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Processes, each with its own model copy (one GPU each where there are GPUs).")
+    ] = 1,
 ) -> None:
     """Evaluate the fine-tuned model and its baseline on the same prompts; report in RUN/eval/<suite>/."""
     from rich.console import Console
@@ -416,7 +419,7 @@ def eval_command(
     from tuneforge.eval.run import EvalRequest, evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    request = EvalRequest(run, model, adapter, names, suite, baseline, limit, think, out, data_dir)
+    request = EvalRequest(run, model, adapter, names, suite, baseline, limit, think, out, data_dir, nproc)
     result = evaluate(request, log=_console().print)
     table = Table(title=f"eval: {result.out}")
     for column in HEADER:

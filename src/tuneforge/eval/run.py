@@ -3,16 +3,19 @@
     evaluate(EvalRequest(run="runs/mybot", suite="quick"))   # -> runs/mybot/eval/quick/
 
 For a LoRA run (or --model with --adapter) the baseline is the same loaded model with the adapter off; for a
-full fine-tune the run's base is loaded beside it.
+full fine-tune the run's base is loaded beside it. Finished items are cached in RUN/eval/.cache (eval/cache.py);
+`nproc` > 1 spreads the items over that many processes, each with its own model copy (eval/shard.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
+from tuneforge.eval.cache import CHUNK, ItemCache, model_fingerprints
 from tuneforge.eval.report import summarize, write_report
 from tuneforge.eval.suite import SuiteConfig, load_suite, suite_of_tasks
 from tuneforge.eval.tasks import Context, Row, run_task
@@ -35,6 +38,7 @@ class EvalRequest:
     think: bool | None = None
     out: Path | None = None
     data_dir: Path | None = None
+    nproc: int = 1  # processes (GPUs), each with its own model copy
 
 
 @dataclass
@@ -59,6 +63,8 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     from tuneforge.infer.engine import load_engine
     from tuneforge.infer.spec import resolve_spec
 
+    if request.nproc < 1:
+        raise UserError(f"--nproc {request.nproc}: expected 1 or more processes")
     if request.baseline not in ("base", "none"):
         raise UserError(f"--baseline {request.baseline}: expected base or none")
     if request.run is None and request.model is None:
@@ -82,13 +88,23 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     models = {"baseline": spec.names[0], "tuned": spec.names[-1]} if len(spec.names) > 1 else {"tuned": spec.names[0]}
     if request.baseline == "none":
         models.pop("baseline", None)
+    # With --run the cache is RUN/eval/.cache whatever --out says; with --model it sits beside the report folder.
+    cache_file = (run.root / "eval" if run else out.parent) / ".cache" / "items.jsonl"
+    # Every worker gets a full chunk per request.
+    cache = ItemCache(cache_file, model_fingerprints(spec), CHUNK * request.nproc)
     log(f"eval: loading {', '.join(f'{role}={name}' for role, name in models.items())}")
-    engine = load_engine(spec)
-    ctx = Context(engine, models, request.think, base_dir, run_config, request.limit)
     rows: list[Row] = []
-    for task in suite.tasks:
-        log(f"eval: {task.name} ({task.type})")
-        rows += run_task(task, ctx)
+    with contextlib.ExitStack() as stack:
+        if request.nproc > 1:
+            from tuneforge.eval.shard import sharded_engine
+
+            engine = stack.enter_context(sharded_engine(spec, request.nproc))
+        else:
+            engine = load_engine(spec)
+        ctx = Context(engine, models, request.think, base_dir, run_config, request.limit, cache)
+        for task in suite.tasks:
+            log(f"eval: {task.name} ({task.type})")
+            rows += run_task(task, ctx)
     results = summarize(rows)
     think = {None: "template default", True: "on", False: "off"}[request.think]
     meta = {"suite": suite.name, "models": models, "thinking": think, "decoding": "greedy", "limit": request.limit}

@@ -14,13 +14,14 @@ import csv
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneforge.data.conversation import Conversation, Message
+from tuneforge.data.conversation import Conversation, Message, ToolCall
 from tuneforge.errors import UserError
 from tuneforge.eval import metrics
+from tuneforge.eval.cache import ItemCache
 from tuneforge.eval.extract import CORRECT, TRUNCATED, extract_choice, gsm8k_gold, outcome, split_answer
 from tuneforge.eval.suite import TaskConfig
 
@@ -42,6 +43,7 @@ class Context:
     base_dir: Path  # relative task paths are read from here
     run_config: Config | None = None
     limit: int | None = None  # --limit: overrides each task's own
+    cache: ItemCache = field(default_factory=lambda: ItemCache(None, {}))  # finished items (eval/cache.py)
 
 
 @dataclass
@@ -130,7 +132,12 @@ def _loss(task: TaskConfig, ctx: Context) -> list[Row]:
     pairs = [(r.input_ids[:1], r.input_ids[1:]) for r in rendered]
     rows = []
     for role, name in ctx.models.items():
-        for i, (r, logprobs) in enumerate(zip(rendered, ctx.engine.score_ids(pairs, model=name))):
+        scores = ctx.cache.map(
+            "token_logprobs",
+            [(name, {"ids": pair}) for pair in pairs],
+            lambda todo, name=name: ctx.engine.score_ids([pairs[i] for i in todo], model=name),
+        )
+        for i, (r, logprobs) in enumerate(zip(rendered, scores)):
             trained = [lp for lp, label in zip(logprobs, r.labels[1:]) if label != IGNORE]
             loss = -sum(trained) / len(trained)
             row = Row(task.name, str(i), role, r.text, None, score={"loss": loss}, weight=len(trained))
@@ -154,11 +161,28 @@ def _generate(task: TaskConfig, ctx: Context, prompts: list[list[Message]]) -> d
     roles = list(ctx.models)
     convs = [p for _ in roles for p in prompts]
     names = [ctx.models[role] for role in roles for _ in prompts]
-    results = ctx.engine.generate_batch(convs, params, model=names, enable_thinking=ctx.think)
     rendered = [ctx.engine.render(p, enable_thinking=ctx.think) for p in prompts]
+    decoding = asdict(params)
+    requests = [{"prompt": text, "decoding": decoding} for _ in roles for text in rendered]
+
+    def compute(todo: list[int]) -> list[dict[str, Any]]:
+        results = ctx.engine.generate_batch(
+            [convs[i] for i in todo], params, model=[names[i] for i in todo], enable_thinking=ctx.think
+        )
+        return [asdict(result) for result in results]
+
+    values = ctx.cache.map("generate", list(zip(names, requests)), compute)
+    results = [_chat_result(value) for value in values]
     return {
         role: list(zip(rendered, results[k * len(prompts) : (k + 1) * len(prompts)])) for k, role in enumerate(roles)
     }
+
+
+def _chat_result(value: dict[str, Any]) -> ChatResult:
+    """A ChatResult from its cached dict."""
+    from tuneforge.infer.engine import ChatResult
+
+    return ChatResult(**{**value, "tool_calls": [ToolCall(**call) for call in value["tool_calls"]]})
 
 
 def _answered(task: TaskConfig, item_id: str, role: str, prompt: str, result: ChatResult, gold: Any) -> tuple:
@@ -354,13 +378,19 @@ def _mcq_likelihood(
     task: TaskConfig, ctx: Context, questions: list[Question], prompts: list[list[Message]]
 ) -> list[Row]:
     # Scoring a letter right after the prompt asks for no thinking: the empty think block is on the prompt side.
+    # The answer starts on a fresh line after it, so the letters are Qwen3's one-token "A".."D" (no leading space),
+    # all read from one forward per question.
     rendered = [ctx.engine.render(p, enable_thinking=False) for p in prompts]
-    texts = [text for text in rendered for _ in LETTERS]
     rows = []
     for role, name in ctx.models.items():
-        scores = ctx.engine.score(texts, list(LETTERS) * len(rendered), model=name)
-        for k, (q, prompt) in enumerate(zip(questions, rendered)):
-            letter_scores = [sum(s) for s in scores[k * len(LETTERS) : (k + 1) * len(LETTERS)]]
+        scores = ctx.cache.map(
+            "next_token",
+            [(name, {"prompt": text, "candidates": LETTERS}) for text in rendered],
+            lambda todo, name=name: ctx.engine.next_token_logprobs(
+                [rendered[i] for i in todo], list(LETTERS), model=name
+            ),
+        )
+        for q, prompt, letter_scores in zip(questions, rendered, scores):
             pred = LETTERS[max(range(len(LETTERS)), key=letter_scores.__getitem__)]
             correct = pred == q.answer
             row = Row(task.name, q.id, role, prompt, q.answer, pred=pred, outcome=CORRECT if correct else "wrong")
