@@ -9,16 +9,11 @@ batch size 1 of the same invocation are printed and written as JSON. Not part of
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import machine
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tiny Qwen3 the tests use (conftest.make_tiny_qwen3)
+from machine import command, tiny_model_parser, tiny_model_setup
 
 TOPICS = ["the sea", "a dragon who counts", "Paris in spring", "prime numbers", "a quiet library", "rain"]
 
@@ -32,15 +27,13 @@ def prompts(count: int) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tiny_model_parser(__doc__, "generate_batch")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="First is the baseline.")
     parser.add_argument("--prompts", type=int, default=32, help="Conversations answered at each batch size.")
     parser.add_argument("--max-tokens", type=int, default=32, help="New tokens per answer.")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice).")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "generate_batch.json")
     args = parser.parse_args()
+    host = tiny_model_setup(args, "transformers", "peft")
 
-    import torch
     from conftest import make_tiny_qwen3
 
     from tuneforge.data.conversation import Message
@@ -48,9 +41,6 @@ def main() -> None:
     from tuneforge.infer.spec import resolve_spec
     from tuneforge.io import atomic_write_json
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    host = {**machine("transformers", "peft"), "torch_threads": str(torch.get_num_threads())}
     conversations = [[Message("user", text)] for text in prompts(args.prompts)]
     greedy = SamplingParams(max_new_tokens=args.max_tokens, temperature=0)
     levels, reference = [], None
@@ -81,12 +71,11 @@ def main() -> None:
             f"{level['max_batch_size']} | {level['wall_s']} | {level['tokens']} | {level['tokens_per_s']} | "
             f"{level['tokens_per_s_ratio']} | {level['same_answers_as_baseline']}"
         )
-    command = " ".join([".venv/bin/python", "bench/generate_batch.py", *sys.argv[1:]])
     atomic_write_json(
         args.out,
         {
             "benchmark": "generate_batch",
-            "command": command,
+            "command": command(),
             "machine": host,
             "prompts": args.prompts,
             "max_tokens": args.max_tokens,

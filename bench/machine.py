@@ -1,10 +1,15 @@
-"""What a benchmark ran on: the machine and the versions that matter, for its JSON results."""
+"""What a benchmark ran on (the machine and the versions that matter), and the flags of the tiny-model benchmarks."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine(*packages: str) -> dict[str, str]:
@@ -24,3 +29,26 @@ def machine(*packages: str) -> dict[str, str]:
         # glibc allocator settings change CPU peak memory severalfold (docs/performance.md, Training throughput)
         **{key: value for key, value in os.environ.items() if key.startswith("MALLOC_")},
     }
+
+
+def tiny_model_parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """A parser with the flags every benchmark on the tests' tiny Qwen3 takes: --threads, --out (JSON results)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice).")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / f"{name}.json")
+    return parser
+
+
+def tiny_model_setup(args: argparse.Namespace, *packages: str) -> dict[str, str]:
+    """Apply --threads, put tests/ on the path (conftest.make_tiny_qwen3), and describe the machine."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return {**machine(*packages), "torch_threads": str(torch.get_num_threads())}
+
+
+def command() -> str:
+    """The command line that ran this benchmark, as docs/performance.md quotes it."""
+    return " ".join([".venv/bin/python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
