@@ -1,0 +1,165 @@
+"""Which models an eval compares, and the engines that run them: a local run or model, an OpenAI-compatible
+endpoint, vLLM; the baseline its base, another run, or another endpoint.
+
+Models share an engine wherever they can: a LoRA run and its base are one loaded model (adapter on / off), a
+baseline run with the same base adds its adapter to that load, two served models of one server share a client.
+Otherwise the roles' engines are put behind one `Router`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tuneforge.errors import UserError
+from tuneforge.eval.remote import RemoteEngine, Router, api_key, check_generation_only, is_url
+from tuneforge.rundir import Run
+
+if TYPE_CHECKING:
+    from tuneforge.eval.run import EvalRequest
+    from tuneforge.eval.suite import TaskConfig
+    from tuneforge.infer.spec import ModelSpec
+
+TUNED_ADAPTER = "tuned"  # served name of an --adapter given with --model
+BASELINE_ADAPTER = "baseline-run"  # served name of a --baseline run's adapter loaded onto the fine-tuned run's base
+
+
+@dataclass
+class Models:
+    """The engine the tasks use, the name it knows each role by, and each role's served model name (the report's)."""
+
+    engine: Any  # Engine | RemoteEngine | Router | VllmEngine
+    names: dict[str, str]  # role (baseline / tuned) -> name to pass to the engine
+    served: dict[str, str]  # role -> served model name
+
+
+def check_flags(request: EvalRequest) -> None:
+    """The flags that only make sense together, in one line each (before anything loads)."""
+    local = request.run is not None or request.model is not None
+    if request.endpoint and (local or request.adapter):
+        raise UserError("eval: --endpoint evaluates a served model; leave out --run, --model and --adapter")
+    if request.endpoint and not request.served_model:
+        raise UserError("eval: --endpoint needs --served-model NAME (the model's name there; GET URL/v1/models)")
+    if request.served_model and not request.endpoint:
+        raise UserError("eval: --served-model goes with --endpoint URL")
+    if not local and not request.endpoint:
+        raise UserError("eval: pass --run RUN_DIR, --model DIR [--adapter DIR], or --endpoint URL --served-model NAME")
+    if request.run is not None and request.adapter is not None:
+        raise UserError("eval: --adapter goes with --model; a run brings its own adapter")
+    if is_url(request.baseline) and not request.baseline_model:
+        raise UserError(f"eval: --baseline {request.baseline} needs --baseline-model NAME (its name on that server)")
+    if request.baseline == "base" and request.endpoint and not request.baseline_model:
+        raise UserError(
+            "eval: the base of a served model is not known; name it with --baseline-model NAME (served at the same "
+            "--endpoint), or pass --baseline none / RUN / URL"
+        )
+    if request.baseline_model and not (is_url(request.baseline) or (request.baseline == "base" and request.endpoint)):
+        raise UserError("eval: --baseline-model goes with --baseline URL, or with --endpoint for its base")
+    if request.engine not in ("transformers", "vllm"):
+        raise UserError(f"eval: --engine {request.engine}: expected transformers or vllm")
+    if request.engine == "vllm" and request.endpoint:
+        raise UserError("eval: --engine vllm runs a local model; --endpoint already names a server")
+    if request.engine == "vllm":
+        from tuneforge.eval.offline_vllm import require_vllm
+
+        require_vllm()
+
+
+def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable[..., Any] = print) -> Models:
+    """Open the fine-tuned model and its baseline (flags: check_flags first); refuse tasks an engine cannot score."""
+    roles: dict[str, tuple[Any, str]] = {}  # role -> (engine, served name)
+    remotes: dict[str, list[str]] = {}  # url -> served names asked for there
+    if request.endpoint:
+        remotes[request.endpoint] = [request.served_model]
+    baseline_run = _baseline_run(request.baseline)
+    spec, tuned_name = None, None
+    if not request.endpoint:
+        spec, tuned_name = _local_spec(request)
+    baseline_spec = None
+    if request.baseline == "base" and request.endpoint:
+        remotes[request.endpoint].insert(0, request.baseline_model)
+    elif is_url(request.baseline):
+        remotes.setdefault(request.baseline, []).insert(0, request.baseline_model)
+    elif baseline_run is not None:
+        if spec is not None and spec.adapters and baseline_run.adapter.is_dir() and _same_base(spec, baseline_run):
+            # Same base weights: the baseline run's adapter joins the one load (adapters switched per row).
+            spec = dataclasses.replace(spec, adapters={**spec.adapters, BASELINE_ADAPTER: baseline_run.adapter})
+        else:
+            from tuneforge.infer.spec import resolve_spec
+
+            baseline_spec = resolve_spec(run=baseline_run.root)
+
+    key = api_key(request.api_key_file) if remotes else None
+    for url, names in remotes.items():
+        engine = RemoteEngine(url, names, key, concurrency=request.concurrency)
+        engine.check()
+        if request.endpoint == url:
+            roles["tuned"] = (engine, request.served_model)
+        if url == request.baseline or (request.baseline == "base" and request.endpoint == url):
+            roles["baseline"] = (engine, request.baseline_model)
+    if spec is not None:
+        engine = _load(spec, request.engine, log)
+        roles["tuned"] = (engine, tuned_name)
+        if request.baseline == "base" and len(spec.names) > 1:
+            roles["baseline"] = (engine, spec.names[0])
+        elif BASELINE_ADAPTER in spec.adapters:
+            roles["baseline"] = (engine, BASELINE_ADAPTER)
+    if baseline_spec is not None:
+        roles["baseline"] = (_load(baseline_spec, request.engine, log), baseline_spec.names[-1])
+
+    roles = {role: roles[role] for role in ("baseline", "tuned") if role in roles}
+    served = {role: _served(role, name, baseline_run) for role, (_, name) in roles.items()}
+    for role, (engine, _) in roles.items():
+        if engine.scorer is None:
+            where = f"the endpoint {engine.url}" if isinstance(engine, RemoteEngine) else f"--engine {request.engine}"
+            check_generation_only(tasks, f"{where} ({role})")
+    engines = {id(engine) for engine, _ in roles.values()}
+    if len(engines) == 1:
+        engine = roles["tuned"][0]
+        return Models(engine, {role: name for role, (_, name) in roles.items()}, served)
+    return Models(Router(roles, render_with="tuned"), {role: role for role in roles}, served)
+
+
+def _baseline_run(baseline: str) -> Run | None:
+    """The run folder --baseline names, or None for base / none / a URL."""
+    if baseline in ("base", "none") or is_url(baseline):
+        return None
+    try:
+        return Run.open(baseline, "--baseline")
+    except UserError as exc:
+        raise UserError(f"{exc}, or base, none or an http(s) URL") from None
+
+
+def _local_spec(request: EvalRequest) -> tuple[ModelSpec, str]:
+    """The local fine-tuned model's spec (with its base where --baseline base asks for it) and its served name."""
+    from tuneforge.infer.spec import resolve_spec
+
+    spec = resolve_spec(
+        model=request.model if request.run is None else None,
+        run=request.run,
+        adapters={TUNED_ADAPTER: request.adapter} if request.adapter else None,
+        with_base=request.baseline == "base",
+    )
+    return spec, spec.names[-1]
+
+
+def _same_base(spec: ModelSpec, run: Run) -> bool:
+    return spec.model == run.base_model_config()
+
+
+def _served(role: str, name: str, baseline_run: Run | None) -> str:
+    """The name the report shows: a baseline run's adapter by its run folder's name."""
+    return baseline_run.name if role == "baseline" and name == BASELINE_ADAPTER and baseline_run else name
+
+
+def _load(spec: ModelSpec, engine: str, log: Callable[..., Any]) -> Any:
+    log(f"eval: loading {', '.join(spec.names)}" + (" with vLLM" if engine == "vllm" else ""))
+    if engine == "vllm":
+        from tuneforge.eval.offline_vllm import load_vllm
+
+        return load_vllm(spec)
+    from tuneforge.infer.engine import load_engine
+
+    return load_engine(spec)
