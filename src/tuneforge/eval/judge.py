@@ -120,7 +120,7 @@ def aggregate(rows: list[Row]) -> dict[str, Any] | None:
 
 def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
     """The models' answers to the task's prompts, judged pairwise (with position swap) or by rubric."""
-    from tuneforge.eval.tasks import _answered, _conversations, _generate, _limit
+    from tuneforge.eval.tasks import _answered, _generate, _limit
     from tuneforge.infer.engine import SamplingParams
 
     if task.judge is None or task.path is None:
@@ -133,8 +133,7 @@ def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
             "none, or set mode: rubric"
         )
     judge = _judge_engine(task)
-    prompts = [c.messages[:-1] if c.messages[-1].role == "assistant" else c.messages for c in _conversations(task, ctx)]
-    prompts = _limit([p for p in prompts if p], task, ctx)
+    prompts = _limit(_prompts(task, ctx), task, ctx)
     answers = _generate(task, ctx, prompts)
     rows = {
         role: [_answered(task, str(i), role, prompt, result, None) for i, (prompt, result) in enumerate(pairs)]
@@ -151,6 +150,18 @@ def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
     if task.mode == "pairwise":
         return _pairwise(prompts, rows, ask)
     return _rubric(prompts, rows, ask, task.rubric or DEFAULT_RUBRIC)
+
+
+def _prompts(task: TaskConfig, ctx: Context) -> list[list[Message]]:
+    """The prompts: `{"prompt": text}` records, or held-out data of any training format (its answers dropped)."""
+    from tuneforge.data.sources import read_file
+    from tuneforge.eval.tasks import _conversations, _path
+
+    records = [located.record for located in read_file(_path(task, ctx))]
+    if records and all(isinstance(r, dict) and isinstance(r.get("prompt"), str) for r in records):
+        return [[_user(r["prompt"])] for r in records]
+    convs = _conversations(task, ctx)
+    return [c.messages[:-1] if c.messages[-1].role == "assistant" else c.messages for c in convs]
 
 
 def _pairwise(prompts: list[list[Message]], rows: dict[str, list], ask: Any) -> list[Row]:

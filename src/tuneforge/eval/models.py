@@ -91,6 +91,11 @@ def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable
 
             baseline_spec = resolve_spec(run=baseline_run.root)
 
+    # Before anything connects or loads: tasks that need log-probabilities an engine here cannot give.
+    for url in remotes:
+        check_generation_only(tasks, f"the endpoint {url}")
+    if request.engine == "vllm":
+        check_generation_only(tasks, "--engine vllm")
     key = api_key(request.api_key_file) if remotes else None
     for url, names in remotes.items():
         engine = RemoteEngine(url, names, key, concurrency=request.concurrency)
@@ -111,10 +116,6 @@ def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable
 
     roles = {role: roles[role] for role in ("baseline", "tuned") if role in roles}
     served = {role: _served(role, name, baseline_run) for role, (_, name) in roles.items()}
-    for role, (engine, _) in roles.items():
-        if engine.scorer is None:
-            where = f"the endpoint {engine.url}" if isinstance(engine, RemoteEngine) else f"--engine {request.engine}"
-            check_generation_only(tasks, f"{where} ({role})")
     engines = {id(engine) for engine, _ in roles.values()}
     if len(engines) == 1:
         engine = roles["tuned"][0]

@@ -96,7 +96,8 @@ class RemoteEngine:
 
     def check(self) -> None:
         """Fail in one line, before any work, when the server is unreachable, refuses the key or lacks a model."""
-        served = [m.id for m in self._call(self._client.models.list)]
+        # No retries here: a server that is down or refuses the key is reported at once.
+        served = [m.id for m in self._call(self._client.with_options(max_retries=0).models.list)]
         for model in self.models:
             if model not in served:
                 raise UserError(
