@@ -153,7 +153,8 @@ def test_endpoint_problems_are_one_line_each(served, suite, key_file, tmp_path, 
     monkeypatch.setenv("TUNEFORGE_API_KEY", "sk-wrong")
     code, output = invoke("--endpoint", served, "--served-model", "tuned", "--baseline", "none", *out)
     assert code == 2 and output.strip() == (
-        f"error: {served}: the server refused the API key; pass --api-key-file FILE (or set TUNEFORGE_API_KEY)"
+        f"error: {served}: the server refused the API key; give its key (--api-key-file FILE or TUNEFORGE_API_KEY; "
+        "a judge's: api_key_env)"
     )
     assert not (tmp_path / "o").exists()
 
@@ -373,7 +374,7 @@ def test_judge_task_through_the_cli_against_tuneforge_serve(served, key_file, ti
 def test_a_local_eval_loads_no_network_client():
     code = (
         "import sys, tuneforge.cli, tuneforge.eval.run, tuneforge.eval.report, tuneforge.eval.judge; "
-        "print(sorted(m for m in ('openai', 'httpx', 'vllm') if m in sys.modules))"
+        "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'vllm') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -90,6 +90,11 @@ def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable
             from tuneforge.infer.spec import resolve_spec
 
             baseline_spec = resolve_spec(run=baseline_run.root)
+            if request.engine == "vllm":
+                raise UserError(
+                    f"--engine vllm: --baseline {request.baseline} is not a LoRA on the same base, so it is a second "
+                    "model, and vLLM holds one per process; serve it and pass --baseline URL --baseline-model NAME"
+                )
 
     # Before anything connects or loads: tasks that need log-probabilities an engine here cannot give.
     for url in remotes:

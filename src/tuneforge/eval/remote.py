@@ -122,10 +122,13 @@ class RemoteEngine:
 
         params = params or SamplingParams()
         names = [model] * len(conversations) if model is None or isinstance(model, str) else list(model)
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="tuneforge-eval-remote") as pool:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tuneforge-eval-remote")
+        try:
             return list(
                 pool.map(lambda conv, name: self._chat(conv, params, name, enable_thinking), conversations, names)
             )
+        finally:
+            pool.shutdown(cancel_futures=True)  # after a failure, the requests not yet sent are dropped
 
     def score(self, *args: Any, **kwargs: Any) -> list[list[float]]:
         """Not available over this API (tasks that need it are refused before they run)."""
@@ -180,19 +183,20 @@ class RemoteEngine:
             return request()
         except openai.AuthenticationError:
             raise UserError(
-                f"{self.url}: the server refused the API key; pass --api-key-file FILE (or set TUNEFORGE_API_KEY)"
+                f"{self.url}: the server refused the API key; give its key (--api-key-file FILE or TUNEFORGE_API_KEY; "
+                "a judge's: api_key_env)"
             ) from None
         except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
+            cause = (str(exc.__cause__ or exc).splitlines() or [""])[0]
             raise UserError(f"{self.url}: cannot reach the server ({cause}); is it running?") from None
         except openai.APIStatusError as exc:
             raise UserError(f"{self.url}: the server answered {exc.status_code}: {_error_text(exc)}") from None
 
 
 def _error_text(exc: Any) -> str:
-    body = exc.body if isinstance(exc.body, dict) else {}
-    detail = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
-    return str(detail.get("message") or exc.message).splitlines()[0][:300]
+    """The server's own message (the client keeps the `error` object of an OpenAI error body as `body`)."""
+    message = exc.body.get("message") if isinstance(exc.body, dict) else None
+    return (str(message or exc.message).splitlines() or [""])[0][:300]
 
 
 def _openai_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
