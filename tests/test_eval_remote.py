@@ -131,6 +131,18 @@ def test_likelihood_tasks_are_refused_for_an_endpoint_before_connecting(tmp_path
     ]
 
 
+def test_pairwise_judge_without_a_baseline_is_refused_before_loading(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\ntasks:\n  - {name: j, type: judge, path: p.jsonl, judge: {endpoint: 'http://x', model: m}}\n"
+    )
+    code, out = invoke("--model", "not-loaded", "--suite", str(suite), "--out", str(tmp_path / "o"))
+    assert code == 2 and out.strip() == (
+        "error: task j: pairwise judging compares the fine-tuned model with a baseline; drop --baseline none "
+        "(a --model without --adapter has none: pass --baseline RUN or URL), or set mode: rubric"
+    )
+
+
 def test_endpoint_problems_are_one_line_each(served, suite, key_file, tmp_path, monkeypatch):
     out = ["--suite", str(suite), "--out", str(tmp_path / "o")]
     cases = [

@@ -118,6 +118,19 @@ def aggregate(rows: list[Row]) -> dict[str, Any] | None:
     return out
 
 
+def check_baseline(tasks: list[TaskConfig], has_baseline: bool) -> None:
+    """Refuse pairwise judge tasks when there is no baseline to compare with (one line per task)."""
+    pairwise = [t.name for t in tasks if t.type == "judge" and t.mode == "pairwise"]
+    if pairwise and not has_baseline:
+        raise UserError(
+            "\n".join(
+                f"task {name}: pairwise judging compares the fine-tuned model with a baseline; drop --baseline none "
+                "(a --model without --adapter has none: pass --baseline RUN or URL), or set mode: rubric"
+                for name in pairwise
+            )
+        )
+
+
 def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
     """The models' answers to the task's prompts, judged pairwise (with position swap) or by rubric."""
     from tuneforge.eval.tasks import _answered, _generate, _limit
@@ -127,11 +140,7 @@ def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
         raise UserError(
             f"task {task.name}: a judge task needs path: (the prompts) and judge: {{endpoint: URL, model: NAME}}"
         )
-    if task.mode == "pairwise" and set(ctx.models) != {"baseline", "tuned"}:
-        raise UserError(
-            f"task {task.name}: pairwise judging compares the fine-tuned model with a baseline; drop --baseline "
-            "none, or set mode: rubric"
-        )
+    check_baseline([task], "baseline" in ctx.models)
     judge = _judge_engine(task)
     prompts = _limit(_prompts(task, ctx), task, ctx)
     answers = _generate(task, ctx, prompts)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
+from tuneforge.eval.judge import check_baseline
 from tuneforge.eval.remote import RemoteEngine, Router, api_key, check_generation_only, is_url
 from tuneforge.rundir import Run
 
@@ -96,7 +97,9 @@ def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable
                     "model, and vLLM holds one per process; serve it and pass --baseline URL --baseline-model NAME"
                 )
 
-    # Before anything connects or loads: tasks that need log-probabilities an engine here cannot give.
+    # Before anything connects or loads: tasks that need a baseline, or log-probabilities an engine here cannot give.
+    has_baseline = request.baseline != "none" and (request.baseline != "base" or spec is None or len(spec.names) > 1)
+    check_baseline(list(tasks), has_baseline)
     for url in remotes:
         check_generation_only(tasks, f"the endpoint {url}")
     if request.engine == "vllm":
