@@ -399,7 +399,11 @@ def eval_command(
         str | None, typer.Option(help="Suite YAML file or shipped suite name [default: self-cognition].")
     ] = None,
     baseline: Annotated[
-        str, typer.Option(help="base: also evaluate the base model; none: only the fine-tuned.")
+        str,
+        typer.Option(
+            help="base: also evaluate the base model; none: only the fine-tuned; a run folder; or an endpoint URL "
+            "(with --baseline-model)."
+        ),
     ] = "base",
     limit: Annotated[int | None, typer.Option(min=1, help="At most N items per task.")] = None,
     think: Annotated[
@@ -407,6 +411,20 @@ def eval_command(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder [default: RUN/eval/<suite>].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Benchmark files of shipped suites [default: .].")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server of the fine-tuned model, e.g. http://host:8000.")
+    ] = None,
+    served_model: Annotated[str | None, typer.Option(help="The fine-tuned model's name at --endpoint.")] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File holding the endpoints' API key [default: TUNEFORGE_API_KEY, ...].")
+    ] = None,
+    baseline_model: Annotated[
+        str | None, typer.Option(help="The baseline's name at --baseline URL (or at --endpoint for its base).")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="transformers (built-in) or vllm (generation tasks only).")] = (
+        "transformers"
+    ),
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight per endpoint.")] = 8,
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes, each with its own model copy (one GPU each where there are GPUs).")
     ] = 1,
@@ -419,7 +437,25 @@ def eval_command(
     from tuneforge.eval.run import EvalRequest, evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    request = EvalRequest(run, model, adapter, names, suite, baseline, limit, think, out, data_dir, nproc)
+    request = EvalRequest(
+        run,
+        model,
+        adapter,
+        names,
+        suite,
+        baseline,
+        limit,
+        think,
+        out,
+        data_dir,
+        endpoint=endpoint,
+        served_model=served_model,
+        api_key_file=api_key_file,
+        baseline_model=baseline_model,
+        engine=engine,
+        concurrency=concurrency,
+        nproc=nproc,
+    )
     result = evaluate(request, log=_console().print)
     table = Table(title=f"eval: {result.out}")
     for column in HEADER:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.eval.extract import TRUNCATED
+from tuneforge.eval.judge import aggregate
 from tuneforge.eval.tasks import Row, perplexity
 from tuneforge.io import atomic_dir
 
@@ -53,6 +54,10 @@ def summarize(rows: list[Row]) -> dict[str, Any]:
                 s: {role: _mean([r for r in rs if r.subject == s], "accuracy") for role, rs in by_role.items()}
                 for s in subjects
             }
+        judged = aggregate(task_rows)
+        if judged:  # its metric stays in the table even when no verdict could be read
+            entry["metrics"].setdefault(judged["metric"], dict.fromkeys(by_role))
+            entry["judge"] = judged
         results[task] = entry
     return results
 
@@ -72,6 +77,8 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             cut = {role: c for role, c in entry["truncated"].items() if c}
             if cut:
                 n += " (thinking truncated: " + ", ".join(f"{role} {c}" for role, c in cut.items()) + ")"
+            if "judge" in entry:
+                n += f" ({entry['judge']['summary']})"
             out.append([task, metric, _fmt(base), _fmt(tuned), "—" if delta is None else f"{delta:+.4f}", n])
     return out
 

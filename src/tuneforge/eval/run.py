@@ -3,25 +3,24 @@
     evaluate(EvalRequest(run="runs/mybot", suite="quick"))   # -> runs/mybot/eval/quick/
 
 For a LoRA run (or --model with --adapter) the baseline is the same loaded model with the adapter off; for a
-full fine-tune the run's base is loaded beside it. Finished items are cached in RUN/eval/.cache (eval/cache.py);
-`nproc` > 1 spreads the items over that many processes, each with its own model copy (eval/shard.py).
+full fine-tune the run's base is loaded beside it. Models behind an OpenAI-compatible endpoint, another run as
+the baseline, and vLLM are opened by eval/models.py. Finished items are cached in RUN/eval/.cache
+(eval/cache.py); `nproc` > 1 spreads the items over that many processes, each with its own model (eval/shard.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
-from tuneforge.eval.cache import CHUNK, ItemCache, model_fingerprints
+from tuneforge.eval.cache import CHUNK, ItemCache
+from tuneforge.eval.models import check_flags, open_models
 from tuneforge.eval.report import summarize, write_report
 from tuneforge.eval.suite import SuiteConfig, load_suite, suite_of_tasks
 from tuneforge.eval.tasks import Context, Row, run_task
 from tuneforge.rundir import Run
-
-TUNED_ADAPTER = "tuned"  # served name of an --adapter given with --model
 
 
 @dataclass(frozen=True)
@@ -33,11 +32,17 @@ class EvalRequest:
     adapter: Path | None = None
     tasks: list[str] | None = None
     suite: str | None = None
-    baseline: str = "base"  # base | none
+    baseline: str = "base"  # base | none | a run folder | an endpoint URL
     limit: int | None = None
     think: bool | None = None
     out: Path | None = None
     data_dir: Path | None = None
+    endpoint: str | None = None
+    served_model: str | None = None
+    api_key_file: Path | None = None
+    baseline_model: str | None = None
+    engine: str = "transformers"  # transformers | vllm
+    concurrency: int = 8  # requests in flight per endpoint
     nproc: int = 1  # processes (GPUs), each with its own model copy
 
 
@@ -60,53 +65,39 @@ def _suite(request: EvalRequest) -> tuple[SuiteConfig, Path]:
 
 def evaluate(request: EvalRequest, log=print) -> Evaluation:
     """Run the suite on the fine-tuned model (and its baseline), write the report; returns where and what."""
-    from tuneforge.infer.engine import load_engine
-    from tuneforge.infer.spec import resolve_spec
-
-    if request.nproc < 1:
-        raise UserError(f"--nproc {request.nproc}: expected 1 or more processes")
-    if request.baseline not in ("base", "none"):
-        raise UserError(f"--baseline {request.baseline}: expected base or none")
-    if request.run is None and request.model is None:
-        raise UserError("eval: pass --run RUN_DIR, or --model DIR [--adapter DIR]")
-    if request.run is not None and request.adapter is not None:
-        raise UserError("eval: --adapter goes with --model; a run brings its own adapter")
+    check_flags(request)
     suite, base_dir = _suite(request)
     run = Run.open(request.run) if request.run else None
     out = request.out or (run.root / "eval" / suite.name if run else None)
     if out is None:
-        raise UserError("eval: --out DIR is needed with --model (with --run the report goes to RUN/eval/<suite>)")
+        raise UserError(
+            "eval: --out DIR is needed with --model or --endpoint (with --run the report goes to RUN/eval/<suite>)"
+        )
 
-    run_config = run.cfg if run else None
-    adapters = {TUNED_ADAPTER: request.adapter} if request.adapter else None
-    spec = resolve_spec(
-        model=request.model if request.run is None else None,
-        run=request.run,
-        adapters=adapters,
-        with_base=request.baseline == "base",
-    )
-    models = {"baseline": spec.names[0], "tuned": spec.names[-1]} if len(spec.names) > 1 else {"tuned": spec.names[0]}
-    if request.baseline == "none":
-        models.pop("baseline", None)
-    # With --run the cache is RUN/eval/.cache whatever --out says; with --model it sits beside the report folder.
+    opened = open_models(request, suite.tasks, log)
+    log(f"eval: {', '.join(f'{role}={name}' for role, name in opened.served.items())}")
+    # With --run the cache is RUN/eval/.cache whatever --out says; otherwise it sits beside the report folder.
     cache_file = (run.root / "eval" if run else out.parent) / ".cache" / "items.jsonl"
     # Every worker gets a full chunk per request.
-    cache = ItemCache(cache_file, model_fingerprints(spec), CHUNK * request.nproc)
-    log(f"eval: loading {', '.join(f'{role}={name}' for role, name in models.items())}")
+    cache = ItemCache(cache_file if opened.fingerprints else None, opened.fingerprints or {}, CHUNK * request.nproc)
+    ctx = Context(opened.engine, opened.names, request.think, base_dir, run.cfg if run else None, request.limit, cache)
     rows: list[Row] = []
-    with contextlib.ExitStack() as stack:
-        if request.nproc > 1:
-            from tuneforge.eval.shard import sharded_engine
-
-            engine = stack.enter_context(sharded_engine(spec, request.nproc))
-        else:
-            engine = load_engine(spec)
-        ctx = Context(engine, models, request.think, base_dir, run_config, request.limit, cache)
+    try:
         for task in suite.tasks:
             log(f"eval: {task.name} ({task.type})")
             rows += run_task(task, ctx)
+    finally:
+        opened.close()
     results = summarize(rows)
     think = {None: "template default", True: "on", False: "off"}[request.think]
-    meta = {"suite": suite.name, "models": models, "thinking": think, "decoding": "greedy", "limit": request.limit}
+    meta = {
+        "suite": suite.name,
+        "models": opened.served,
+        "thinking": think,
+        "decoding": "greedy",
+        "limit": request.limit,
+    }
+    if request.endpoint:
+        meta["endpoint"] = request.endpoint
     write_report(out, rows, results, meta)
     return Evaluation(out, results, rows)

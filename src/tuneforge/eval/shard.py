@@ -5,8 +5,9 @@ cores), and every batched request (`generate_batch`, `score_ids`, `next_token_lo
 slices, one per worker, run at the same time and put back together in input order. The tasks, the cache and the
 report run in this process, which holds only the tokenizer (prompts are rendered here).
 
-    with sharded_engine(spec, nproc=2) as engine:   # an Engine stand-in for eval's tasks
-        engine.next_token_logprobs(prompts, ["A", "B", "C", "D"])
+    engine = start_sharded(spec, nproc=2)   # an Engine stand-in for eval's tasks
+    engine.next_token_logprobs(prompts, ["A", "B", "C", "D"])
+    engine.close()
 """
 
 from __future__ import annotations
@@ -70,10 +71,15 @@ def _devices(nproc: int) -> list[str | None]:
 class ShardedEngine:
     """The part of the Engine that eval's tasks use, with batched requests spread over worker processes."""
 
-    def __init__(self, local: Engine, conns: list[Connection]) -> None:
+    def __init__(self, local: Engine, conns: list[Connection], processes: list[Any]) -> None:
         self.local = local  # tokenizer and chat template only: rendering happens here
         self.tokenizer = local.tokenizer
         self.conns = conns
+        self.processes = processes
+
+    def close(self) -> None:
+        """Ask every worker to stop, and wait for it (killed after 30 s)."""
+        _stop(self.conns, self.processes)
 
     def render(self, messages: Sequence[Message], **kwargs: Any) -> str:
         """The prompt text, as `Engine.render`."""
@@ -127,9 +133,8 @@ def _receive(conn: Connection) -> Any:
         ) from None
 
 
-@contextlib.contextmanager
-def sharded_engine(spec: ModelSpec, nproc: int) -> Iterator[ShardedEngine]:
-    """Start `nproc` worker processes, each loading `spec`; stop them on the way out."""
+def start_sharded(spec: ModelSpec, nproc: int) -> ShardedEngine:
+    """Start `nproc` worker processes, each loading `spec`, once all have loaded; `close()` stops them."""
     import multiprocessing
 
     from tuneforge.infer.engine import Engine
@@ -152,14 +157,19 @@ def sharded_engine(spec: ModelSpec, nproc: int) -> Iterator[ShardedEngine]:
             if error is not None:
                 raise error
         local = Engine(load_tokenizer(spec.tokenizer), {}, _no_generation, max_model_len=0)
-        yield ShardedEngine(local, conns)
-    finally:
-        for conn, process in zip(conns, processes):
-            with contextlib.suppress(OSError):
-                conn.send(None)
-            process.join(30)
-            if process.is_alive():
-                process.kill()
+    except BaseException:
+        _stop(conns, processes)
+        raise
+    return ShardedEngine(local, conns, processes)
+
+
+def _stop(conns: list[Connection], processes: list[Any]) -> None:
+    for conn, process in zip(conns, processes):
+        with contextlib.suppress(OSError):
+            conn.send(None)
+        process.join(30)
+        if process.is_alive():
+            process.kill()
 
 
 def _no_generation(*_: Any) -> Iterator[int]:

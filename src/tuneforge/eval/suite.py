@@ -35,15 +35,27 @@ PROBE_QUESTIONS = {
 }
 
 
+class JudgeConfig(Section):
+    """The judging model of a judge task: any OpenAI-compatible endpoint."""
+
+    endpoint: str = Field(description="The judge's OpenAI-compatible server, e.g. http://host:8000 (/v1 is added).")
+    model: str = Field(description="The judge's model name on that server.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding its API key [default: TUNEFORGE_API_KEY, OPENAI_API_KEY]."
+    )
+    max_tokens: int = Field(1024, ge=1, description="Longest judgement (thinking included).")
+    concurrency: int = Field(8, ge=1, description="Judge requests in flight at once.")
+
+
 class TaskConfig(Section):
     name: str = Field(description="The task's name in reports and in --tasks.")
-    type: Literal["loss", "probe", "generation", "mcq", "math"] = Field(description="What is measured.")
+    type: Literal["loss", "probe", "generation", "mcq", "math", "judge"] = Field(description="What is measured.")
     path: str | None = Field(
         None,
-        description="Data file (loss, generation, math) or benchmark folder (mcq); loss: default the run's "
-        "validation split.",
+        description="Data file (loss, generation, math, judge: the prompts) or benchmark folder (mcq); loss: default "
+        "the run's validation split.",
     )
-    format: str = Field("auto", description="Training data format of `path` (loss, generation).")
+    format: str = Field("auto", description="Training data format of `path` (loss, generation, judge).")
     layout: Literal["auto", "cmmlu", "ceval", "mmlu"] = Field("auto", description="mcq: the benchmark's file layout.")
     subjects: list[str] | None = Field(None, description="mcq: subjects (file names without .csv); default all.")
     shots: int = Field(0, ge=0, description="mcq: examples from the dev split shown first.")
@@ -58,6 +70,11 @@ class TaskConfig(Section):
     )
     max_new_tokens: int = Field(256, ge=1, description="Longest generated answer (thinking included).")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N items (--limit overrides).")
+    judge: JudgeConfig | None = Field(None, description="judge: the judging model's endpoint.")
+    mode: Literal["pairwise", "rubric"] = Field(
+        "pairwise", description="judge: fine-tuned vs baseline (both orders), or a 1-10 rating of each answer."
+    )
+    rubric: str | None = Field(None, description="judge, rubric mode: the criteria [default: helpfulness, …].")
 
 
 class SuiteConfig(Section):

@@ -73,8 +73,15 @@ def run_task(task: TaskConfig, ctx: Context) -> list[Row]:
         "generation": _generation,
         "mcq": _mcq,
         "math": _math,
+        "judge": _judge,
     }[task.type]
     return runner(task, ctx)
+
+
+def _judge(task: TaskConfig, ctx: Context) -> list[Row]:
+    from tuneforge.eval.judge import run_judge
+
+    return run_judge(task, ctx)
 
 
 def _limit(items: list, task: TaskConfig, ctx: Context) -> list:

@@ -1,0 +1,116 @@
+"""`tuneforge eval --engine vllm`: generation through vLLM's offline `LLM`, LoRA adapters through `enable_lora`.
+
+Only what generation tasks use (`generate_batch`, `render`); likelihood tasks are refused before they run, as for
+an endpoint. Prompts are rendered by the same chat template code as the built-in engine (`Engine.render`), so
+samples.jsonl shows the exact text vLLM was given. Not run by the test suite (no vLLM, no GPU there); only its
+missing-vLLM error is tested.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tuneforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tuneforge.data.conversation import Message
+    from tuneforge.infer.engine import ChatResult, SamplingParams
+    from tuneforge.infer.spec import ModelSpec
+
+
+def require_vllm() -> None:
+    """One line when vLLM is not installed."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "--engine vllm: vllm is not installed in this environment (pip install vllm, on Linux with an NVIDIA "
+            "GPU); use --engine transformers, or serve the model with vLLM and pass --endpoint URL"
+        )
+
+
+class VllmEngine:
+    """A vLLM `LLM` serving a base and its LoRA adapters under the spec's names."""
+
+    scorer = None  # likelihood tasks are refused (check_generation_only)
+
+    def __init__(self, spec: ModelSpec) -> None:
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+
+        from tuneforge.infer.engine import Engine
+        from tuneforge.model.load import load_tokenizer
+        from tuneforge.serve.launch import VLLM_LORA_RANKS, _lora_rank
+
+        if spec.others:
+            raise UserError(
+                "--engine vllm: a full fine-tune and its base are two models and vLLM loads one; pass --baseline none, "
+                "or evaluate each through `tuneforge serve --engine vllm` and --endpoint"
+            )
+        self.models = dict.fromkeys(spec.names)
+        self.tokenizer = load_tokenizer(spec.tokenizer)
+        # The built-in engine's render (the tokenizer's own template); it never generates here.
+        self._templates = Engine(self.tokenizer, self.models, source=None, max_model_len=0)  # type: ignore[arg-type]
+        options: dict[str, Any] = {"tokenizer": spec.tokenizer.name_or_path, "revision": spec.model.revision}
+        if spec.adapters:
+            rank = max(_lora_rank(path) for path in spec.adapters.values())
+            options |= {
+                "enable_lora": True,
+                "max_loras": len(spec.adapters),
+                "max_lora_rank": min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank),
+            }
+        self._llm = LLM(model=spec.model.name_or_path, **options)
+        self._lora = {name: LoRARequest(name, k + 1, str(path)) for k, (name, path) in enumerate(spec.adapters.items())}
+
+    @property
+    def names(self) -> list[str]:
+        """Served names: the base first, then its adapters."""
+        return list(self.models)
+
+    def render(self, messages: Sequence[Message], **kwargs: Any) -> str:
+        """The prompt text, from the tokenizer's own chat template."""
+        return self._templates.render(messages, **kwargs)
+
+    def generate_batch(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        params: SamplingParams | None = None,
+        *,
+        model: str | Sequence[str] | None = None,
+        enable_thinking: bool | None = None,
+        **_: Any,
+    ) -> list[ChatResult]:
+        """Answer every conversation in one vLLM call (it batches and schedules); input order."""
+        import vllm
+
+        from tuneforge.infer.engine import ChatResult, SamplingParams
+
+        params = params or SamplingParams()
+        names = [model or self.names[-1]] * len(conversations) if model is None or isinstance(model, str) else model
+        sampling = vllm.SamplingParams(
+            temperature=params.temperature or 0.0,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+        )
+        prompts = [self.render(conv, enable_thinking=enable_thinking) for conv in conversations]
+        # The template already wrote every special token the model needs.
+        inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        outputs = self._llm.generate(inputs, sampling, lora_request=[self._lora.get(name) for name in names])
+        return [
+            ChatResult(
+                reasoning=None,  # the <think> block stays in the text; the eval's answer split reads it
+                content=out.outputs[0].text,
+                tool_calls=[],
+                finish_reason=out.outputs[0].finish_reason or "stop",
+                prompt_tokens=len(out.prompt_token_ids or []),
+                completion_tokens=len(out.outputs[0].token_ids),
+            )
+            for out in outputs
+        ]
+
+
+def load_vllm(spec: ModelSpec) -> VllmEngine:
+    """The spec's models in vLLM, or one line when vLLM is not installed."""
+    require_vllm()
+    return VllmEngine(spec)
