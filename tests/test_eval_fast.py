@@ -128,7 +128,7 @@ def test_a_rerun_recomputes_nothing_done_and_a_torn_last_line_only_its_item(tiny
 
 @needs_assets
 @needs_benchmarks
-@pytest.mark.slow  # two worker processes each start torch and load the model: ~40 s on 2 loaded cores
+@pytest.mark.slow  # two more processes start torch and load the model: 2.5 min on 2 cores at load 13
 def test_nproc_2_gives_the_same_report_as_one_process(tiny_qwen3_dir, tmp_path):
     suite = suite_file(tmp_path)
     reports = {}
