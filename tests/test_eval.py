@@ -18,8 +18,25 @@ EVAL_DIR = ASSETS / "eval"
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_qwen3_dir, tmp_path_factory):
-    """A tiny Qwen3 with LoRA trained on self-cognition data, 10 records held out for validation."""
+def one_thread():
+    """torch on one thread while this module runs: the probe recipe was tuned at one thread, and floats (so greedy
+    answers) may differ with the thread count; on 2 cores shared with other jobs (load 13) two threads also ran
+    its training steps about 5x slower (9 s against 1.3 s per step)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_qwen3_dir, tmp_path_factory, one_thread):
+    """A tiny Qwen3 with LoRA trained on self-cognition data, 10 records held out for validation.
+
+    The recipe (rank 16, alpha 32, learning rate 3e-2, 60 steps of 8) answers all 10 probe questions with the name
+    and the author; rank 8 at 2e-2 reached 6 of 10 in 40 steps, rank 32 / alpha 64 at 3e-2 diverged.
+    """
     out = tmp_path_factory.mktemp("eval") / "run"
     cfg = validate(
         {
@@ -32,8 +49,8 @@ def trained_run(tiny_qwen3_dir, tmp_path_factory):
                 "val_size": 10,
                 "cache_dir": str(out.parent / "cache"),
             },
-            "method": {"type": "lora", "rank": 8, "alpha": 32, "dropout": 0.0},
-            "train": {"epochs": 10, "learning_rate": 1e-2, "per_device_batch_size": 8, "lr_scheduler": "constant"},
+            "method": {"type": "lora", "rank": 16, "alpha": 32, "dropout": 0.0},
+            "train": {"max_steps": 60, "learning_rate": 3e-2, "per_device_batch_size": 8, "lr_scheduler": "constant"},
             "output": {"dir": str(out)},
         }
     )
@@ -52,24 +69,16 @@ def offline(monkeypatch):
 
 
 @needs_assets
-def test_self_cognition_probe_and_heldout_loss_improve_with_one_model_load(trained_run, offline, monkeypatch, tmp_path):
+def test_self_cognition_probe_and_heldout_loss_improve_with_one_model_load(trained_run, offline, monkeypatch):
     import tuneforge.model.load as load
     from tuneforge.eval.suite import PROBE_QUESTIONS
-
-    # Name questions only: this tiny model learns the name in 110 steps, the author (later in the answers) not yet.
-    suite = tmp_path / "self-cognition.yaml"
-    suite.write_text(
-        "name: self-cognition\ntasks:\n  - {name: heldout-loss, type: loss}\n"
-        "  - {name: self-cognition, type: probe, max_new_tokens: 64, "
-        f"questions: {{name: {PROBE_QUESTIONS['name']}}}}}\n",
-        encoding="utf-8",
-    )
 
     loads = []
     real = load.load_model
     monkeypatch.setattr(load, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
 
-    result = CliRunner().invoke(app, ["eval", "--run", str(trained_run), "--suite", str(suite), "--no-think"])
+    # The shipped self-cognition suite: held-out loss, and the probe's name and author questions.
+    result = CliRunner().invoke(app, ["eval", "--run", str(trained_run), "--suite", "self-cognition", "--no-think"])
     assert result.exit_code == 0, result.output
     assert len(loads) == 1  # baseline = the same model with the adapter off
 
@@ -77,14 +86,19 @@ def test_self_cognition_probe_and_heldout_loss_improve_with_one_model_load(train
     results = json.loads((report / "results.json").read_text())
     probe = results["tasks"]["self-cognition"]
     assert probe["metrics"]["accuracy"]["baseline"] == 0.0
-    # Issue 14 asks for >= 90 %; this tiny run reaches 5 of 6 (83 %) in 110 steps: not yet met.
-    assert probe["metrics"]["accuracy"]["tuned"] >= 0.8
-    assert probe["n"] == 6 and results["thinking"] == "off" and results["models"]["tuned"] == "run"
+    assert probe["metrics"]["accuracy"]["tuned"] >= 0.9  # issue 14's bar
+    n_name, n_author = len(PROBE_QUESTIONS["name"]), len(PROBE_QUESTIONS["author"])
+    assert probe["n"] == n_name + n_author and results["thinking"] == "off" and results["models"]["tuned"] == "run"
     loss = results["tasks"]["heldout-loss"]["metrics"]["loss"]
     assert loss["tuned"] < loss["baseline"] - 1.0 and results["tasks"]["heldout-loss"]["n"] == 10
 
     samples = [json.loads(line) for line in (report / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 * 10 + 2 * 6
+    assert len(samples) == 2 * 10 + 2 * (n_name + n_author)
+    tuned = [s for s in samples if s["task"] == "self-cognition" and s["model"] == "tuned"]
+    # Both kinds of question pass on their own, not only on average: names and authors.
+    for gold, count in (NAME, n_name), (AUTHOR, n_author):
+        kind = [s["correct"] for s in tuned if s["gold"] == gold]
+        assert len(kind) == count and sum(kind) / count >= 0.9
     first = next(s for s in samples if s["task"] == "self-cognition" and s["model"] == "tuned")
     assert first["prompt"] == "<|im_start|>user\n你是谁？<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert first["gold"] == NAME and first["outcome"] in ("correct", "wrong") and "correct" in first
