@@ -35,7 +35,9 @@ def trained_run(tiny_qwen3_dir, tmp_path_factory, one_thread):
     """A tiny Qwen3 with LoRA trained on self-cognition data, 10 records held out for validation.
 
     The recipe (rank 16, alpha 32, learning rate 3e-2, 60 steps of 8) answers all 10 probe questions with the name
-    and the author; rank 8 at 2e-2 reached 6 of 10 in 40 steps, rank 32 / alpha 64 at 3e-2 diverged.
+    and the author; rank 8 at 2e-2 reached 6 of 10 in 40 steps, rank 32 / alpha 64 at 3e-2 diverged. The margin
+    is thin: with train.seed 1 instead of the default 42 (another split and order) the same recipe gets 6 of 10
+    (hidden size 128: 10 of 10 there but 9 of 10 at seed 42, at twice the cost per step).
     """
     out = tmp_path_factory.mktemp("eval") / "run"
     cfg = validate(
