@@ -162,10 +162,12 @@ def build(runs_dir: Path, run: gr.Dropdown, browse_root: Path) -> dict[str, gr.c
         except UserError as exc:
             return [*(gr.skip() for _ in form), _error(exc)]
 
-    # `input` fires on user edits only, so updating one side never echoes back to the other.
+    # `input` fires on user edits only, so updating one side never echoes back to the other; always_last: an edit
+    # made while the previous one is handled is not dropped (the default, "once", would lose fast typing).
+    sync = dict(show_progress="hidden", trigger_mode="always_last")
     for component in form:
-        component.input(form_changed, form, [editor, message], show_progress="hidden")
-    editor.input(editor_changed, editor, [*form, message], show_progress="hidden")
+        component.input(form_changed, form, [editor, message], **sync)
+    editor.input(editor_changed, editor, [*form, message], **sync)
 
     def start(text: str) -> tuple[str, Any]:
         try:

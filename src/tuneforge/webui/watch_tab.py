@@ -22,16 +22,20 @@ CURVES = {
     "memory_gib": ("memory", "memory"),
 }
 PLOTS = ("loss", "lr", "grad_norm", "tokens_s", "memory")
+COLORS = {"train": "#ea580c", "validation": "#2563eb"}
 
 
-def frames(entries: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """One long-format frame (step, value, series) per plot."""
+def frames(entries: list[dict[str, Any]]) -> dict[str, pd.DataFrame | None]:
+    """One long-format frame (step, value, series) per plot; None for a plot with no points yet (see _plot)."""
     rows: dict[str, list[tuple[int, float, str]]] = {plot: [] for plot in PLOTS}
     for entry in entries:
         for key, (plot, series) in CURVES.items():
             if isinstance(entry.get(key), (int, float)):
                 rows[plot].append((entry["step"], float(entry[key]), series))
-    return {plot: pd.DataFrame(points, columns=["step", "value", "series"]) for plot, points in rows.items()}
+    return {
+        plot: pd.DataFrame(points, columns=["step", "value", "series"]) if points else None
+        for plot, points in rows.items()
+    }
 
 
 def summary(run: Path, entries: list[dict[str, Any]], bar: tuple[int, int, str, str] | None) -> str:
@@ -64,7 +68,7 @@ def build(run: gr.Dropdown) -> None:
 
     def refresh(selected: str | None) -> list[Any]:
         if not selected:
-            return ["", 0, *(pd.DataFrame(columns=["step", "value", "series"]) for _ in PLOTS), ""]
+            return ["", 0, *(None for _ in PLOTS), ""]
         path = Path(selected)
         entries = jobs.metrics(path)
         progress = jobs.progress(path)
@@ -78,11 +82,14 @@ def build(run: gr.Dropdown) -> None:
 
 
 def _plot(plot: str) -> gr.LinePlot:
+    # No value until the first refresh: a plot first drawn from an empty frame keeps an empty colour domain and draws
+    # its later lines without a stroke, invisible (Gradio 6.31; remove this note once a newer Gradio draws them).
     return gr.LinePlot(
-        pd.DataFrame(columns=["step", "value", "series"]),
+        None,
         x="step",
         y="value",
-        color="series",
+        color="series" if plot == "loss" else None,
+        color_map=COLORS if plot == "loss" else None,
         label=t(plot),
         height=240,
         elem_id=f"plot-{plot}",
