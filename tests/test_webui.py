@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -95,7 +94,7 @@ def test_credentials_from_flag_or_file_and_loopback(tmp_path):
     token.write_text("bob:pw\n")
     assert credentials(None, token) == ("bob", "pw")
     for bad in ("nopass", ":pw", "ann:"):
-        with pytest.raises(UserError, match=f"^--auth: expected USER:PASS"):
+        with pytest.raises(UserError, match="^--auth: expected USER:PASS"):
             credentials(bad, None)
     with pytest.raises(UserError, match="not both"):
         credentials("a:b", token)
@@ -239,5 +238,103 @@ def test_with_auth_no_route_answers_without_credentials(tmp_path):
             assert client.post("/login", data={"username": "ann", "password": "pw"}).status_code == 200
             assert client.get("/config").status_code == 200
             assert client.get(f"/gradio_api/file={secret}").content == b"\x89PNG secret curve"
+    finally:
+        stop_ui(server)
+
+
+def _line_points(page, plot: str) -> int:
+    """Points on the first line a LinePlot draws (0 before it draws one with a visible stroke)."""
+    line = page.locator(f"#plot-{plot} svg [aria-roledescription='line mark'][stroke]").first
+    if line.count() == 0:
+        return 0
+    return (line.get_attribute("d") or "").count("L") + 1
+
+
+def _wait(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+@needs_assets
+def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_path):
+    """Fill the form, launch, watch the curve grow, restart the UI and find the run again, chat, export (Chromium)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (scripts/setup.sh test does)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    runs, port = tmp_path / "runs", free_port()
+    log = tmp_path / "ui.log"
+    server = start_ui(runs, port, log)
+    form = {  # the tiny settings of tests/test_train.py: 6 steps of a 2-layer Qwen3 with the real tokenizer
+        "model-name_or_path": tiny_qwen3_dir,
+        "data-datasets-0-path": DATA_DIR / "alpaca_en_demo.json",
+        "data-datasets-0-max_samples": 16,
+        "data-max_length": 256,
+        "data-cache_dir": tmp_path / "cache",
+        "train-max_steps": 6,
+        "train-learning_rate": 0.01,
+        "train-per_device_batch_size": 4,
+        "train-logging_steps": 1,
+        "train-save_steps": 3,
+        "output-dir": runs / "e2e",
+    }
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            page = browser.new_page(locale="en-US", viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            for key, value in form.items():  # typed as a user types: Gradio's `input` fires on keys, not on fill()
+                page.locator(f"#cfg-{key} input").click()
+                page.keyboard.press("Control+A")
+                page.keyboard.type(str(value))
+            editor = page.locator("#yaml .cm-content")
+            sync_api.expect(editor).to_contain_text(f"dir: {runs / 'e2e'}", timeout=30_000)
+            text = editor.inner_text()
+            assert "max_steps: 6" in text and "logging_steps: 1" in text and "max_samples: 16" in text
+            page.screenshot(path=str(ARTIFACTS / "train.png"))
+
+            page.locator("#launch").click()
+            sync_api.expect(page.locator("#train-message")).to_contain_text("training started", timeout=60_000)
+            written = yaml.safe_load((runs / "e2e" / "jobs" / "train.yaml").read_text(encoding="utf-8"))
+            assert written == yaml.safe_load(text) and written["train"]["max_steps"] == 6
+            page.get_by_role("tab", name="Watch").click()
+            _wait("the loss curve's first points", lambda: _line_points(page, "loss") >= 2, 300)
+            first = _line_points(page, "loss")
+            _wait("the loss curve to grow", lambda: _line_points(page, "loss") > first, 300)
+            page.screenshot(path=str(ARTIFACTS / "watch.png"))
+
+            # Restart the UI while the job runs: the job is not its child, and the new UI finds the run and its curve.
+            stop_ui(server)
+            assert jobs.job_state(runs / "e2e", "train").running
+            server = start_ui(runs, port, log)
+            page.reload()
+            page.get_by_role("tab", name="Watch").click()
+            sync_api.expect(page.locator("#watch-status")).to_contain_text("e2e: finished", timeout=300_000)
+            _wait("the whole curve after the restart", lambda: _line_points(page, "loss") == 6, 60)
+            assert [e["step"] for e in jobs.metrics(runs / "e2e") if "loss" in e] == [1, 2, 3, 4, 5, 6]
+
+            page.get_by_role("tab", name="Chat").click()
+            page.locator("#chat-prompt textarea").fill("Who are you?")
+            page.locator("#chat-send").click()
+            for side in ("base", "tuned"):
+                answer = page.locator(f"#chat-{side} [data-testid=bot]").last
+                sync_api.expect(answer).not_to_be_empty(timeout=300_000)
+            page.screenshot(path=str(ARTIFACTS / "chat.png"))
+
+            page.get_by_role("tab", name="Evaluate").click()
+            page.screenshot(path=str(ARTIFACTS / "evaluate.png"))
+
+            page.get_by_role("tab", name="Export").click()
+            page.locator("#export-start").click()
+            status = page.locator("#export-status")
+            sync_api.expect(status).to_contain_text("export: finished", timeout=600_000)
+            outputs = page.locator("#export-outputs textarea").input_value()
+            assert "gguf/e2e-f16.gguf" in outputs and "merged/model.safetensors" in outputs
+            assert (runs / "e2e" / "gguf" / "e2e-f16.gguf").read_bytes()[:4] == b"GGUF"
+            page.screenshot(path=str(ARTIFACTS / "export.png"))
+            browser.close()
     finally:
         stop_ui(server)

@@ -24,7 +24,7 @@ def build_app(runs_dir: Path, browse_root: Path | None = None) -> tuple[gr.Block
 
     with gr.Blocks(title="tuneforge") as page:
         with gr.Row():
-            gr.Markdown(f"## tuneforge · {runs_dir}")
+            gr.Markdown(f"## tuneforge\nruns in `{runs_dir}`")
             found = choices()
             run = gr.Dropdown(found, value=found[0][1] if found else None, label=t("run"), elem_id="run", scale=2)
         with gr.Tabs():

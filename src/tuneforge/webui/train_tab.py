@@ -162,12 +162,14 @@ def build(runs_dir: Path, run: gr.Dropdown, browse_root: Path) -> dict[str, gr.c
         except UserError as exc:
             return [*(gr.skip() for _ in form), _error(exc)]
 
-    # `input` fires on user edits only, so updating one side never echoes back to the other; always_last: an edit
-    # made while the previous one is handled is not dropped (the default, "once", would lose fast typing).
-    sync = dict(show_progress="hidden", trigger_mode="always_last")
+    # A form edit (`input`: the user's, never an update) rewrites the YAML. Edits are handled one at a time, in order
+    # (one concurrency group): run side by side, an older edit's YAML could arrive last and undo a newer one. The YAML
+    # is read back into the form when the user leaves the editor: gr.Code fires `input` on updates too, so stale text
+    # would echo back over newer form values.
+    sync = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id="form-sync", concurrency_limit=1)
     for component in form:
         component.input(form_changed, form, [editor, message], **sync)
-    editor.input(editor_changed, editor, [*form, message], **sync)
+    editor.blur(editor_changed, editor, [*form, message], **sync)
 
     def start(text: str) -> tuple[str, Any]:
         try:
