@@ -163,6 +163,41 @@ def test_progress_and_log_tail_read_the_train_bar(tmp_path):
     assert jobs.metrics(run) == [{"step": 1, "loss": 2.0}]
 
 
+def tiny_config_text(model_dir: Path, tmp_path: Path) -> str:
+    """The YAML of a 6-step LoRA run of the tiny Qwen3 on 16 alpaca samples (what the browser test types in)."""
+    return schema.dump_yaml(
+        {
+            "model": {"name_or_path": str(model_dir)},
+            "data": {
+                "datasets": [{"path": str(DATA_DIR / "alpaca_en_demo.json"), "max_samples": 16}],
+                "max_length": 256,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "train": {"max_steps": 6, "per_device_batch_size": 4, "logging_steps": 1, "save_steps": 3},
+            "output": {"dir": str(tmp_path / "runs" / "r")},
+        }
+    )
+
+
+@needs_assets
+def test_preview_marks_the_trained_tokens_and_estimate_counts_the_steps(tiny_qwen3_dir, tmp_path):
+    from tuneforge.webui.train_tab import config_from_yaml, estimate_text, preview_html
+
+    text = tiny_config_text(tiny_qwen3_dir, tmp_path)
+    shown = preview_html(text)
+    assert shown.count("<h4>sample ") == 3
+    # The prompt (with Qwen3's empty think block) is not trained; the answer through <|im_end|> is.
+    first = shown.split("<h4>sample 1")[0]
+    assert '<span class="prompt">&lt;|im_start|&gt;user\n' in first
+    assert '&lt;think&gt;\n\n&lt;/think&gt;\n\n</span><span class="trained">' in first
+    assert "&lt;|im_end|&gt;</span>" in first.split('<span class="trained">')[1]
+    report = estimate_text(text, cpu=True)
+    assert "1 process(es) on CPU" in report and "total" in report
+    assert "optimizer steps per epoch, 6 in total" in report.replace("\n", " ")
+    with pytest.raises(UserError, match="^YAML editor: train.max_steps: "):
+        config_from_yaml(text.replace("max_steps: 6", "max_steps: 0"))
+
+
 # --- a served UI: authentication, and the browser end to end -------------------------------------------------
 
 
