@@ -104,6 +104,24 @@ def test_credentials_from_flag_or_file_and_loopback(tmp_path):
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3")
 
 
+def test_a_non_loopback_address_without_auth_is_warned_about(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from tuneforge.webui.app import serve
+
+    launched, warnings = [], []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    serve("0.0.0.0", 7999, tmp_path / "runs", None, warn=warnings.append)
+    assert warnings == [
+        "warning: the web UI listens on 0.0.0.0 without authentication: anyone who can reach port 7999 can launch "
+        "jobs and read your runs; pass --auth USER:PASS or --token-file FILE"
+    ]
+    assert launched[0]["server_name"] == "0.0.0.0" and launched[0]["auth"] is None
+    serve("127.0.0.1", 7999, tmp_path / "runs", None, warn=warnings.append)
+    serve("0.0.0.0", 7999, tmp_path / "runs", ("ann", "pw"), warn=warnings.append)
+    assert len(warnings) == 1 and launched[2]["auth"] == ("ann", "pw")
+
+
 STOPPABLE = """
 import signal, sys, time
 signal.signal(signal.SIGINT, lambda *_: (print("saving", flush=True), sys.exit(130)))
@@ -303,13 +321,13 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
     runs, port = tmp_path / "runs", free_port()
     log = tmp_path / "ui.log"
     server = start_ui(runs, port, log)
-    form = {  # the tiny settings of tests/test_train.py: 6 steps of a 2-layer Qwen3 with the real tokenizer
+    form = {  # 8 steps of a 2-layer Qwen3 with the real tokenizer, a checkpoint every 3
         "model-name_or_path": tiny_qwen3_dir,
         "data-datasets-0-path": DATA_DIR / "alpaca_en_demo.json",
         "data-datasets-0-max_samples": 16,
         "data-max_length": 256,
         "data-cache_dir": tmp_path / "cache",
-        "train-max_steps": 6,
+        "train-max_steps": 8,
         "train-learning_rate": 0.01,
         "train-per_device_batch_size": 4,
         "train-logging_steps": 1,
@@ -328,28 +346,42 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
             editor = page.locator("#yaml .cm-content")
             sync_api.expect(editor).to_contain_text(f"dir: {runs / 'e2e'}", timeout=30_000)
             text = editor.inner_text()
-            assert "max_steps: 6" in text and "logging_steps: 1" in text and "max_samples: 16" in text
+            assert "max_steps: 8" in text and "logging_steps: 1" in text and "max_samples: 16" in text
             page.screenshot(path=str(ARTIFACTS / "train.png"))
 
             page.locator("#launch").click()
             sync_api.expect(page.locator("#train-message")).to_contain_text("training started", timeout=60_000)
             written = yaml.safe_load((runs / "e2e" / "jobs" / "train.yaml").read_text(encoding="utf-8"))
-            assert written == yaml.safe_load(text) and written["train"]["max_steps"] == 6
+            assert written == yaml.safe_load(text) and written["train"]["max_steps"] == 8
             page.get_by_role("tab", name="Watch").click()
             _wait("the loss curve's first points", lambda: _line_points(page, "loss") >= 2, 300)
             first = _line_points(page, "loss")
             _wait("the loss curve to grow", lambda: _line_points(page, "loss") > first, 300)
             page.screenshot(path=str(ARTIFACTS / "watch.png"))
 
+            # Stop: SIGINT, so training saves a checkpoint where it is and exits 130; Resume continues from it.
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#stop").click()
+            sync_api.expect(page.locator("#train-message")).to_contain_text("stop sent", timeout=30_000)
+            _wait("the stop", lambda: jobs.job_state(runs / "e2e", "train").state == "stopped", 120)
+            assert jobs.job_state(runs / "e2e", "train").exit_code == 130
+            assert "train.resume=auto" in jobs.log_tail(runs / "e2e", "train")  # the CLI's resume hint
+            stopped_at = max(int(p.name.split("-")[1]) for p in (runs / "e2e" / "checkpoints").glob("checkpoint-*"))
+            assert stopped_at < 8
+            page.locator("#resume").click()
+            sync_api.expect(page.locator("#train-message")).to_contain_text("resumed", timeout=60_000)
+
             # Restart the UI while the job runs: the job is not its child, and the new UI finds the run and its curve.
             stop_ui(server)
             assert jobs.job_state(runs / "e2e", "train").running
             server = start_ui(runs, port, log)
-            page.reload()
+            page.goto(f"http://127.0.0.1:{port}/")  # a new page load (reload() races the page's own reconnect)
             page.get_by_role("tab", name="Watch").click()
             sync_api.expect(page.locator("#watch-status")).to_contain_text("e2e: finished", timeout=300_000)
-            _wait("the whole curve after the restart", lambda: _line_points(page, "loss") == 6, 60)
-            assert [e["step"] for e in jobs.metrics(runs / "e2e") if "loss" in e] == [1, 2, 3, 4, 5, 6]
+            _wait("the whole curve after the restart", lambda: _line_points(page, "loss") == 8, 60)
+            assert [e["step"] for e in jobs.metrics(runs / "e2e") if "loss" in e] == list(range(1, 9))
+            summary = json.loads((runs / "e2e" / "summary.json").read_text())
+            assert summary["steps"] == 8 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
 
             page.get_by_role("tab", name="Chat").click()
             page.locator("#chat-prompt textarea").fill("Who are you?")
@@ -370,6 +402,16 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
             assert "gguf/e2e-f16.gguf" in outputs and "merged/model.safetensors" in outputs
             assert (runs / "e2e" / "gguf" / "e2e-f16.gguf").read_bytes()[:4] == b"GGUF"
             page.screenshot(path=str(ARTIFACTS / "export.png"))
+            chinese = browser.new_page(locale="zh-CN")  # the language follows the browser's
+            chinese.goto(f"http://127.0.0.1:{port}/")
+            sync_api.expect(chinese.locator("#launch")).to_have_text("开始训练", timeout=60_000)
+            assert [tab.inner_text() for tab in chinese.get_by_role("tab").all()] == [
+                "训练",
+                "监控",
+                "对话",
+                "评估",
+                "导出",
+            ]
             browser.close()
     finally:
         stop_ui(server)
