@@ -435,7 +435,7 @@ def webui(
     token_file: Annotated[Path | None, typer.Option(help="File holding USER:PASS (not shown in ps).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of the runs the UI launches and shows.")] = Path("runs"),
 ) -> None:
-    """Configure, launch, watch, chat, evaluate and export in the browser (pip install 'tuneforge[webui]')."""
+    """Configure, launch, watch, chat, evaluate and export in the browser (pip install 'tuneforge\\[webui]')."""
     from tuneforge.webui import require_gradio
 
     require_gradio()
