@@ -4,7 +4,8 @@
 # unchanged since the last set-up of the same profile.
 #
 #   bash scripts/setup.sh demo     # torch + tuneforge's core libraries: all that `tuneforge demo` imports (.venv)
-#   bash scripts/setup.sh test     # + every extra the tests exercise, llama-cpp-python built from source (.venv)
+#   bash scripts/setup.sh test     # + every extra the tests exercise, llama-cpp-python built from source, and Debian's
+#                                  # chromium for the web UI's browser test (.venv)
 #   bash scripts/setup.sh latest   # the test profile at the newest releases pyproject allows (.venv-latest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +15,24 @@ VENV=.venv
 LOCK=(-c constraints.txt)
 case "$PROFILE" in
   demo) EXTRAS="" ;;
-  test) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference]" ;;
-  latest) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference]" VENV=.venv-latest LOCK=(--upgrade --upgrade-strategy eager) ;;
+  test) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference,webui]" ;;
+  latest) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference,webui]" VENV=.venv-latest LOCK=(--upgrade --upgrade-strategy eager) ;;
   *) echo "scripts/setup.sh: unknown profile '$PROFILE'; use demo, test or latest" >&2; exit 2 ;;
 esac
 say() { echo "setup ($PROFILE, ${SECONDS}s): $*"; }
+
+# The web UI's browser test drives Debian's chromium through Playwright (no `playwright install` download).
+if [ "$PROFILE" != demo ] && [ ! -x /usr/bin/chromium ]; then
+  SUDO=()
+  [ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)
+  if command -v apt-get >/dev/null 2>&1 && "${SUDO[@]}" true 2>/dev/null; then
+    say "installing chromium from Debian's packages (the web UI's browser test), 1-2 min"
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    say "chromium is absent and apt-get (as root or through sudo) is not available: the browser test will skip"
+  fi
+fi
 
 stamp="$VENV/.tuneforge-setup-$PROFILE"
 fingerprint=$(cat constraints.txt pyproject.toml | sha256sum | cut -d' ' -f1)

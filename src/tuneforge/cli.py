@@ -465,6 +465,26 @@ def eval_command(
     Console(highlight=False).print(table)
 
 
+@app.command()
+@user_errors
+def webui(
+    host: Annotated[str, typer.Option(help="Address to listen on; others than 127.0.0.1 want --auth.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    auth: Annotated[str | None, typer.Option(help="USER:PASS required to open the page.")] = None,
+    token_file: Annotated[Path | None, typer.Option(help="File holding USER:PASS (not shown in ps).")] = None,
+    runs_dir: Annotated[Path, typer.Option(help="Folder of the runs the UI launches and shows.")] = Path("runs"),
+) -> None:
+    """Configure, launch, watch, chat, evaluate and export in the browser (pip install 'tuneforge\\[webui]')."""
+    from tuneforge.webui import require_gradio
+
+    require_gradio()
+    from tuneforge.webui.app import credentials, serve
+
+    serve(
+        host, port, runs_dir, credentials(auth, token_file), warn=lambda line: typer.secho(line, fg="yellow", err=True)
+    )
+
+
 # --- merge and export (export/) -----------------------------------------------------------------------------
 
 export_app = typer.Typer(help="Export a model: GGUF for llama.cpp / LM Studio, a Modelfile for Ollama.")

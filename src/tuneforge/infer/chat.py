@@ -6,7 +6,7 @@ run in one batch (the engine's batched path, one forward pass per step for both)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,36 +82,49 @@ def print_streamed(session: ChatSession, history: list[Message], prompt: str, co
     return result
 
 
+def start_compare(session: ChatSession, histories: list[list[Message]], prompt: str) -> list[Generation]:
+    """The base's and the fine-tuned model's generations for `prompt` (after each one's history), both in the batch."""
+    names = (session.base, session.tuned)
+    generations = [session.start(history, prompt, model=name) for history, name in zip(histories, names, strict=True)]
+    for generation in generations:  # both join the batch before either is read
+        generation.start()
+    return generations
+
+
+def interleave(generations: list[Generation]) -> Iterator[list[dict[str, str]]]:
+    """One delta from each generation in turn (they advance together, as in the batch); yields the text so far."""
+    parts = [{"reasoning": "", "content": ""} for _ in generations]
+    streams = [iter(generation) for generation in generations]
+    running = list(range(len(generations)))
+    while running:
+        for i in list(running):
+            delta = next(streams[i], None)
+            if delta is None:
+                running.remove(i)
+                continue
+            parts[i]["reasoning"] += delta.reasoning
+            parts[i]["content"] += delta.content
+        yield parts
+
+
 def print_compare(session: ChatSession, history: list[Message], prompt: str, console) -> list[ChatResult]:
     """Answer with the base and the fine-tuned model in one batch, streaming both side by side."""
     from rich.live import Live
     from rich.table import Table
 
     names = (session.base, session.tuned)
-    generations = [session.start(history, prompt, model=name) for name in names]
-    for generation in generations:  # both join the batch before either is read
-        generation.start()
-    parts = [{"reasoning": "", "content": ""} for _ in names]
+    generations = start_compare(session, [history, history], prompt)
 
-    def table() -> Table:
+    def table(parts: list[dict[str, str]]) -> Table:
         view = Table(show_lines=True, expand=True)
         for name in names:
             view.add_column(name)
         view.add_row(*(_format(part["reasoning"], part["content"]) for part in parts))
         return view
 
-    streams = [iter(generation) for generation in generations]
-    with Live(table(), console=console, refresh_per_second=8) as live:
-        running = list(range(len(names)))
-        while running:
-            for i in list(running):  # one delta from each in turn: both advance together, as in the batch
-                delta = next(streams[i], None)
-                if delta is None:
-                    running.remove(i)
-                    continue
-                parts[i]["reasoning"] += delta.reasoning
-                parts[i]["content"] += delta.content
-            live.update(table())
+    with Live(table([{"reasoning": "", "content": ""}] * len(names)), console=console, refresh_per_second=8) as live:
+        for parts in interleave(generations):
+            live.update(table(parts))
     return [generation.result() for generation in generations]
 
 

@@ -37,9 +37,19 @@ class MetricsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            entry = {"step": state.global_step, "epoch": state.epoch, **logs}
+            entry = {"step": state.global_step, "epoch": state.epoch, **logs, "memory_gib": _memory_gib()}
             with self.run.metrics.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+
+def _memory_gib() -> float:
+    """Peak GPU memory allocated on this device so far, or the process's resident memory on CPU (web UI plot)."""
+    import psutil
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    return round(psutil.Process().memory_info().rss / 2**30, 3)
 
 
 class StopOnSignal(TrainerCallback):

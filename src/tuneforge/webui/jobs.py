@@ -1,0 +1,160 @@
+"""Jobs the web UI launches (`tuneforge train|eval|export` as detached processes) and the runs it finds again.
+
+A job's state lives in its run folder, never in the UI process: RUN/jobs/KIND.json (written by runner.py: pid,
+command, state, exit status), RUN/jobs/KIND.log (the command's output) and, for training, RUN/jobs/train.yaml (the
+config the UI wrote). Closing the browser or restarting the UI leaves jobs running; a new UI reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import UserError
+
+JOBS = "jobs"
+KINDS = ("train", "eval", "export")
+# The tqdm bar `tuneforge train` prints: "train:  50%|█████     | 3/6 [00:15<00:15, 5.2s/step, loss=…]".
+_BAR = re.compile(r"train:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+_TAIL_BYTES = 64 * 1024
+# Popen objects of the jobs this UI process started, polled so that ended runners do not linger as zombies.
+_children: list[subprocess.Popen] = []
+
+
+def job_dir(run: Path) -> Path:
+    """RUN/jobs: what the web UI launched in this run."""
+    return run / JOBS
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as its status file tells it: running, finished, stopped, failed, lost (runner gone) or none."""
+
+    kind: str
+    state: str
+    pid: int | None = None
+    exit_code: int | None = None
+    command: tuple[str, ...] = ()
+
+    @property
+    def running(self) -> bool:
+        """The job's process is alive."""
+        return self.state == "running"
+
+
+def _alive(pid: int) -> bool:
+    """The runner `pid` still runs (a zombie or a recycled pid of another program does not count)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and "tuneforge.webui.runner" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def job_state(run: Path, kind: str) -> JobState:
+    """The state of the last `kind` job of `run`."""
+    for child in list(_children):
+        if child.poll() is not None:
+            _children.remove(child)
+    path = job_dir(run) / f"{kind}.json"
+    if not path.is_file():
+        return JobState(kind, "none")
+    status = json.loads(path.read_text(encoding="utf-8"))
+    state = status["state"]
+    if state == "running" and not _alive(status["pid"]):
+        state = "lost"  # the runner was killed (kill -9, a reboot) before it could record the end
+    return JobState(kind, state, status["pid"], status.get("exit_code"), tuple(status["command"]))
+
+
+def launch(run: Path, kind: str, args: list[str], wait: float = 60.0) -> JobState:
+    """Start `tuneforge ARGS` for `run` as a detached job; refused while a job of the same kind runs there."""
+    current = job_state(run, kind)
+    if current.running:
+        raise UserError(f"{run}: a {kind} job is running (pid {current.pid}); stop it first or wait for it to end")
+    folder = job_dir(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    status, log = folder / f"{kind}.json", folder / f"{kind}.log"
+    status.unlink(missing_ok=True)
+    log.write_text("", encoding="utf-8")  # a fresh log per job; the run's own files keep the history
+    command = [sys.executable, "-m", "tuneforge.cli", *args]
+    runner = [sys.executable, "-m", "tuneforge.webui.runner", str(status), str(log), "--", *command]
+    # A session of its own: Ctrl-C on the UI's terminal, or the UI exiting, does not reach the job.
+    process = subprocess.Popen(runner, start_new_session=True, stdin=subprocess.DEVNULL)
+    _children.append(process)
+    deadline = time.monotonic() + wait
+    while not status.is_file():  # the runner writes its pid before anything else
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise UserError(f"{kind}: the job did not start (runner exit status {process.poll()}); see {log}")
+        time.sleep(0.05)
+    return job_state(run, kind)
+
+
+def stop(run: Path, kind: str = "train", sig: int = signal.SIGINT) -> JobState:
+    """Ask a running job to stop (training saves a checkpoint first, as on Ctrl-C)."""
+    current = job_state(run, kind)
+    if not current.running:
+        raise UserError(f"{run}: no {kind} job is running ({current.state})")
+    os.kill(current.pid, sig)
+    return current
+
+
+def train_args(run: Path, resume: bool = False) -> list[str]:
+    """The `tuneforge train` arguments of the run's UI-written config (with train.resume=auto to continue)."""
+    config = job_dir(run) / "train.yaml"
+    if not config.is_file():
+        raise UserError(f"{run}: no {JOBS}/train.yaml; launch the run from the Train tab first")
+    return ["train", str(config), *(["train.resume=auto"] if resume else [])]
+
+
+def list_runs(runs_dir: Path) -> list[Path]:
+    """Run folders under `runs_dir` (a config.yaml or UI jobs in them), newest first."""
+    if not runs_dir.is_dir():
+        return []
+    found = [p for p in runs_dir.iterdir() if (p / "config.yaml").is_file() or job_dir(p).is_dir()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def metrics(run: Path) -> list[dict[str, Any]]:
+    """The entries of RUN/metrics.jsonl written so far (a line being appended is left for the next read)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # torn while appended; train's own reader (callbacks.logged_lines) treats it the same way
+    return entries
+
+
+def log_tail(run: Path, kind: str, lines: int = 40) -> str:
+    """The last `lines` lines of a job's log as a terminal shows them (a progress bar's redraws collapsed)."""
+    path = job_dir(run) / f"{kind}.log"
+    if not path.is_file():
+        return ""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+        text = f.read().decode("utf-8", errors="replace")
+    shown = [line.rstrip("\r").split("\r")[-1] for line in text.split("\n")]
+    return "\n".join(shown[-lines:])
+
+
+def progress(run: Path) -> tuple[int, int, str, str] | None:
+    """(step, total steps, elapsed, ETA) from the last progress bar of the train log, or None before it shows."""
+    text = log_tail(run, "train", lines=10_000)
+    found = _BAR.findall(text.replace("\r", "\n"))
+    if not found:
+        return None
+    step, total, elapsed, eta = found[-1]
+    return int(step), int(total), elapsed, eta
