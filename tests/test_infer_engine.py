@@ -273,6 +273,18 @@ def test_seeded_sampling_is_reproducible(tiny_engine):
     assert tiny_engine.chat(messages, other).result().content != first
 
 
+def test_cpu_engine_keeps_the_logits_weight_transposed_in_memory_and_the_gil_switch_short(tiny_engine):
+    import sys
+
+    from tuneforge.infer.engine import SWITCH_INTERVAL_S
+
+    model = tiny_engine.source.__self__.targets["tuned"][0].get_base_model()
+    weight = model.get_output_embeddings().weight
+    assert weight.shape == (151936, 64) and weight.stride() == (1, 151936)  # same values, BLAS-friendly layout
+    assert model.get_input_embeddings().weight is weight  # still tied: one copy
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL_S
+
+
 def test_sampled_and_greedy_rows_in_one_batch_draw_what_they_draw_alone(tiny_engine):
     # Rows are picked together (one argmax for the greedy ones, one warp per shared setting), each seeded row
     # with its own generator: in a batch every seeded or greedy row gets exactly the tokens it gets alone.

@@ -21,6 +21,7 @@ import atexit
 import functools
 import inspect
 import queue
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -292,13 +293,16 @@ class Engine:
         def chat(i: int) -> Generation:
             return self.chat(conversations[i], params, model=names[i], enable_thinking=enable_thinking)
 
+        unused = dict(enumerate(map(chat, range(len(conversations)))))  # rendered once, to size the batches too
+
         def run(batch: list[int]) -> list[ChatResult]:
-            generations = [chat(i) for i in batch]
+            # A Generation runs once: a batch retried after out-of-memory renders its conversations anew.
+            generations = [unused.pop(i, None) or chat(i) for i in batch]
             for generation in generations:  # all rows join the batch before any is read
                 generation.start()
             return [generation.result() for generation in generations]
 
-        sizes = [g.prompt_tokens + (g._params.max_new_tokens or 0) for g in map(chat, range(len(conversations)))]
+        sizes = [g.prompt_tokens + (g._params.max_new_tokens or 0) for g in unused.values()]
         return _batched(sizes, run, max_batch_size, max_batch_tokens)
 
     def score(
@@ -433,6 +437,13 @@ class _Batcher:
         self._thread: threading.Thread | None = None
         self._closing = False
         _BATCHERS.add(self)
+        # The batcher gives up the GIL in every torch op (~150 a step on the tests' tiny Qwen3) and must win it back
+        # after each; while request threads run Python (decoding, parsing, the server's SSE), each return waits up
+        # to the interpreter's switch interval, 5 ms by default: CPython's convoy effect (bpo-7946, "Convoy effect
+        # with I/O bound threads and New GIL"); this can go with a fix there or on a free-threaded build. With 0.5 ms
+        # bench/serve_load.py ran 1.6x (1 client) to 1.8x (16 clients) faster (docs/performance.md). The setting is
+        # process-wide, so it is only ever lowered.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop after the current step (at interpreter exit: see _stop_batchers)."""
@@ -596,6 +607,7 @@ class _Batcher:
 
 _BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
 BATCHER_THREAD = "tuneforge-batcher"
+SWITCH_INTERVAL_S = 0.0005  # see _Batcher.__init__
 
 
 @atexit.register
@@ -741,6 +753,23 @@ def _pick(rows: list[_Row], logits: torch.Tensor) -> list[int]:
     return tokens
 
 
+def _blas_friendly(model: Any) -> Any:
+    """`model`, its float32 CPU output embedding stored transposed in memory (same values and shape, faster logits).
+
+    F.linear hands BLAS `weight.t()`: for a [vocab, hidden] row-major weight MKL's sgemm reads it transposed, and on
+    the tests' tiny Qwen3 (hidden 64, 151,936-token vocabulary) that product was 1.3-1.5x slower for 8 rows than on
+    a [hidden, vocab] row-major copy (1.4x at hidden 1024), the same result bit for bit (docs/performance.md). The
+    logits are most of a decode step there, and the only part that grows with the batch. Tied input embeddings share
+    the parameter: their lookup reads one strided row per token, a negligible cost next to a step.
+    """
+    import torch
+
+    weight = model.get_output_embeddings().weight
+    if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous():
+        weight.data = weight.data.t().contiguous().t()
+    return model
+
+
 def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_size: int = 32) -> Engine:
     """Load the spec's tokenizer, base weights, adapters and further models (on the GPU where there is one).
 
@@ -752,7 +781,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(spec.tokenizer)
-    base = load_model(spec.model).to(device).eval()
+    base = _blas_friendly(load_model(spec.model).to(device).eval())
     targets: dict[str, tuple[Any, str | None]] = {spec.name: (base, None)}
     if spec.adapters:
         from peft import PeftModel
@@ -764,7 +793,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
         peft_model.eval()
         targets = {spec.name: (peft_model, None), **{name: (peft_model, name) for name in spec.adapters}}
     for name, config in spec.others.items():
-        targets[name] = (load_model(config).to(device).eval(), None)
+        targets[name] = (_blas_friendly(load_model(config).to(device).eval()), None)
 
     context = base.config.get_text_config().max_position_embeddings
     if max_model_len is not None and max_model_len > context:
