@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from conftest import needs_assets
+import pytest
+from conftest import make_tiny_qwen3, needs_assets
 from rich.console import Console
 from tiny_adapter import make_tiny_adapter
 
@@ -80,3 +81,26 @@ def test_compare_runs_base_and_tuned_in_one_batch_and_shows_both(tiny_qwen3_dir,
     assert [(r.reasoning, r.content) for r in scripted] == [("plan it", "base says [hi]"), (None, "tuned says hello")]
     shown = out.getvalue()
     assert "plan it" in shown and "base says [hi]" in shown and "tuned says hello" in shown  # [hi] is not markup
+
+
+@needs_assets
+def test_default_answer_length_is_clamped_to_the_context_left_but_an_explicit_one_is_not(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+    from tuneforge.errors import UserError
+
+    small = str(make_tiny_qwen3(tmp_path / "ctx64", max_position_embeddings=64))  # less than the default 512
+    session = open_session(small, None, None, SamplingParams(temperature=0), think=False)
+    result = session.ask([], "hi")
+    assert (result.finish_reason, result.prompt_tokens + result.completion_tokens) == ("length", 64)
+
+    session.params = SamplingParams(max_new_tokens=600, temperature=0)
+    with pytest.raises(UserError, match="600 new tokens were asked for, but the context is 64 tokens"):
+        session.ask([], "hi")
+
+    ok = CliRunner().invoke(app, ["chat", "--model", small, "--prompt", "hi", "--greedy", "--no-think"])
+    assert ok.exit_code == 0, ok.output
+    refused = CliRunner().invoke(app, ["chat", "--model", small, "--prompt", "hi", "--max-new-tokens", "600"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "600 new tokens were asked for, but the context is 64 tokens" in refused.output

@@ -273,6 +273,39 @@ def test_seeded_sampling_is_reproducible(tiny_engine):
     assert tiny_engine.chat(messages, other).result().content != first
 
 
+def test_cpu_engine_keeps_the_logits_weight_transposed_in_memory_and_the_gil_switch_short(tiny_engine):
+    import sys
+
+    from tuneforge.infer.engine import SWITCH_INTERVAL_S
+
+    model = tiny_engine.source.__self__.targets["tuned"][0].get_base_model()
+    weight = model.get_output_embeddings().weight
+    assert weight.shape == (151936, 64) and weight.stride() == (1, 151936)  # same values, BLAS-friendly layout
+    assert model.get_input_embeddings().weight is weight  # still tied: one copy
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL_S
+
+
+def test_sampled_and_greedy_rows_in_one_batch_draw_what_they_draw_alone(tiny_engine):
+    # Rows are picked together (one argmax for the greedy ones, one warp per shared setting), each seeded row
+    # with its own generator: in a batch every seeded or greedy row gets exactly the tokens it gets alone.
+    messages = [Message("user", q) for q in ("Tell me something.", "Count to five.", "Hi")]
+    asks = [
+        (messages[0], SamplingParams(max_new_tokens=8, temperature=1.0, top_k=50, top_p=0.95, seed=7)),
+        (messages[1], SamplingParams(max_new_tokens=8, temperature=1.0, top_k=50, top_p=0.95, seed=9)),
+        (messages[0], SamplingParams(max_new_tokens=8, temperature=0.7, top_k=20, seed=7)),
+        (messages[2], SamplingParams(max_new_tokens=8, temperature=0)),
+        (messages[1], SamplingParams(max_new_tokens=8, temperature=1.0)),  # unseeded: it only has to run
+    ]
+    alone = [tiny_engine.chat([m], p, model="tuned").result() for m, p in asks]
+    generations = [tiny_engine.chat([m], p, model="tuned") for m, p in asks]
+    for generation in generations:
+        generation.start()
+    batched = [g.result() for g in generations]
+    assert batched[:4] == alone[:4]
+    assert batched[0].content != batched[2].content  # same seed and prompt, another setting: other tokens
+    assert batched[4].completion_tokens == 8
+
+
 # --- what to load ----------------------------------------------------------------------------------------
 
 

@@ -277,7 +277,10 @@ def chat(
     prompt: Annotated[str | None, typer.Option(help="Answer this once and exit (default: interactive).")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     think: Annotated[bool | None, typer.Option("--think/--no-think", help="Qwen3 thinking mode.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 512,
+    max_new_tokens: Annotated[
+        int | None,
+        typer.Option(help="Longest answer in tokens [default: 512, or what the context leaves after the prompt]."),
+    ] = None,
     greedy: Annotated[bool, typer.Option(help="Always pick the most likely token.")] = False,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling share.")] = None,

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 
+DEFAULT_MAX_NEW_TOKENS = 512  # `chat` without --max-new-tokens: this many, or fewer where the context has less left
+
+
 @dataclass
 class ChatSession:
     """An engine, the served names to talk to, and how to sample."""
@@ -32,7 +35,13 @@ class ChatSession:
     def start(self, history: list[Message], prompt: str, model: str | None = None) -> Generation:
         """The generation answering `prompt` after `history` (not yet read); history is not changed."""
         messages = ([Message("system", self.system)] if self.system else []) + history + [Message("user", prompt)]
-        return self.engine.chat(messages, self.params, model=model or self.tuned, enable_thinking=self.think)
+        return self.engine.chat(
+            messages,
+            self.params,
+            model=model or self.tuned,
+            enable_thinking=self.think,
+            default_max_tokens=DEFAULT_MAX_NEW_TOKENS,
+        )
 
     def ask(
         self,

@@ -21,6 +21,7 @@ import atexit
 import functools
 import inspect
 import queue
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -296,13 +297,16 @@ class Engine:
         def chat(i: int) -> Generation:
             return self.chat(conversations[i], params, model=names[i], enable_thinking=enable_thinking)
 
+        unused = dict(enumerate(map(chat, range(len(conversations)))))  # rendered once, to size the batches too
+
         def run(batch: list[int]) -> list[ChatResult]:
-            generations = [chat(i) for i in batch]
+            # A Generation runs once: a batch retried after out-of-memory renders its conversations anew.
+            generations = [unused.pop(i, None) or chat(i) for i in batch]
             for generation in generations:  # all rows join the batch before any is read
                 generation.start()
             return [generation.result() for generation in generations]
 
-        sizes = [g.prompt_tokens + (g._params.max_new_tokens or 0) for g in map(chat, range(len(conversations)))]
+        sizes = [g.prompt_tokens + (g._params.max_new_tokens or 0) for g in unused.values()]
         return _batched(sizes, run, max_batch_size, max_batch_tokens)
 
     def score(
@@ -427,7 +431,7 @@ class _Row:
     prompt: list[int]
     max_new_tokens: int
     adapter: str | None
-    pick: Callable[[torch.Tensor], int]
+    sampling: _Sampling | None  # None: greedy
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     produced: int = 0
     last: int = 0
@@ -475,6 +479,13 @@ class _Batcher:
         self._thread: threading.Thread | None = None
         self._closing = False
         _BATCHERS.add(self)
+        # The batcher gives up the GIL in every torch op (~150 a step on the tests' tiny Qwen3) and must win it back
+        # after each; while request threads run Python (decoding, parsing, the server's SSE), each return waits up
+        # to the interpreter's switch interval, 5 ms by default: CPython's convoy effect (bpo-7946, "Convoy effect
+        # with I/O bound threads and New GIL"); this can go with a fix there or on a free-threaded build. With 0.5 ms
+        # bench/serve_load.py ran 1.6x (1 client) to 1.8x (16 clients) faster (docs/performance.md). The setting is
+        # process-wide, so it is only ever lowered.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop after the current step (at interpreter exit: see _stop_batchers)."""
@@ -491,8 +502,8 @@ class _Batcher:
     def generate(self, prompt_ids: list[int], params: SamplingParams, name: str) -> Iterator[int]:
         """Queue the prompt for the next step; return its next-token ids, which end at eos or max tokens."""
         model, adapter = self.targets[name]
-        pick = _sampler(params, model.generation_config, model.device)
-        row = _Row(list(prompt_ids), params.max_new_tokens or 1, adapter, pick)
+        sampling = _sampling(params, model.generation_config, model.device)
+        row = _Row(list(prompt_ids), params.max_new_tokens or 1, adapter, sampling)
         with self._lock:
             self._groups[id(model)].waiting.append(row)
             if self._thread is None:
@@ -566,8 +577,8 @@ class _Batcher:
 
     def _emit(self, group: _Group, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token and hand it on; rows at eos or max tokens leave the batch."""
-        for row, row_logits in zip(rows, logits.float()):
-            row.last = row.pick(row_logits)
+        for row, token in zip(rows, _pick(rows, logits.float())):
+            row.last = token
             row.produced += 1
             row.out.put(row.last)
             if row.last in self.eos_ids or row.produced >= row.max_new_tokens:
@@ -649,6 +660,7 @@ class _Batcher:
 
 _BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
 BATCHER_THREAD = "tuneforge-batcher"
+SWITCH_INTERVAL_S = 0.0005  # see _Batcher.__init__
 
 
 @atexit.register
@@ -725,35 +737,90 @@ def _batched(
     return results  # type: ignore[return-value]
 
 
-def _sampler(params: SamplingParams, config: GenerationConfig, device: Any) -> Callable[[torch.Tensor], int]:
-    """Greedy or sampled next-token choice; unset values follow the model's generation config."""
+@dataclass(frozen=True)
+class _Sampling:
+    """How a sampled row picks: its warper settings (rows that share them are warped together) and its generator."""
+
+    warping: tuple[float, int | None, float | None]  # temperature, top-k, top-p
+    generator: torch.Generator | None  # per request: a seeded row draws the same tokens in any batch
+
+
+def _sampling(params: SamplingParams, config: GenerationConfig, device: Any) -> _Sampling | None:
+    """How a row picks its tokens (None: greedy); unset values follow the model's generation config."""
     import torch
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
 
     temperature = params.temperature
     if temperature is None:
         temperature = (config.temperature or 1.0) if config.do_sample else 0.0
     # Below vLLM's sampling epsilon a temperature is greedy: dividing logits by 1e-45 overflows to inf and NaN.
     if temperature < GREEDY_BELOW:
-        return lambda logits: int(logits.argmax())
+        return None
     top_k = params.top_k if params.top_k is not None else config.top_k
     top_p = params.top_p if params.top_p is not None else config.top_p
+    generator = None if params.seed is None else torch.Generator(device=device).manual_seed(params.seed)
+    return _Sampling((temperature, top_k, top_p), generator)
+
+
+@functools.lru_cache(maxsize=64)
+def _warpers(temperature: float, top_k: int | None, top_p: float | None) -> tuple[Callable[..., torch.Tensor], ...]:
+    """transformers' logits warpers for one sampling setting (they work on a batch of rows at once)."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
     warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1 else []
     warpers += [TopKLogitsWarper(top_k)] if top_k and top_k > 0 else []
     warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1 else []
-    generator = None if params.seed is None else torch.Generator(device=device).manual_seed(params.seed)
+    return tuple(warpers)
 
-    def pick(logits: torch.Tensor) -> int:
-        scores = logits[None]
-        for warp in warpers:
+
+def _pick(rows: list[_Row], logits: torch.Tensor) -> list[int]:
+    """Every row's next token from its logits (one row each): batched, not row by row.
+
+    Greedy rows take one argmax over the whole batch; sampled rows are warped once per setting they share, then
+    each seeded row draws with its own generator (unseeded ones draw together). Profiled on the tests' tiny Qwen3
+    (docs/performance.md): a row-by-row argmax over the 151,936-token vocabulary was 11 % of a batch-8 step.
+    """
+    import torch
+
+    groups: dict[tuple[float, int | None, float | None], list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.sampling is not None:
+            groups.setdefault(row.sampling.warping, []).append(i)
+    greedy = sum(map(len, groups.values())) < len(rows)
+    tokens = logits.argmax(-1).tolist() if greedy else [0] * len(rows)
+    for warping, members in groups.items():
+        scores = logits[members]
+        for warp in _warpers(*warping):
             scores = warp(None, scores)
-        return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
+        probs = scores.softmax(-1)
+        unseeded = [j for j, i in enumerate(members) if rows[i].sampling.generator is None]
+        if unseeded:
+            for j, token in zip(unseeded, torch.multinomial(probs[unseeded], 1)[:, 0].tolist()):
+                tokens[members[j]] = token
+        for j, i in enumerate(members):
+            if (generator := rows[i].sampling.generator) is not None:
+                tokens[i] = int(torch.multinomial(probs[j : j + 1], 1, generator=generator))
+    return tokens
 
-    return pick
+
+def _blas_friendly(model: Any) -> Any:
+    """`model`, its float32 CPU output embedding stored transposed in memory (same values and shape, faster logits).
+
+    F.linear hands BLAS `weight.t()`: for a [vocab, hidden] row-major weight MKL's sgemm reads it transposed, and on
+    the tests' tiny Qwen3 (hidden 64, 151,936-token vocabulary) that product was 1.3-1.5x slower for 8 rows than on
+    a [hidden, vocab] row-major copy (1.4x at hidden 1024), the same result bit for bit (docs/performance.md). The
+    logits are most of a decode step there, and the only part that grows with the batch. Tied input embeddings share
+    the parameter: their lookup reads one strided row per token, a negligible cost next to a step.
+    """
+    import torch
+
+    weight = model.get_output_embeddings().weight
+    if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.is_contiguous():
+        weight.data = weight.data.t().contiguous().t()
+    return model
 
 
 def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_size: int = 32) -> Engine:
@@ -767,7 +834,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(spec.tokenizer)
-    base = load_model(spec.model).to(device).eval()
+    base = _blas_friendly(load_model(spec.model).to(device).eval())
     targets: dict[str, tuple[Any, str | None]] = {spec.name: (base, None)}
     if spec.adapters:
         from peft import PeftModel
@@ -779,7 +846,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
         peft_model.eval()
         targets = {spec.name: (peft_model, None), **{name: (peft_model, name) for name in spec.adapters}}
     for name, config in spec.others.items():
-        targets[name] = (load_model(config).to(device).eval(), None)
+        targets[name] = (_blas_friendly(load_model(config).to(device).eval()), None)
 
     context = base.config.get_text_config().max_position_embeddings
     if max_model_len is not None and max_model_len > context:
