@@ -1,5 +1,8 @@
 """Load on the built-in server: N concurrent streaming clients against a tiny Qwen3 with the real tokenizer.
 
+The server runs as users run it, `tuneforge serve` in its own process; the clients are threads of this one (in one
+process, their work on the interpreter lock would be charged to the server).
+
 For each client count it sends the same number of chat requests (greedy, `max_tokens` each) through the
 official `openai` client and measures requests/s, generated tokens/s, p50/p95 latency and p50 time to
 first token. Ratios are against the first client count of the same invocation. A last level has
@@ -13,11 +16,15 @@ Not part of the tests.
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from machine import machine
@@ -98,6 +105,33 @@ def run_level(
     }
 
 
+@contextmanager
+def served(model_dir: Path, name: str, timeout: float = 300) -> Iterator[str]:
+    """`tuneforge serve` of `model_dir` in a child process until the block ends; yields its base URL."""
+    import httpx
+
+    with socket.socket() as sock:  # a free port; the tiny window before the server binds it is harmless here
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "tuneforge.cli", "serve", "--model", str(model_dir)]
+    server = subprocess.Popen([*command, "--served-model-name", name, "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tuneforge serve did not start on port {port}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="Concurrent clients per level.")
@@ -112,16 +146,12 @@ def main() -> None:
     import httpx
     from conftest import make_tiny_qwen3
 
-    from tuneforge.infer.engine import load_engine
-    from tuneforge.infer.spec import resolve_spec
     from tuneforge.io import atomic_write_json
-    from tuneforge.serve.app import create_app, serve_in_background
 
     host = machine("transformers", "fastapi", "uvicorn", "openai")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_tiny_qwen3(Path(tmp) / "tiny-qwen3")
-        engine = load_engine(resolve_spec(model=str(model_dir), served_name="tiny-qwen3"))
-        with serve_in_background(create_app(engine)) as url:
+        with served(model_dir, "tiny-qwen3") as url:
             run_level(url, "tiny-qwen3", 1, 2, args.max_tokens)  # warm-up
             levels = [run_level(url, "tiny-qwen3", n, args.requests, args.max_tokens) for n in args.clients]
             n = args.disconnect_clients
