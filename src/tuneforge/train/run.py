@@ -20,6 +20,7 @@ from tuneforge.rundir import Run
 from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss, plot_rewards
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
 from tuneforge.train.scratch import own_run_folder
+from tuneforge.train.strategy import Strategy
 from tuneforge.train.trainer import SFTTrainer
 
 
@@ -154,20 +155,21 @@ def check_hardware(cfg: Config) -> None:
         raise UserError("\n".join(problems))
 
 
-def training_arguments(cfg: Config, run: Run, has_eval: bool):
-    """transformers TrainingArguments from the config (the only place they are built)."""
+def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy | None = None):
+    """transformers TrainingArguments from the config (the only place they are built); `strategy` as in `train`."""
     import torch
     from transformers import TrainingArguments
 
     from tuneforge.model.load import pick_dtype
-    from tuneforge.train.strategy import strategy_arguments
 
     t = cfg.train
     dtype = pick_dtype(cfg.model.dtype)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and dtype == torch.bfloat16
     fp16 = on_gpu and dtype == torch.float16  # with loss scaling; LoRA weights stay fp32 (model/adapters.py)
-    cpu_processes = Processes.from_env().launched and not on_gpu
+    procs = Processes.from_env()
+    strategy = strategy or Strategy.of(cfg.distributed, procs.world_size)
+    cpu_processes = procs.launched and not on_gpu
     # transformers 5.24 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn); older
     # releases in pyproject's range know only the old names. Drop the fallback once the floor is 5.24.
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -189,9 +191,8 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool):
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        # Under FSDP, FSDP itself checkpoints activations (see strategy_arguments).
         **{
-            checkpointing: t.gradient_checkpointing and cfg.distributed.strategy != "fsdp",
+            checkpointing: strategy.trainer_checkpointing(t.gradient_checkpointing),
             f"{checkpointing}_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
         },
         optim=t.optim,
@@ -211,7 +212,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool):
         train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our own bar shows loss, tokens/s and ETA
-        **strategy_arguments(cfg.distributed, t.gradient_checkpointing, cpu_processes=cpu_processes),
+        **strategy.training_arguments(t.gradient_checkpointing, cpu_processes=cpu_processes),
         **objective_args,
     )
 
@@ -251,8 +252,11 @@ def _start(cfg: Config, run: Run, procs: Processes, log: Callable[..., None]) ->
     return resume
 
 
-def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
-    """Run one training job from a validated config; returns the run folder."""
+def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: Strategy | None = None) -> Run:
+    """Run one training job from a validated config; returns the run folder.
+
+    `strategy`: as the launcher decided it; None decides it here, from the config and the processes taking part.
+    """
     from transformers import PrinterCallback, set_seed
 
     from tuneforge.data.collate import PackCollator, PreferenceCollator, make_collator
@@ -262,7 +266,8 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
     from tuneforge.model.load import load_model, load_tokenizer, save_random_base
 
     procs = Processes.from_env()
-    init_processes(cfg.distributed, procs)
+    strategy = strategy or Strategy.of(cfg.distributed, procs.world_size)
+    init_processes(strategy, procs)
     run = Run(Path(cfg.output.dir))
     resume = _start(cfg, run, procs, log)
     set_seed(cfg.train.seed)
@@ -293,7 +298,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
         stop = StopOnSignal(log)
         common = dict(
             model=model,
-            args=training_arguments(cfg, mine, data.validation is not None),
+            args=training_arguments(cfg, mine, data.validation is not None, strategy),
             train_dataset=data.train,
             eval_dataset=data.validation,
             processing_class=tokenizer,
