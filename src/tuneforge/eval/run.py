@@ -75,7 +75,7 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     adapters = {TUNED_ADAPTER: request.adapter} if request.adapter else None
     spec = resolve_spec(
         model=request.model if request.run is None else None,
-        run=request.run,
+        run=run,
         adapters=adapters,
         with_base=request.baseline == "base",
     )
