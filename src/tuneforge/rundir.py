@@ -139,9 +139,14 @@ class Run:
             "artifacts": {},
         }
 
-    def start(self, cfg: Config, chat_template: str | None) -> None:
-        """Write a fresh run.json for a training run starting (rank 0 only); keeps nothing of an older one."""
-        atomic_write_json(self.manifest_file, self.describe(cfg, chat_template))
+    def start(self, cfg: Config, chat_template: str | None, resumed: bool) -> None:
+        """Write run.json for a training run starting (rank 0 only): a fresh one, or for a resumed run the new header
+        with the artifacts already recorded (still valid until the adapter they were made from changes: stale_reason
+        judges them at their next use)."""
+        manifest = self.describe(cfg, chat_template)
+        if resumed and self.manifest_file.is_file():
+            manifest["artifacts"] = self.manifest()["artifacts"]
+        atomic_write_json(self.manifest_file, manifest)
 
     def manifest(self) -> dict[str, Any]:
         """run.json; for a run from an older tuneforge, one rebuilt from config.yaml (artifacts unrecorded)."""
@@ -224,9 +229,6 @@ class Run:
         """The newest `checkpoint-N` folder, if any."""
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
         return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-# The name every stage used before the manifest; kept so that parallel branches merge without edits.
 
 
 def fingerprint(path: Path) -> str:

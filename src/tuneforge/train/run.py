@@ -274,7 +274,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
 
     tokenizer = load_tokenizer(cfg.model)
     if procs.is_main:
-        run.start(cfg, tokenizer.chat_template)
+        run.start(cfg, tokenizer.chat_template, resumed=resume is not None)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
         data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
     if cfg.train.preflight and cfg.method.objective == "sft":
