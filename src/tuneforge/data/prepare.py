@@ -15,6 +15,7 @@ from tuneforge.data.conversation import Conversation, Preference
 from tuneforge.data.render import IGNORE, render, render_preference
 from tuneforge.data.sources import Sample, build_conversations
 from tuneforge.errors import UserError
+from tuneforge.io import check_writable
 from tuneforge.quiet import no_datasets_bars
 
 # Bump when rendering or truncation changes, so old caches are not reused.
@@ -144,8 +145,9 @@ def _lengths(ds) -> list[int]:
 
 def prepare(cfg: DataConfig, tokenizer, log=print, objective: str = "sft") -> Prepared:
     """Load, convert, mix, split, render and tokenize; drop and count samples that cannot be trained."""
-    train_convs, val_convs = build_conversations(cfg, log, objective)
     cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
+    check_writable(cache_root, "data.cache_dir", folder=True)  # before loading: `datasets` fails with a traceback
+    train_convs, val_convs = build_conversations(cfg, log, objective)
     prepared = Prepared(train=None, validation=None)
     lengths: list[int] = []
     prepared.train = _keep_ok(tokenize(train_convs, tokenizer, cfg, cache_root, "train"), prepared.dropped, lengths)
