@@ -325,10 +325,11 @@ def test_an_unwritable_cache_dir_is_one_line_naming_the_key(tmp_path, tiny_qwen3
     raw = {
         "model": {"name_or_path": model},
         "data": {"datasets": [{"path": str(write_chats(tmp_path / "chats.jsonl", "好"))}], "max_length": 64},
-        "output": {"dir": str(tmp_path / "run")},
+        "output": {"dir": str(make_lora_run(tmp_path / "run", tiny_qwen3_dir)), "overwrite": True},
     }
     save_config(validate(raw), tmp_path / "config.yaml")
     result = CliRunner().invoke(app, ["train", str(tmp_path / "config.yaml"), f"{key}={bad}"])
     assert error_line(result) == (
         f"error: {key}: cannot write to {tmp_path / 'a-file'} (File exists); choose another path or fix its permissions"
     )
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter", "config.yaml"]  # overwrite waits

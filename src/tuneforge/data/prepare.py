@@ -143,10 +143,16 @@ def _lengths(ds) -> list[int]:
     return [sum(map(len, row)) for row in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
 
 
+def check_data_cache(cfg: DataConfig) -> Path:
+    """The folder of the tokenized cache, checked writable (`datasets` fails there with a traceback otherwise)."""
+    cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
+    check_writable(cache_root, "data.cache_dir", folder=True)
+    return cache_root
+
+
 def prepare(cfg: DataConfig, tokenizer, log=print, objective: str = "sft") -> Prepared:
     """Load, convert, mix, split, render and tokenize; drop and count samples that cannot be trained."""
-    cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
-    check_writable(cache_root, "data.cache_dir", folder=True)  # before loading: `datasets` fails with a traceback
+    cache_root = check_data_cache(cfg)
     train_convs, val_convs = build_conversations(cfg, log, objective)
     prepared = Prepared(train=None, validation=None)
     lengths: list[int] = []

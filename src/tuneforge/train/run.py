@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Config, save_config
+from tuneforge.data.prepare import check_data_cache
 from tuneforge.errors import Interrupted, UserError, problems_of
 from tuneforge.io import atomic_dir, atomic_write_json, check_writable
 from tuneforge.model.adapters import check_method
@@ -87,8 +88,6 @@ def check_run_dir(cfg: Config, run: Run, resume: str | None) -> None:
     if cfg.train.resume and not cfg.output.overwrite:
         check_finished(cfg, run)
     if resume or cfg.output.overwrite:
-        if cfg.output.overwrite and not resume:
-            run.clear()  # merged/, gguf/, ollama/ too: nothing made from the old run survives it
         return
     if finished or run.latest_checkpoint():
         raise UserError(
@@ -243,10 +242,15 @@ def _start(cfg: Config, run: Run, procs: Processes, log: Callable[..., None]) ->
         setup_tracker(cfg, run)
         check_hardware(cfg)
         check_method(cfg.model, cfg.method)
+        check_data_cache(cfg.data)
     except UserError as exc:
         problem = str(exc)
     agree(cfg, procs, resume, problem)
     if procs.is_main:
+        if cfg.output.overwrite and not resume:
+            # Only once every check passed, so a config that cannot run leaves the old run as it was; merged/,
+            # gguf/, ollama/ go too: nothing made from the old run survives it.
+            run.clear()
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config_file)
     return resume
