@@ -333,3 +333,12 @@ def test_an_unwritable_cache_dir_is_one_line_naming_the_key(tmp_path, tiny_qwen3
         f"error: {key}: cannot write to {tmp_path / 'a-file'} (File exists); choose another path or fix its permissions"
     )
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter", "config.yaml"]  # overwrite waits
+
+
+def test_overwrite_clears_everything_the_run_and_its_later_stages_wrote(old_run):
+    for name in ("merged/model.safetensors", "eval/smoke/report.json", "rewards.png", "gguf/old-f16.gguf"):
+        (old_run / name).parent.mkdir(parents=True, exist_ok=True)
+        (old_run / name).write_text("old")
+    (old_run / "notes.txt").write_text("mine")
+    Run(old_run).clear()
+    assert sorted(p.name for p in old_run.iterdir()) == ["config.yaml", "notes.txt"]

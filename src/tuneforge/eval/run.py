@@ -67,7 +67,7 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
         raise UserError("eval: --adapter goes with --model; a run brings its own adapter")
     suite, base_dir = _suite(request)
     run = Run.open(request.run) if request.run else None
-    out = request.out or (run.root / "eval" / suite.name if run else None)
+    out = request.out or (run.eval_dir / suite.name if run else None)
     if out is None:
         raise UserError("eval: --out DIR is needed with --model (with --run the report goes to RUN/eval/<suite>)")
 
