@@ -195,8 +195,9 @@ def _trained_quantization(
     if onto == "dequantized":
         default = MethodConfig(type="qlora")
         log(
-            f"no run with {adapter}: quantizing the base as method.type: qlora does by default "
-            f"({default.bits}-bit {default.quant_type}, double quant {default.double_quant})"
+            f"{adapter} without its run: quantizing the base as method.type: qlora does by default "
+            f"({default.bits}-bit {default.quant_type}, double quant {default.double_quant}); merge with --run RUN "
+            "for the run's own settings"
         )
         return default
     return None
