@@ -176,11 +176,19 @@ def merge_adapter(
 
 
 def default_onto(base: ModelConfig) -> str:
-    """The base a merge without --onto writes: a pre-quantized checkpoint's dequantized weights, else the 16-bit."""
-    from tuneforge.model.load import load_model_config
-    from tuneforge.model.quant import saved_quantization
+    """The base a merge without --onto writes: a pre-quantized checkpoint's dequantized weights, else the 16-bit.
 
-    return "dequantized" if saved_quantization(load_model_config(base)) is not None else "16bit"
+    Reads config.json as it is, without load_model_config's checks: `export --run` asks before it checks every
+    requirement at once. OSError where the base's config.json cannot be read.
+    """
+    from transformers import PreTrainedConfig
+
+    from tuneforge.model.load import resolve_model_path
+
+    config, _ = PreTrainedConfig.get_config_dict(
+        resolve_model_path(base), revision=base.revision, cache_dir=base.cache_dir
+    )  # fmt: skip
+    return "dequantized" if config.get("quantization_config") is not None else "16bit"
 
 
 def _trained_quantization(

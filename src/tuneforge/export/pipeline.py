@@ -136,7 +136,11 @@ def check_requirements(run: Run, full: bool, qtype: str, ollama: bool, merge: bo
 def _merge_source(run: Run, dtype: str, onto: str | None) -> dict[str, Any]:
     """What RUN/merged is made from: the adapter as it is now, and the merge options (`onto` as the merge resolves
     it, so that an explicit --onto equal to the default reuses a default merge)."""
-    return {"adapter": fingerprint(run.adapter), "dtype": dtype, "onto": onto or default_onto(run.base_model_config())}
+    try:
+        onto = onto or default_onto(run.base_model_config())
+    except OSError:
+        onto = None  # the base cannot be read here: no recorded merge matches, and the merge says why it fails
+    return {"adapter": fingerprint(run.adapter), "dtype": dtype, "onto": onto}
 
 
 def _gguf_source(model: Path, qtype: str) -> dict[str, Any]:
