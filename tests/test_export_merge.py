@@ -16,6 +16,7 @@ from tuneforge.cli import app
 from tuneforge.config import Config, DataConfig, DatasetConfig, MethodConfig, ModelConfig, OutputConfig, save_config
 from tuneforge.errors import UserError
 from tuneforge.export.merge import merge_adapter, run_sources
+from tuneforge.rundir import Run
 
 PROMPT = "<|im_start|>user\n用一句话介绍 Python.<|im_end|>\n<|im_start|>assistant\n"
 
@@ -226,7 +227,10 @@ def test_qlora_merge_reports_both_bases_and_writes_the_chosen(tmp_path, qlora_ru
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base, adapter = run_sources(qlora_run)
-    report = merge_adapter(base, adapter, tmp_path / "merged", dtype="fp32", onto=onto, log=lambda *_: None)
+    method = Run.open(qlora_run).cfg.method  # fp4: the run's own quantization, not the defaults
+    report = merge_adapter(
+        base, adapter, tmp_path / "merged", dtype="fp32", onto=onto, log=lambda *_: None, method=method
+    )
     assert report.onto == onto and list(report.diffs) == ["16bit", "dequantized"]
     # Merged onto the dequantized weights, the model computes what the adapter computed in training.
     assert report.diffs["dequantized"] < 1e-4

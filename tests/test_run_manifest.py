@@ -15,7 +15,16 @@ from typer.testing import CliRunner
 
 from tuneforge import __version__
 from tuneforge.cli import app
-from tuneforge.config import Config, DataConfig, DatasetConfig, ModelConfig, OutputConfig, save_config, validate
+from tuneforge.config import (
+    Config,
+    DataConfig,
+    DatasetConfig,
+    MethodConfig,
+    ModelConfig,
+    OutputConfig,
+    save_config,
+    validate,
+)
 from tuneforge.errors import UserError
 from tuneforge.rundir import Run
 
@@ -221,3 +230,115 @@ def test_python_m_tuneforge_train_needs_no_cli_layer(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert result.stdout == "False False 2\n", result.stderr
     assert result.stderr == "error: missing.yaml: config file not found\n"
+
+
+def merged_files(run: Path) -> dict[str, tuple[int, int]]:
+    """Inode and modification time of every file in RUN/merged: both change when a file is written again."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (run / "merged").iterdir()}
+
+
+def merged_entry(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())["artifacts"]["merged"]
+
+
+def test_an_explicit_onto_equal_to_the_default_reuses_merged(old_run):
+    runner = CliRunner()
+    assert runner.invoke(app, ["merge", "--run", str(old_run), "--dtype", "fp32"]).exit_code == 0
+    files, entry = merged_files(old_run), merged_entry(old_run)
+    assert entry["made_from"]["onto"] == "16bit" and entry["made_from"]["dtype"] == "fp32"
+
+    again = runner.invoke(app, ["merge", "--run", str(old_run), "--dtype", "fp32", "--onto", "16bit"])
+    assert "merged already exists; pass --force to replace it (it is up to date" in error_line(again)
+    cli = ["export", "--run", str(old_run), "--to", "gguf", "--type", "f32", "--onto", "16bit"]
+    exported = runner.invoke(app, cli)
+    assert exported.exit_code == 0, exported.output
+    assert f"using the model in {old_run / 'merged'}" in exported.stdout and "rebuilding" not in exported.stdout
+    assert merged_files(old_run) == files and merged_entry(old_run) == entry
+
+
+@pytest.mark.slow  # about 30-60 s on 2 cores: run in the suite's second step (scripts/test.sh)
+def test_another_onto_rebuilds_merged(tmp_path, tiny_qwen3_dir):
+    run = make_lora_run(tmp_path / "q", tiny_qwen3_dir, method=MethodConfig(type="qlora"))
+    runner = CliRunner()
+    first = runner.invoke(app, ["merge", "--run", str(run), "--dtype", "fp32"])
+    assert first.exit_code == 0 and "--onto 16bit" in first.stdout, first.output
+    files = merged_files(run)
+    assert merged_entry(run)["made_from"]["onto"] == "16bit"
+
+    same = runner.invoke(app, ["merge", "--run", str(run), "--dtype", "fp32", "--onto", "16bit"])
+    assert "it is up to date" in error_line(same) and merged_files(run) == files
+    other = runner.invoke(app, ["merge", "--run", str(run), "--dtype", "fp32", "--onto", "dequantized"])
+    assert other.exit_code == 0, other.output
+    assert f"rebuilding {run / 'merged'}: made from another onto" in other.stdout
+    rewritten = merged_files(run)
+    assert rewritten.keys() == files.keys() and all(rewritten[n][0] != files[n][0] for n in files)
+    assert merged_entry(run)["made_from"]["onto"] == "dequantized"
+
+
+@pytest.mark.slow  # about 30-60 s on 2 cores: run in the suite's second step (scripts/test.sh)
+def test_a_resume_keeps_recorded_artifacts_and_overwrite_clears_them(tmp_path, tiny_qwen3_dir):
+    from transformers import TrainerCallback
+
+    from tuneforge.train.run import train
+
+    run = tmp_path / "bot"
+    data = write_chats(tmp_path / "chats.jsonl", "我是小一")
+
+    def train_run(callbacks=(), overwrite: bool = False, **train_keys) -> None:
+        raw = {
+            "model": {"name_or_path": str(tiny_qwen3_dir)},
+            "data": {"datasets": [{"path": str(data)}], "max_length": 64, "cache_dir": str(tmp_path / "cache")},
+            "method": {"type": "lora", "rank": 4, "alpha": 8, "dropout": 0.0},
+            "train": {"per_device_batch_size": 4, "save_steps": 100, **train_keys},
+            "output": {"dir": str(run), "overwrite": overwrite},
+        }
+        train(validate(raw), callbacks=list(callbacks), log=lambda *_: None)
+
+    class StopAtStep2(TrainerCallback):
+        """A session that ends before the run does (as a kill would): the finished adapter stays what it was."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    train_run(max_steps=1)
+    assert CliRunner().invoke(app, ["merge", "--run", str(run), "--dtype", "fp32"]).exit_code == 0
+    recorded = json.loads((run / "run.json").read_text())["artifacts"]
+    assert sorted(recorded) == ["adapter", "merged"]
+
+    train_run([StopAtStep2()], max_steps=3, resume="auto")
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["artifacts"] == recorded
+    assert manifest["config_fingerprint"] == Run(run).cfg.fingerprint()  # the header is the resumed config's
+    again = CliRunner().invoke(app, ["merge", "--run", str(run), "--dtype", "fp32"])
+    assert "it is up to date" in error_line(again)  # merged/ is still the merge of the adapter as it is
+
+    train_run(max_steps=1, overwrite=True)
+    assert sorted(json.loads((run / "run.json").read_text())["artifacts"]) == ["adapter"]
+    assert not (run / "merged").exists()
+
+
+@pytest.mark.parametrize("key", ["data.cache_dir", "model.cache_dir"])
+def test_an_unwritable_cache_dir_is_one_line_naming_the_key(tmp_path, tiny_qwen3_dir, key):
+    (tmp_path / "a-file").write_text("not a folder")
+    bad = tmp_path / "a-file" / "cache"  # under a regular file: no one can write there, root included
+    model = str(tiny_qwen3_dir) if key == "data.cache_dir" else "tiny-org/tiny-qwen3"  # a hub id uses the cache
+    raw = {
+        "model": {"name_or_path": model},
+        "data": {"datasets": [{"path": str(write_chats(tmp_path / "chats.jsonl", "好"))}], "max_length": 64},
+        "output": {"dir": str(make_lora_run(tmp_path / "run", tiny_qwen3_dir)), "overwrite": True},
+    }
+    save_config(validate(raw), tmp_path / "config.yaml")
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "config.yaml"), f"{key}={bad}"])
+    assert error_line(result) == (
+        f"error: {key}: cannot write to {tmp_path / 'a-file'} (File exists); choose another path or fix its permissions"
+    )
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["adapter", "config.yaml"]  # overwrite waits
+
+
+def test_overwrite_clears_everything_the_run_and_its_later_stages_wrote(old_run):
+    for name in ("merged/model.safetensors", "eval/smoke/report.json", "rewards.png", "gguf/old-f16.gguf"):
+        (old_run / name).parent.mkdir(parents=True, exist_ok=True)
+        (old_run / name).write_text("old")
+    (old_run / "notes.txt").write_text("mine")
+    Run(old_run).clear()
+    assert sorted(p.name for p in old_run.iterdir()) == ["config.yaml", "notes.txt"]

@@ -10,11 +10,12 @@ Layout (DESIGN.md invariants 5 and 7):
     RUN/model/           full model + tokenizer (method full)
     RUN/checkpoints/     Trainer checkpoints (checkpoint-N)
     RUN/metrics.jsonl    one JSON object per logging step
-    RUN/loss.png         the loss curve
+    RUN/loss.png         the loss curve (preference objectives: RUN/rewards.png too)
     RUN/summary.json     steps, tokens seen, loss tokens, wall time, tokens/s
     RUN/logs/            tracker logs (TensorBoard)
     RUN/merged/          the adapter merged into its base (`merge` / `export`)
     RUN/gguf/RUN-TYPE.gguf, RUN/ollama/RUN-TYPE/Modelfile   (`export`)
+    RUN/eval/SUITE/      evaluation reports (`eval --run`)
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ class Run:
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics = property(lambda self: self.root / "metrics.jsonl")
     loss_plot = property(lambda self: self.root / "loss.png")
+    rewards_plot = property(lambda self: self.root / "rewards.png")
     summary = property(lambda self: self.root / "summary.json")
     logs = property(lambda self: self.root / "logs")
     merged = property(lambda self: self.root / "merged")
     gguf_dir = property(lambda self: self.root / "gguf")
     ollama_dir = property(lambda self: self.root / "ollama")
+    eval_dir = property(lambda self: self.root / "eval")
 
     @classmethod
     def open(cls, path: str | Path, flag: str = "--run") -> Run:
@@ -139,9 +142,14 @@ class Run:
             "artifacts": {},
         }
 
-    def start(self, cfg: Config, chat_template: str | None) -> None:
-        """Write a fresh run.json for a training run starting (rank 0 only); keeps nothing of an older one."""
-        atomic_write_json(self.manifest_file, self.describe(cfg, chat_template))
+    def start(self, cfg: Config, chat_template: str | None, resumed: bool) -> None:
+        """Write run.json for a training run starting (rank 0 only): a fresh one, or for a resumed run the new header
+        with the artifacts already recorded (still valid until the adapter they were made from changes: stale_reason
+        judges them at their next use)."""
+        manifest = self.describe(cfg, chat_template)
+        if resumed and self.manifest_file.is_file():
+            manifest["artifacts"] = self.manifest()["artifacts"]
+        atomic_write_json(self.manifest_file, manifest)
 
     def manifest(self) -> dict[str, Any]:
         """run.json; for a run from an older tuneforge, one rebuilt from config.yaml (artifacts unrecorded)."""
@@ -202,7 +210,8 @@ class Run:
     def owned(self) -> list[Path]:
         """Every path a run and its later stages write here (what `output.overwrite` clears), config.yaml aside."""
         paths = [self.manifest_file, self.base, self.adapter, self.model, self.checkpoints, self.metrics,
-                 self.loss_plot, self.summary, self.logs, self.merged, self.gguf_dir, self.ollama_dir]  # fmt: skip
+                 self.loss_plot, self.rewards_plot, self.summary, self.logs, self.merged, self.gguf_dir,
+                 self.ollama_dir, self.eval_dir]  # fmt: skip
         if self.manifest_file.is_file():  # artifacts recorded later (eval reports) are the run's too
             recorded = (self.root / entry["path"] for entry in self.manifest()["artifacts"].values())
             paths += [p for p in recorded if p.resolve().is_relative_to(self.root.resolve()) and p not in paths]
@@ -224,9 +233,6 @@ class Run:
         """The newest `checkpoint-N` folder, if any."""
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
         return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-# The name every stage used before the manifest; kept so that parallel branches merge without edits.
 
 
 def fingerprint(path: Path) -> str:

@@ -15,6 +15,7 @@ from tuneforge.data.conversation import Conversation, Preference
 from tuneforge.data.render import IGNORE, render, render_preference
 from tuneforge.data.sources import Sample, build_conversations
 from tuneforge.errors import UserError
+from tuneforge.io import check_writable
 from tuneforge.quiet import no_datasets_bars
 
 # Bump when rendering or truncation changes, so old caches are not reused.
@@ -142,10 +143,17 @@ def _lengths(ds) -> list[int]:
     return [sum(map(len, row)) for row in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
 
 
+def check_data_cache(cfg: DataConfig) -> Path:
+    """The folder of the tokenized cache, checked writable (`datasets` fails there with a traceback otherwise)."""
+    cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
+    check_writable(cache_root, "data.cache_dir", folder=True)
+    return cache_root
+
+
 def prepare(cfg: DataConfig, tokenizer, log=print, objective: str = "sft") -> Prepared:
     """Load, convert, mix, split, render and tokenize; drop and count samples that cannot be trained."""
+    cache_root = check_data_cache(cfg)
     train_convs, val_convs = build_conversations(cfg, log, objective)
-    cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
     prepared = Prepared(train=None, validation=None)
     lengths: list[int] = []
     prepared.train = _keep_ok(tokenize(train_convs, tokenizer, cfg, cache_root, "train"), prepared.dropped, lengths)

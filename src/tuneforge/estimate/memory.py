@@ -27,6 +27,7 @@ from typing import Any
 
 from tuneforge.config import Config, DistributedConfig, MethodConfig, ModelConfig, TrainConfig
 from tuneforge.errors import UserError
+from tuneforge.train.strategy import Strategy
 
 GIB = 2**30
 FP32 = 4
@@ -157,15 +158,14 @@ class Job:
         return {"bf16": 2, "fp16": 2, "fp32": 4}[name]
 
     @property
+    def strategy(self) -> Strategy:
+        """How the processes would share the work."""
+        return Strategy.of(self.dist, self.world_size)
+
+    @property
     def sharding(self) -> str:
         """none, zero2, zero3 or fsdp, with '+offload' where state moves to CPU memory."""
-        dist = self.dist
-        if dist.strategy == "fsdp":
-            return "fsdp+offload" if dist.fsdp_offload else "fsdp"
-        if dist.strategy == "deepspeed":
-            preset = dist.deepspeed if dist.deepspeed.startswith("zero") else "zero3"
-            return preset.replace("_offload", "+offload")
-        return "none"
+        return self.strategy.sharding
 
 
 @dataclass
@@ -228,7 +228,7 @@ def _weights(job: Job) -> float:
 
 
 def _optimizer(job: Job, trainable: int, matrices: list[tuple[int, int]], width: int) -> float:
-    if job.dist.strategy == "deepspeed":  # DeepSpeed's own AdamW: fp32 moments and fp32 master weights
+    if job.strategy.name == "deepspeed":  # DeepSpeed's own AdamW: fp32 moments and fp32 master weights
         return trainable * (2 * FP32 + (FP32 if width < FP32 else 0))
     name = job.train.optim
     if name == "adafactor":

@@ -46,11 +46,11 @@ CHANGES: tuple[Callable[[Job], tuple[Job, str] | None], ...] = (
         "train",
         "optim",
         "adamw_8bit",
-        lambda j: j.train.optim in ("adamw_torch", "paged_adamw_32bit") and j.dist.strategy != "deepspeed",
+        lambda j: j.train.optim in ("adamw_torch", "paged_adamw_32bit") and j.strategy.name != "deepspeed",
     ),
     _set("method", "type", "lora", lambda j: j.method.type == "full"),
     _set("method", "type", "qlora", lambda j: j.method.type == "lora"),
-    _set("dist", "strategy", "deepspeed", lambda j: j.world_size > 1 and j.dist.strategy != "deepspeed"),
+    _set("dist", "strategy", "deepspeed", lambda j: j.world_size > 1 and j.strategy.name != "deepspeed"),
     _set("dist", "deepspeed", "zero3", lambda j: j.world_size > 1 and j.dist.deepspeed == "zero2"),
     _set("dist", "deepspeed", "zero3_offload", lambda j: j.world_size > 1 and j.dist.deepspeed == "zero3"),
 )

@@ -83,8 +83,10 @@ def check_flags(request: EvalRequest) -> None:
         require_vllm()
 
 
-def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable[..., Any] = print) -> Models:
-    """Open the fine-tuned model and its baseline (flags: check_flags first); refuse tasks an engine cannot score."""
+def open_models(
+    request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable[..., Any] = print, run: Run | None = None
+) -> Models:
+    """Open the fine-tuned model and its baseline (flags: check_flags first; `run`: the caller's open --run)."""
     roles: dict[str, tuple[Any, str]] = {}  # role -> (engine, served name)
     remotes: dict[str, list[str]] = {}  # url -> served names asked for there
     if request.endpoint:
@@ -92,7 +94,7 @@ def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable
     baseline_run = _baseline_run(request.baseline)
     spec, tuned_name = None, None
     if not request.endpoint:
-        spec, tuned_name = _local_spec(request)
+        spec, tuned_name = _local_spec(request, run)
     baseline_spec = None
     if request.baseline == "base" and request.endpoint:
         remotes[request.endpoint].insert(0, request.baseline_model)
@@ -105,7 +107,7 @@ def open_models(request: EvalRequest, tasks: Sequence[TaskConfig], log: Callable
         else:
             from tuneforge.infer.spec import resolve_spec
 
-            baseline_spec = resolve_spec(run=baseline_run.root)
+            baseline_spec = resolve_spec(run=baseline_run)
             if request.engine == "vllm":
                 raise UserError(
                     f"--engine vllm: --baseline {request.baseline} is not a LoRA on the same base, so it is a second "
@@ -161,13 +163,13 @@ def _baseline_run(baseline: str) -> Run | None:
         raise UserError(f"{exc}, or base, none or an http(s) URL") from None
 
 
-def _local_spec(request: EvalRequest) -> tuple[ModelSpec, str]:
+def _local_spec(request: EvalRequest, run: Run | None) -> tuple[ModelSpec, str]:
     """The local fine-tuned model's spec (with its base where --baseline base asks for it) and its served name."""
     from tuneforge.infer.spec import resolve_spec
 
     spec = resolve_spec(
         model=request.model if request.run is None else None,
-        run=request.run,
+        run=run or request.run,
         adapters={TUNED_ADAPTER: request.adapter} if request.adapter else None,
         with_base=request.baseline == "base",
     )

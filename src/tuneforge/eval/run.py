@@ -68,16 +68,16 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     check_flags(request)
     suite, base_dir = _suite(request)
     run = Run.open(request.run) if request.run else None
-    out = request.out or (run.root / "eval" / suite.name if run else None)
+    out = request.out or (run.eval_dir / suite.name if run else None)
     if out is None:
         raise UserError(
             "eval: --out DIR is needed with --model or --endpoint (with --run the report goes to RUN/eval/<suite>)"
         )
 
-    opened = open_models(request, suite.tasks, log)
+    opened = open_models(request, suite.tasks, log, run)
     log(f"eval: {', '.join(f'{role}={name}' for role, name in opened.served.items())}")
     # With --run the cache is RUN/eval/.cache whatever --out says; otherwise it sits beside the report folder.
-    cache_file = (run.root / "eval" if run else out.parent) / ".cache" / "items.jsonl"
+    cache_file = (run.eval_dir if run else out.parent) / ".cache" / "items.jsonl"
     # Every worker gets a full chunk per request.
     cache = ItemCache(cache_file if opened.fingerprints else None, opened.fingerprints or {}, CHUNK * request.nproc)
     ctx = Context(opened.engine, opened.names, request.think, base_dir, run.cfg if run else None, request.limit, cache)

@@ -92,15 +92,16 @@ def merge_adapter(
     force: bool = False,
     onto: str | None = None,
     log: Callable = print,
+    method: MethodConfig | None = None,
 ) -> MergeReport:
     """Merge `adapter` into the `base` model and save it to `out` (atomically) in `dtype`.
 
-    `onto` (QLoRA adapters): 16bit or dequantized; None picks 16bit, or dequantized for a pre-quantized base.
+    `onto` (QLoRA adapters): 16bit or dequantized; None picks `default_onto(base)`. `method`: the run's method
+    (`Run.cfg`), which says how training quantized the base; None for an adapter without its run.
     """
     from peft import PeftModel
 
-    from tuneforge.model.load import load_model, load_model_config, load_tokenizer, pick_dtype
-    from tuneforge.model.quant import saved_quantization
+    from tuneforge.model.load import load_model, load_tokenizer, pick_dtype
 
     if dtype not in MERGE_DTYPES:
         raise UserError(f"--dtype {dtype}: expected one of {', '.join(MERGE_DTYPES)}")
@@ -115,7 +116,7 @@ def merge_adapter(
     tokenizer = load_tokenizer(base.model_copy(update={"tokenizer": str(adapter)}) if has_tokenizer else base)
     prompts = [_chat_prompt(tokenizer, text) for text in CHECK_PROMPTS]
 
-    quant = _trained_quantization(adapter, onto, log)
+    quant = _trained_quantization(method, adapter, onto, log)
     # The base exactly as the adapter saw it in training; on the CPU, like the 16-bit merge (a dequantized
     # 32B model would not fit the GPU that trained its QLoRA adapter).
     trained_on = load_model(base, quant, log=log, device="cpu")
@@ -127,7 +128,7 @@ def merge_adapter(
             "there are no quantized weights to merge onto: leave --onto out"
         )
     # The checkpoint itself is quantized (whatever the run's method said): it has no 16-bit weights.
-    prequantized = quantized and saved_quantization(load_model_config(base)) is not None
+    prequantized = quantized and default_onto(base) == "dequantized"
     if onto == "16bit" and prequantized:
         raise UserError(
             f"--onto 16bit: the base {base.name_or_path} is pre-quantized and has no 16-bit weights; "
@@ -143,7 +144,7 @@ def merge_adapter(
         merged = adapted.merge_and_unload()
         onto, diffs, own = "16bit", {"16bit": _max_diff(merged, prompts, reference)}, None
     else:
-        onto = onto or ("dequantized" if prequantized else "16bit")
+        onto = onto or default_onto(base)
         quantized_base = adapted.unload()  # the quantized base without the adapter's layers
         del adapted, trained_on
         diffs = {}
@@ -174,20 +175,37 @@ def merge_adapter(
     return MergeReport(out=out, dtype=dtype, onto=onto, diffs=dict(sorted(diffs.items())))
 
 
-def _trained_quantization(adapter: Path, onto: str | None, log: Callable) -> MethodConfig | None:
-    """How training quantized the base (a qlora method), from the run's config.yaml beside the adapter; None: 16-bit.
+def default_onto(base: ModelConfig) -> str:
+    """The base a merge without --onto writes: a pre-quantized checkpoint's dequantized weights, else the 16-bit.
+
+    Reads config.json as it is, without load_model_config's checks: `export --run` asks before it checks every
+    requirement at once. OSError where the base's config.json cannot be read.
+    """
+    from transformers import PreTrainedConfig
+
+    from tuneforge.model.load import resolve_model_path
+
+    config, _ = PreTrainedConfig.get_config_dict(
+        resolve_model_path(base), revision=base.revision, cache_dir=base.cache_dir
+    )  # fmt: skip
+    return "dequantized" if config.get("quantization_config") is not None else "16bit"
+
+
+def _trained_quantization(
+    method: MethodConfig | None, adapter: Path, onto: str | None, log: Callable
+) -> MethodConfig | None:
+    """How training quantized the base (a qlora method), from the run's `method`; None: 16-bit.
 
     A pre-quantized base needs no method: it loads quantized as saved, and that is found from its config.
     """
-    run = Run(adapter.parent)
-    if adapter.name == "adapter" and run.config_file.is_file():
-        method = run.cfg.method
+    if method is not None:
         return method if method.type == "qlora" else None
     if onto == "dequantized":
         default = MethodConfig(type="qlora")
         log(
-            f"no run config.yaml beside {adapter}: quantizing the base as method.type: qlora does by default "
-            f"({default.bits}-bit {default.quant_type}, double quant {default.double_quant})"
+            f"{adapter} without its run: quantizing the base as method.type: qlora does by default "
+            f"({default.bits}-bit {default.quant_type}, double quant {default.double_quant}); merge with --run RUN "
+            "for the run's own settings"
         )
         return default
     return None

@@ -20,7 +20,7 @@ from typing import Any
 
 from tuneforge.errors import UserError, problems_of
 from tuneforge.export import refuse_existing
-from tuneforge.export.merge import MergeReport, merge_adapter, run_sources
+from tuneforge.export.merge import MergeReport, default_onto, merge_adapter, run_sources
 from tuneforge.rundir import Run, fingerprint
 
 TARGETS = ("gguf", "ollama")
@@ -42,15 +42,16 @@ def merge_run(
 ) -> MergeReport | None:  # fmt: skip
     """Merge a LoRA run's adapter into RUN/merged (or `out`); None when RUN/merged is already that merge."""
     base, adapter = run_sources(run)
+    method = run.cfg.method
     if out is not None and out.resolve() != run.merged.resolve():
-        return merge_adapter(base, adapter, out, dtype=dtype, force=force, onto=onto, log=log)
+        return merge_adapter(base, adapter, out, dtype=dtype, force=force, onto=onto, log=log, method=method)
     made_from = _merge_source(run, dtype, onto)
     reason = run.stale_reason("merged", run.merged, made_from)
     if reason is None and not force:
         return None
     if reason not in (None, "missing"):
         log(f"rebuilding {run.merged}: {reason}")
-    report = merge_adapter(base, adapter, run.merged, dtype=dtype, force=True, onto=onto, log=log)
+    report = merge_adapter(base, adapter, run.merged, dtype=dtype, force=True, onto=onto, log=log, method=method)
     run.record("merged", run.merged, made_from)
     return report
 
@@ -133,8 +134,13 @@ def check_requirements(run: Run, full: bool, qtype: str, ollama: bool, merge: bo
 
 
 def _merge_source(run: Run, dtype: str, onto: str | None) -> dict[str, Any]:
-    """What RUN/merged is made from: the adapter as it is now, and the merge options."""
-    return {"adapter": fingerprint(run.adapter), "dtype": dtype, "onto": onto or "default"}
+    """What RUN/merged is made from: the adapter as it is now, and the merge options (`onto` as the merge resolves
+    it, so that an explicit --onto equal to the default reuses a default merge)."""
+    try:
+        onto = onto or default_onto(run.base_model_config())
+    except OSError:
+        onto = None  # the base cannot be read here: no recorded merge matches, and the merge says why it fails
+    return {"adapter": fingerprint(run.adapter), "dtype": dtype, "onto": onto}
 
 
 def _gguf_source(model: Path, qtype: str) -> dict[str, Any]:

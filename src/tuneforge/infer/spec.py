@@ -48,12 +48,15 @@ def parse_adapters(items: list[str] | tuple[str, ...]) -> dict[str, Path]:
 def resolve_spec(
     *,
     model: str | None = None,
-    run: str | Path | None = None,
+    run: str | Path | Run | None = None,
     adapters: dict[str, Path] | None = None,
     served_name: str | None = None,
     with_base: bool = False,
 ) -> ModelSpec:
-    """Resolve `--model` / `--run` / `--adapter` into a ModelSpec; `with_base` also loads a full run's base."""
+    """Resolve `--model` / `--run` (a path, or the caller's open Run) / `--adapter` into a ModelSpec.
+
+    `with_base` also loads a full run's base.
+    """
     adapters = {
         name: _adapter_dir(Path(folder), f"--adapter {name}={folder}") for name, folder in (adapters or {}).items()
     }
@@ -62,12 +65,12 @@ def resolve_spec(
             raise UserError("give the model to load: --model DIR_OR_HUB_ID, or --run RUN_DIR")
         base = ModelConfig(name_or_path=model)
         return _checked(ModelSpec(served_name or model, base, base, adapters))
-    rundir = Run.open(run)
+    rundir = run if isinstance(run, Run) else Run.open(run)
     base = ModelConfig(name_or_path=model) if model else rundir.base_model_config()
     base_name = model or rundir.cfg.model.name_or_path
     run_name = rundir.name
     if rundir.adapter.is_dir():
-        adapter = _adapter_dir(rundir.adapter, f"--run {run}")
+        adapter = _adapter_dir(rundir.adapter, f"--run {rundir.root}")
         tokenizer = ModelConfig(name_or_path=str(adapter)) if (adapter / "tokenizer_config.json").is_file() else base
         return _checked(ModelSpec(served_name or base_name, base, tokenizer, {run_name: adapter, **adapters}))
     if rundir.model.is_dir():
@@ -75,7 +78,7 @@ def resolve_spec(
         if with_base:
             return _checked(ModelSpec(base_name, base, full, adapters, {served_name or run_name: full}))
         return _checked(ModelSpec(served_name or run_name, full, full, adapters))
-    raise UserError(f"--run {run}: no adapter/ or model/ folder in it; has the run finished?")
+    raise UserError(f"--run {rundir.root}: no adapter/ or model/ folder in it; has the run finished?")
 
 
 def _adapter_dir(folder: Path, flag: str) -> Path:

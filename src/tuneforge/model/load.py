@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from tuneforge.config import MethodConfig, ModelConfig, looks_like_path, not_found
 from tuneforge.errors import UserError
+from tuneforge.io import check_writable
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,10 @@ def resolve_model_path(cfg: ModelConfig) -> str:
         return name
     if looks_like_path(name):
         raise UserError(not_found("model.name_or_path", name) + "; expected a model folder or an org/name hub id")
+    if cfg.cache_dir and not Path(cfg.cache_dir).is_dir():
+        # Downloads go there, and a folder that cannot be made fails deep in the hub client, blamed on the hub. An
+        # existing read-only folder passes: a shared cache that already holds the model is only read.
+        check_writable(Path(cfg.cache_dir), "model.cache_dir", folder=True)
     if cfg.hub == "modelscope":
         try:
             from modelscope import snapshot_download

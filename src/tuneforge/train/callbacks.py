@@ -202,4 +202,4 @@ def plot_rewards(run: Run) -> None:
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(run.root / "rewards.png", png.getvalue())
+    atomic_write_bytes(run.rewards_plot, png.getvalue())

@@ -11,10 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tuneforge.config import Config, DistributedConfig
+from tuneforge.config import Config
 from tuneforge.errors import UserError
+
+if TYPE_CHECKING:
+    from tuneforge.train.strategy import Strategy
 
 # Processes start within seconds of each other; one that has not arrived by then has crashed.
 STARTUP_TIMEOUT = timedelta(minutes=5)
@@ -53,22 +56,20 @@ class Processes:
         return self.rank == 0
 
 
-def init_processes(dist_cfg: DistributedConfig, procs: Processes) -> None:
+def init_processes(strategy: Strategy, procs: Processes) -> None:
     """Join the process group (gloo on CPU, NCCL on GPUs) before anything else talks to the other processes."""
     import torch
     import torch.distributed as dist
 
     if not procs.launched or dist.is_initialized():
         return
-    backend = "gloo"
-    if torch.cuda.is_available():
+    backend = strategy.backend(cuda=torch.cuda.is_available())
+    if backend != "gloo":
         torch.cuda.set_device(procs.local_rank)
-        # FSDP gathers its full state dict through CPU tensors; accelerate makes the same choice.
-        backend = "cuda:nccl,cpu:gloo" if dist_cfg.strategy == "fsdp" else "nccl"
-    timeout = timedelta(minutes=dist_cfg.timeout_minutes)
+    timeout = timedelta(minutes=strategy.timeout_minutes)
     # accelerate, DeepSpeed and the Trainer all reuse this group rather than making their own.
     dist.init_process_group(backend, timeout=timeout)
-    if backend == "gloo" and dist_cfg.strategy == "deepspeed":
+    if backend == "gloo" and strategy.name == "deepspeed":
         # On CPU accelerate finds no backend for DeepSpeed and would count one process per rank;
         # naming gloo here and reusing this state (use_configured_state) gives it the real world size.
         from accelerate import PartialState

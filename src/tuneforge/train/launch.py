@@ -18,6 +18,7 @@ from pathlib import Path
 from tuneforge.config import Config, DistributedConfig, load_config
 from tuneforge.errors import Interrupted, UserError
 from tuneforge.train.distributed import Processes, agree, init_processes
+from tuneforge.train.strategy import Strategy
 
 # Node 0 of a multi-node run listens here unless told otherwise (torchrun's own default).
 MULTI_NODE_PORT = 29500
@@ -55,25 +56,6 @@ def check_port(addr: str, port: int) -> None:
                 f"distributed.master_addr: cannot listen on {addr}:{port} ({exc.strerror}); node 0 "
                 "must own master_addr, give it this machine's address with --master-addr"
             ) from None
-
-
-def check_strategy(cfg: Config) -> None:
-    """The strategy's package is installed, its DeepSpeed file exists, and no accelerate config contradicts it."""
-    from tuneforge.train.strategy import deepspeed_config, require_deepspeed
-
-    strategy = cfg.distributed.strategy
-    if strategy == "deepspeed":
-        require_deepspeed()
-        deepspeed_config(cfg.distributed.deepspeed)
-    # `accelerate launch --config_file` may ask for DeepSpeed or FSDP itself; tuneforge takes the strategy
-    # from its own config, so a different one there would silently be ignored.
-    for variable, wanted in (("ACCELERATE_USE_DEEPSPEED", "deepspeed"), ("ACCELERATE_USE_FSDP", "fsdp")):
-        if os.environ.get(variable, "false").lower() == "true" and strategy != wanted:
-            raise UserError(
-                f"distributed.strategy: the accelerate config asks for {wanted} but the tuneforge "
-                f"config says {strategy}; set distributed.strategy={wanted} or drop it from the "
-                "accelerate config"
-            )
 
 
 def check_topology(dist: DistributedConfig) -> None:
@@ -141,23 +123,24 @@ def resume_command(config: Path, overrides: list[str]) -> str:
 def train_command(config: Path, overrides: list[str], log: Callable[..., None]) -> int:
     """What `tuneforge train` does: train here, or re-launch on the configured processes; returns the exit status."""
     cfg = load_config(config, overrides)
-    check_strategy(cfg)
-    if Processes.from_env().launched:
-        return _worker(cfg, config, overrides, log)
+    procs = Processes.from_env()
     dist = cfg.distributed
-    # DeepSpeed and FSDP need a process group even on one process, and torchrun provides it.
-    if dist.nproc * dist.nnodes == 1 and dist.strategy == "ddp":
-        return _train(cfg, config, overrides, log)
+    strategy = Strategy.of(dist, procs.world_size if procs.launched else dist.nproc * dist.nnodes)
+    strategy.check()
+    if procs.launched:
+        return _worker(cfg, strategy, config, overrides, log)
+    if not strategy.needs_launcher:
+        return _train(cfg, strategy, config, overrides, log)
     check_topology(dist)
     return relaunch(config, overrides, dist)
 
 
-def _train(cfg: Config, config: Path, overrides: list[str], log: Callable[..., None]) -> int:
+def _train(cfg: Config, strategy: Strategy, config: Path, overrides: list[str], log: Callable[..., None]) -> int:
     """Train in this process; a signal ends it with a checkpoint, the command that resumes it, and 128 + signal."""
     from tuneforge.train.run import train
 
     try:
-        train(cfg, log=log)
+        train(cfg, log=log, strategy=strategy)
     except Interrupted as stop:
         log(str(stop))
         log(f"resume with: {resume_command(config, overrides)}", soft_wrap=True)  # one line, to copy as it is
@@ -165,15 +148,15 @@ def _train(cfg: Config, config: Path, overrides: list[str], log: Callable[..., N
     return 0
 
 
-def _worker(cfg: Config, config: Path, overrides: list[str], log: Callable[..., None]) -> int:
+def _worker(cfg: Config, strategy: Strategy, config: Path, overrides: list[str], log: Callable[..., None]) -> int:
     """One of the processes a launcher started: check, join the others, train; only rank 0 logs."""
     check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     procs = Processes.from_env()
     # Compare configs before the slow imports of the training stack, so disagreeing nodes hear it in
     # seconds; `train` agrees again on what it finds in the run folder.
-    init_processes(cfg.distributed, procs)
+    init_processes(strategy, procs)
     agree(cfg, procs, resume=None, problem=None)
-    return _train(cfg, config, overrides, log if procs.is_main else _quiet)
+    return _train(cfg, strategy, config, overrides, log if procs.is_main else _quiet)
 
 
 def _quiet(*_args: object, **_kwargs: object) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import Config, save_config
+from tuneforge.data.prepare import check_data_cache
 from tuneforge.errors import Interrupted, UserError, problems_of
 from tuneforge.io import atomic_dir, atomic_write_json, check_writable
 from tuneforge.model.adapters import check_method
@@ -20,6 +21,7 @@ from tuneforge.rundir import Run
 from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss, plot_rewards
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
 from tuneforge.train.scratch import own_run_folder
+from tuneforge.train.strategy import Strategy
 from tuneforge.train.trainer import SFTTrainer
 
 
@@ -86,8 +88,6 @@ def check_run_dir(cfg: Config, run: Run, resume: str | None) -> None:
     if cfg.train.resume and not cfg.output.overwrite:
         check_finished(cfg, run)
     if resume or cfg.output.overwrite:
-        if cfg.output.overwrite and not resume:
-            run.clear()  # merged/, gguf/, ollama/ too: nothing made from the old run survives it
         return
     if finished or run.latest_checkpoint():
         raise UserError(
@@ -154,20 +154,21 @@ def check_hardware(cfg: Config) -> None:
         raise UserError("\n".join(problems))
 
 
-def training_arguments(cfg: Config, run: Run, has_eval: bool):
-    """transformers TrainingArguments from the config (the only place they are built)."""
+def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy | None = None):
+    """transformers TrainingArguments from the config (the only place they are built); `strategy` as in `train`."""
     import torch
     from transformers import TrainingArguments
 
     from tuneforge.model.load import pick_dtype
-    from tuneforge.train.strategy import strategy_arguments
 
     t = cfg.train
     dtype = pick_dtype(cfg.model.dtype)
     on_gpu = torch.cuda.is_available()
     bf16 = on_gpu and dtype == torch.bfloat16
     fp16 = on_gpu and dtype == torch.float16  # with loss scaling; LoRA weights stay fp32 (model/adapters.py)
-    cpu_processes = Processes.from_env().launched and not on_gpu
+    procs = Processes.from_env()
+    strategy = strategy or Strategy.of(cfg.distributed, procs.world_size)
+    cpu_processes = procs.launched and not on_gpu
     # transformers 5.24 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn); older
     # releases in pyproject's range know only the old names. Drop the fallback once the floor is 5.24.
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -189,9 +190,8 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool):
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation,
-        # Under FSDP, FSDP itself checkpoints activations (see strategy_arguments).
         **{
-            checkpointing: t.gradient_checkpointing and cfg.distributed.strategy != "fsdp",
+            checkpointing: strategy.trainer_checkpointing(t.gradient_checkpointing),
             f"{checkpointing}_kwargs": {"use_reentrant": False} if t.gradient_checkpointing else None,
         },
         optim=t.optim,
@@ -211,7 +211,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool):
         train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our own bar shows loss, tokens/s and ETA
-        **strategy_arguments(cfg.distributed, t.gradient_checkpointing, cpu_processes=cpu_processes),
+        **strategy.training_arguments(t.gradient_checkpointing, cpu_processes=cpu_processes),
         **objective_args,
     )
 
@@ -242,17 +242,25 @@ def _start(cfg: Config, run: Run, procs: Processes, log: Callable[..., None]) ->
         setup_tracker(cfg, run)
         check_hardware(cfg)
         check_method(cfg.model, cfg.method)
+        check_data_cache(cfg.data)
     except UserError as exc:
         problem = str(exc)
     agree(cfg, procs, resume, problem)
     if procs.is_main:
+        if cfg.output.overwrite and not resume:
+            # Only once every check passed, so a config that cannot run leaves the old run as it was; merged/,
+            # gguf/, ollama/ go too: nothing made from the old run survives it.
+            run.clear()
         run.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config_file)
     return resume
 
 
-def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
-    """Run one training job from a validated config; returns the run folder."""
+def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: Strategy | None = None) -> Run:
+    """Run one training job from a validated config; returns the run folder.
+
+    `strategy`: as the launcher decided it; None decides it here, from the config and the processes taking part.
+    """
     from transformers import PrinterCallback, set_seed
 
     from tuneforge.data.collate import PackCollator, PreferenceCollator, make_collator
@@ -262,14 +270,15 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
     from tuneforge.model.load import load_model, load_tokenizer, save_random_base
 
     procs = Processes.from_env()
-    init_processes(cfg.distributed, procs)
+    strategy = strategy or Strategy.of(cfg.distributed, procs.world_size)
+    init_processes(strategy, procs)
     run = Run(Path(cfg.output.dir))
     resume = _start(cfg, run, procs, log)
     set_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model)
     if procs.is_main:
-        run.start(cfg, tokenizer.chat_template)
+        run.start(cfg, tokenizer.chat_template, resumed=resume is not None)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
         data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
     if cfg.train.preflight and cfg.method.objective == "sft":
@@ -293,7 +302,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
         stop = StopOnSignal(log)
         common = dict(
             model=model,
-            args=training_arguments(cfg, mine, data.validation is not None),
+            args=training_arguments(cfg, mine, data.validation is not None, strategy),
             train_dataset=data.train,
             eval_dataset=data.validation,
             processing_class=tokenizer,
