@@ -34,7 +34,7 @@ class Key:
     description: str
 
 
-def _show(value: Any) -> str:
+def yaml_text(value: Any) -> str:
     """A value as YAML flow text, so that it can be pasted into a config or a key=value override."""
     text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10_000, sort_keys=False)
     text = text.removesuffix("\n...\n").strip()
@@ -42,7 +42,7 @@ def _show(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False) if "\n" in text else text
 
 
-def _nested(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+def nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """(section model, is a list of them) for a field holding a section, else (None, False)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
@@ -54,7 +54,7 @@ def _nested(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
 
 def _type_text(annotation: Any) -> str:
     if get_origin(annotation) is Literal:
-        return " | ".join(_show(v) for v in get_args(annotation))
+        return " | ".join(yaml_text(v) for v in get_args(annotation))
     if annotation is bool:
         return "true | false"
     if get_origin(annotation) is list:
@@ -87,7 +87,7 @@ def _allowed(field: FieldInfo) -> str:
 def _walk(model: type[BaseModel], prefix: str, values: BaseModel | None, sections: dict[str, str]) -> Iterator[Key]:
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        nested, many = _nested(field.annotation)
+        nested, many = nested_model(field.annotation)
         if nested is not None and many:
             items = getattr(values, name) if values is not None else [None]
             for i, item in enumerate(items):
@@ -99,9 +99,9 @@ def _walk(model: type[BaseModel], prefix: str, values: BaseModel | None, section
             yield from _walk(nested, path + ".", None if values is None else getattr(values, name), sections)
         else:
             if values is not None:
-                value = _show(getattr(values, name))
+                value = yaml_text(getattr(values, name))
             else:
-                value = "(required)" if field.is_required() else _show(field.get_default(call_default_factory=True))
+                value = "(required)" if field.is_required() else yaml_text(field.get_default(call_default_factory=True))
             yield Key(prefix.removesuffix("."), path, value, _allowed(field), field.description or "")
 
 

@@ -133,7 +133,7 @@ def check_baseline(tasks: list[TaskConfig], has_baseline: bool) -> None:
 
 def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
     """The models' answers to the task's prompts, judged pairwise (with position swap) or by rubric."""
-    from tuneforge.eval.tasks import _answered, _generate, _limit
+    from tuneforge.eval.tasks import answered, generate_answers, limited
     from tuneforge.infer.engine import SamplingParams
 
     if task.judge is None or task.path is None:
@@ -142,10 +142,10 @@ def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
         )
     check_baseline([task], "baseline" in ctx.models)
     judge = _judge_engine(task)
-    prompts = _limit(_prompts(task, ctx), task, ctx)
-    answers = _generate(task, ctx, prompts)
+    prompts = limited(_prompts(task, ctx), task, ctx)
+    answers = generate_answers(task, ctx, prompts)
     rows = {
-        role: [_answered(task, str(i), role, prompt, result, None) for i, (prompt, result) in enumerate(pairs)]
+        role: [answered(task, str(i), role, prompt, result, None) for i, (prompt, result) in enumerate(pairs)]
         for role, pairs in answers.items()
     }
     params = SamplingParams(max_new_tokens=task.judge.max_tokens, temperature=0.0)
@@ -164,12 +164,12 @@ def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
 def _prompts(task: TaskConfig, ctx: Context) -> list[list[Message]]:
     """The prompts: `{"prompt": text}` records, or held-out data of any training format (its answers dropped)."""
     from tuneforge.data.sources import read_file
-    from tuneforge.eval.tasks import _conversations, _path
+    from tuneforge.eval.tasks import conversations_of, task_path
 
-    records = [located.record for located in read_file(_path(task, ctx))]
+    records = [located.record for located in read_file(task_path(task, ctx))]
     if records and all(isinstance(r, dict) and isinstance(r.get("prompt"), str) for r in records):
         return [[_user(r["prompt"])] for r in records]
-    convs = _conversations(task, ctx)
+    convs = conversations_of(task, ctx)
     return [c.messages[:-1] if c.messages[-1].role == "assistant" else c.messages for c in convs]
 
 

@@ -40,7 +40,7 @@ class VllmEngine:
 
         from tuneforge.infer.engine import Engine
         from tuneforge.model.load import load_tokenizer
-        from tuneforge.serve.launch import VLLM_LORA_RANKS, _lora_rank
+        from tuneforge.serve.launch import VLLM_LORA_RANKS, lora_rank
 
         if spec.others:
             raise UserError(
@@ -53,7 +53,7 @@ class VllmEngine:
         self._templates = Engine(self.tokenizer, self.models, source=None, max_model_len=0)  # type: ignore[arg-type]
         options: dict[str, Any] = {"tokenizer": spec.tokenizer.name_or_path, "revision": spec.model.revision}
         if spec.adapters:
-            rank = max(_lora_rank(path) for path in spec.adapters.values())
+            rank = max(lora_rank(path) for path in spec.adapters.values())
             options |= {
                 "enable_lora": True,
                 "max_loras": len(spec.adapters),

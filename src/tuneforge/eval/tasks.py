@@ -84,12 +84,12 @@ def _judge(task: TaskConfig, ctx: Context) -> list[Row]:
     return run_judge(task, ctx)
 
 
-def _limit(items: list, task: TaskConfig, ctx: Context) -> list:
+def limited(items: list, task: TaskConfig, ctx: Context) -> list:
     limit = ctx.limit or task.limit
     return items[:limit] if limit else items
 
 
-def _path(task: TaskConfig, ctx: Context) -> Path:
+def task_path(task: TaskConfig, ctx: Context) -> Path:
     if task.path is None:
         raise UserError(f"task {task.name}: set path: to its data file or folder")
     path = ctx.base_dir / task.path
@@ -98,11 +98,11 @@ def _path(task: TaskConfig, ctx: Context) -> Path:
     return path
 
 
-def _conversations(task: TaskConfig, ctx: Context) -> list[Conversation]:
+def conversations_of(task: TaskConfig, ctx: Context) -> list[Conversation]:
     from tuneforge.config import DatasetConfig
     from tuneforge.data.sources import load_conversations
 
-    dataset = DatasetConfig(path=str(_path(task, ctx)), format=task.format, placeholders=_placeholders(task, ctx))
+    dataset = DatasetConfig(path=str(task_path(task, ctx)), format=task.format, placeholders=_placeholders(task, ctx))
     return load_conversations(dataset, log=lambda *_: None)
 
 
@@ -125,7 +125,7 @@ def _loss(task: TaskConfig, ctx: Context) -> list[Row]:
 
     data = ctx.run_config.data if ctx.run_config else None
     if task.path is not None:
-        convs = _conversations(task, ctx)
+        convs = conversations_of(task, ctx)
     elif data is not None and data.val_size > 0:
         convs = build_conversations(data, log=lambda *_: None)[1]
     else:
@@ -134,7 +134,7 @@ def _loss(task: TaskConfig, ctx: Context) -> list[Row]:
             "to a data file in the suite"
         )
     thinking, train_on = (data.thinking, data.train_on) if data else ("auto", "all_turns")
-    rendered = [render(conv, ctx.engine.tokenizer, thinking, train_on) for conv in _limit(convs, task, ctx)]
+    rendered = [render(conv, ctx.engine.tokenizer, thinking, train_on) for conv in limited(convs, task, ctx)]
     rendered = [r for r in rendered if any(label != IGNORE for label in r.labels[1:])]
     pairs = [(r.input_ids[:1], r.input_ids[1:]) for r in rendered]
     rows = []
@@ -160,7 +160,9 @@ def perplexity(loss: float) -> float:
 # --- generation-based tasks --------------------------------------------------------------------------------------
 
 
-def _generate(task: TaskConfig, ctx: Context, prompts: list[list[Message]]) -> dict[str, list[tuple[str, ChatResult]]]:
+def generate_answers(
+    task: TaskConfig, ctx: Context, prompts: list[list[Message]]
+) -> dict[str, list[tuple[str, ChatResult]]]:
     """Greedy answers of every model to the same prompts, in one batched call: {role: [(rendered prompt, result)]}."""
     from tuneforge.infer.engine import SamplingParams
 
@@ -192,7 +194,7 @@ def _chat_result(value: dict[str, Any]) -> ChatResult:
     return ChatResult(**{**value, "tool_calls": [ToolCall(**call) for call in value["tool_calls"]]})
 
 
-def _answered(task: TaskConfig, item_id: str, role: str, prompt: str, result: ChatResult, gold: Any) -> tuple:
+def answered(task: TaskConfig, item_id: str, role: str, prompt: str, result: ChatResult, gold: Any) -> tuple:
     """A row with the output split at the thinking, and its answer text."""
     answer = split_answer(result.content, result.reasoning, result.finish_reason)
     row = Row(task.name, item_id, role, prompt, gold, output=result.content, reasoning=answer.reasoning)
@@ -220,10 +222,10 @@ def _probe(task: TaskConfig, ctx: Context) -> list[Row]:
             f"task {task.name}: no {' / '.join(missing)} to expect; set placeholders: {{name: ..., author: ...}} "
             "on the task, or train with data placeholders"
         )
-    items = _limit(items, task, ctx)
-    answers = _generate(task, ctx, [[Message("user", q)] for _, q in items])
+    items = limited(items, task, ctx)
+    answers = generate_answers(task, ctx, [[Message("user", q)] for _, q in items])
     rows = [
-        _answered(task, str(i), role, prompt, result, values[kind])
+        answered(task, str(i), role, prompt, result, values[kind])
         for role, pairs in answers.items()
         for i, ((kind, _), (prompt, result)) in enumerate(zip(items, pairs))
     ]
@@ -232,13 +234,13 @@ def _probe(task: TaskConfig, ctx: Context) -> list[Row]:
 
 def _generation(task: TaskConfig, ctx: Context) -> list[Row]:
     """Held-out prompts of any training format: the last assistant turn is the reference."""
-    convs = [c for c in _conversations(task, ctx) if c.messages[-1].role == "assistant"]
-    convs = _limit(convs, task, ctx)
-    answers = _generate(task, ctx, [c.messages[:-1] for c in convs])
+    convs = [c for c in conversations_of(task, ctx) if c.messages[-1].role == "assistant"]
+    convs = limited(convs, task, ctx)
+    answers = generate_answers(task, ctx, [c.messages[:-1] for c in convs])
     rows = []
     for role, pairs in answers.items():
         for i, (conv, (prompt, result)) in enumerate(zip(convs, pairs)):
-            row, answer = _answered(task, str(i), role, prompt, result, conv.messages[-1].content)
+            row, answer = answered(task, str(i), role, prompt, result, conv.messages[-1].content)
             row.pred, row.outcome = answer.answer, TRUNCATED if answer.truncated else "scored"
             if not answer.truncated:
                 row.score = {
@@ -259,7 +261,7 @@ def _math(task: TaskConfig, ctx: Context) -> list[Row]:
     from tuneforge.data.sources import read_file
 
     items = []
-    for located in _limit(list(read_file(_path(task, ctx))), task, ctx):
+    for located in limited(list(read_file(task_path(task, ctx))), task, ctx):
         record = located.record
         if "problem" in record:  # MATH / MATH-500
             items.append((str(record.get("unique_id", len(items))), record["problem"], record["answer"]))
@@ -267,9 +269,9 @@ def _math(task: TaskConfig, ctx: Context) -> list[Row]:
             items.append((str(len(items)), record["question"], gsm8k_gold(record["answer"])))
         else:
             raise UserError(f"{located.where}: expected GSM8K (question, answer) or MATH (problem, answer) fields")
-    answers = _generate(task, ctx, [[Message("user", f"{q}\n{MATH_INSTRUCTION}")] for _, q, _ in items])
+    answers = generate_answers(task, ctx, [[Message("user", f"{q}\n{MATH_INSTRUCTION}")] for _, q, _ in items])
     rows = [
-        _answered(task, item_id, role, prompt, result, gold)
+        answered(task, item_id, role, prompt, result, gold)
         for role, pairs in answers.items()
         for (item_id, _, gold), (prompt, result) in zip(items, pairs)
     ]
@@ -354,7 +356,7 @@ def _mcq_messages(q: Question, shots: list[Question], english: bool) -> list[Mes
 
 def _mcq(task: TaskConfig, ctx: Context) -> list[Row]:
     """Multiple choice: likelihood of each choice letter after the prompt (no generation), or generated answers."""
-    root = _path(task, ctx)
+    root = task_path(task, ctx)
     by_subject = load_questions(task, root, "test")
     if not by_subject:
         raise UserError(
@@ -363,13 +365,13 @@ def _mcq(task: TaskConfig, ctx: Context) -> list[Row]:
     dev = load_questions(task, root, "dev") if task.shots else {}
     # Round robin over subjects, so that --limit takes a few questions of every subject rather than the first one.
     interleaved = [q for group in itertools.zip_longest(*by_subject.values()) for q in group if q is not None]
-    questions = _limit(interleaved, task, ctx)
+    questions = limited(interleaved, task, ctx)
     english = task.layout == "mmlu" or (task.layout == "auto" and questions[0].question.isascii())
     prompts = [_mcq_messages(q, dev.get(q.subject, [])[: task.shots], english) for q in questions]
     if task.method == "generate":
-        answers = _generate(task, ctx, prompts)
+        answers = generate_answers(task, ctx, prompts)
         rows = [
-            _answered(task, q.id, role, prompt, result, q.answer)
+            answered(task, q.id, role, prompt, result, q.answer)
             for role, pairs in answers.items()
             for q, (prompt, result) in zip(questions, pairs)
         ]

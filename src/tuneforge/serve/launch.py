@@ -110,7 +110,7 @@ def build_command(engine: str, spec: ModelSpec, options: ServeOptions) -> tuple[
     if spec.adapters:
         modules = [f"{name}={path}" for name, path in spec.adapters.items()]
         cmd += ["--enable-lora", "--lora-modules" if vllm else "--lora-paths", *modules]
-        rank = max(_lora_rank(path) for path in spec.adapters.values())
+        rank = max(lora_rank(path) for path in spec.adapters.values())
         if vllm and rank > 16:
             cmd += ["--max-lora-rank", str(min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank))]
     if "qwen3" in family:
@@ -206,7 +206,7 @@ def _family(model: ModelConfig) -> str:
     return model.name_or_path.lower()
 
 
-def _lora_rank(adapter: Path) -> int:
+def lora_rank(adapter: Path) -> int:
     """The largest LoRA rank in an adapter (its `r`, or a larger one from `rank_pattern`)."""
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     return max([int(config.get("r") or 8), *(int(r) for r in (config.get("rank_pattern") or {}).values())])

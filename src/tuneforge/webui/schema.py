@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from tuneforge.config import Config
-from tuneforge.config_reference import _nested, _show
+from tuneforge.config_reference import nested_model, yaml_text
 from tuneforge.errors import UserError
 
 DATASET_SLOTS = 3
@@ -57,7 +57,7 @@ def _kind(info: FieldInfo) -> tuple[Kind, tuple[Any, ...], bool]:
 def _walk(model: type[BaseModel], prefix: str, section: str) -> list[Field]:
     fields = []
     for name, info in model.model_fields.items():
-        nested, many = _nested(info.annotation)
+        nested, many = nested_model(info.annotation)
         if nested is not None and many:
             for i in range(DATASET_SLOTS):
                 fields += _walk(nested, f"{prefix}{name}[{i}].", f"{prefix}{name}[{i}]")
@@ -93,7 +93,7 @@ def to_component(field: Field, value: Any) -> Any:
         return value
     if field.kind == "text":
         return "" if value is None else str(value)
-    return "" if value is None else _show(value)
+    return "" if value is None else yaml_text(value)
 
 
 def from_component(field: Field, value: Any) -> Any:
