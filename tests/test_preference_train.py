@@ -1,4 +1,5 @@
-"""Preference training end to end on a tiny random Qwen3 with the real tokenizer: DPO moves its rewards."""
+"""Preference training end to end on a tiny random Qwen3 with the real tokenizer: DPO, ORPO, SimPO and KTO each move
+their own metric the right way."""
 
 from __future__ import annotations
 
@@ -39,6 +40,51 @@ def dpo_config(model_dir, out, **method):
     )
 
 
+COLOURS = ["red", "blue", "green", "black", "white", "pink", "gray", "gold"]
+
+
+def short_data(folder, kto: bool = False):
+    """16 short prompts (about 30 tokens with their answer), each with a good and a bad answer: pairs, or KTO rows."""
+    rows = []
+    for i, colour in enumerate(COLOURS * 2):
+        prompt, good, bad = f"Name a colour ({i}).", f"{colour.capitalize()}.", "I will not answer that."
+        if kto:
+            rows += [
+                {"prompt": prompt, "completion": good, "label": True},
+                {"prompt": prompt, "completion": bad, "label": False},
+            ]
+        else:
+            rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
+    path = folder / ("kto.jsonl" if kto else "pairs.jsonl")
+    path.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    return path
+
+
+def short_config(model_dir, out, objective, **method):
+    """A few steps on `short_data` (LoRA, fixed learning rate, metrics every 2 steps)."""
+    return validate(
+        {
+            "model": {"name_or_path": str(model_dir), "init": "random"},
+            "data": {
+                "datasets": [{"path": str(short_data(out.parent, kto=objective == "kto"))}],
+                "max_length": 64,
+                "packing": False,
+                "cache_dir": str(out.parent / "cache"),
+            },
+            "method": {"type": "lora", "rank": 8, "alpha": 16, "dropout": 0.0, "objective": objective, **method},
+            "train": {
+                "max_steps": 4,
+                "learning_rate": 1e-2,
+                "per_device_batch_size": 4,
+                "logging_steps": 2,
+                "save_steps": 1000,
+                "lr_scheduler": "constant",
+            },
+            "output": {"dir": str(out)},
+        }
+    )
+
+
 def logged(run) -> list[dict]:
     return [json.loads(line) for line in run.metrics.read_text().splitlines()]
 
@@ -62,3 +108,49 @@ def test_dpo_rewards_rise_and_held_out_chosen_gains_on_rejected(tiny_qwen3_dir, 
     assert summary["objective"] == "dpo" and summary["steps"] == 8
     assert (run.adapter / "adapter_model.safetensors").is_file()
     assert (run.root / "rewards.png").is_file() and run.loss_plot.is_file()
+
+
+def _first_and_last(run, key: str) -> tuple[dict, dict]:
+    steps = [e for e in logged(run) if key in e]
+    assert [e["step"] for e in steps] == [2, 4]
+    return steps[0], steps[-1]
+
+
+@pytest.mark.slow  # 15-20 s of CPU, a minute on 2 busy cores
+@needs_assets
+def test_orpo_raises_the_chosen_log_odds_with_the_nll_on_answers_only(tiny_qwen3_dir, tmp_path):
+    run = train(short_config(tiny_qwen3_dir, tmp_path / "run", "orpo"), **quiet)
+    first, last = _first_and_last(run, "log_odds_chosen")
+    assert last["log_odds_chosen"] > first["log_odds_chosen"] + 1
+    assert last["log_odds_ratio"] > first["log_odds_ratio"]
+    assert last["nll_loss"] < first["nll_loss"]
+    # The NLL term is the chosen answers' mean NLL over their trained tokens (TRL's own includes the prompt).
+    for entry in (first, last):
+        assert entry["nll_loss"] == pytest.approx(-entry["logps/chosen"], abs=1e-3)
+    assert json.loads(run.summary.read_text())["objective"] == "orpo"
+    assert sorted(p.name for p in run.adapter.iterdir() if p.is_dir()) == []  # no reference adapter saved
+
+
+@pytest.mark.slow  # 15-20 s of CPU, a minute on 2 busy cores
+@needs_assets
+def test_simpo_widens_the_length_normalised_margin(tiny_qwen3_dir, tmp_path):
+    run = train(short_config(tiny_qwen3_dir, tmp_path / "run", "simpo", beta=2.0, simpo_gamma=0.5), **quiet)
+    first, last = _first_and_last(run, "rewards/margins")
+    assert last["rewards/margins"] > first["rewards/margins"] + 1
+    assert last["rewards/accuracies"] == 1.0
+    assert first["nll_loss"] == last["nll_loss"] == 0.0  # SimPO: no NLL term (cpo_alpha 0)
+    # SimPO's reward is beta times the answer's mean log-prob per trained token.
+    assert last["rewards/chosen"] == pytest.approx(2.0 * last["logps/chosen"], rel=1e-4)
+
+
+@pytest.mark.slow  # 15-20 s of CPU, a minute on 2 busy cores
+@needs_assets
+def test_kto_rewards_desirable_answers_over_undesirable_ones(tiny_qwen3_dir, tmp_path):
+    run = train(short_config(tiny_qwen3_dir, tmp_path / "run", "kto"), **quiet)
+    first, last = _first_and_last(run, "rewards/margins")
+    assert "kl" in first and "kl" in last
+    assert last["rewards/chosen"] > first["rewards/chosen"]
+    assert last["rewards/rejected"] < first["rewards/rejected"]
+    assert last["rewards/margins"] > first["rewards/margins"] + 1
+    assert last["loss"] < first["loss"]
+    assert (run.adapter / "adapter_model.safetensors").is_file() and not (run.adapter / "ref").exists()
