@@ -440,6 +440,8 @@ def check_local_files(cfg: Config) -> None:
     for key, value in (("model.name_or_path", cfg.model.name_or_path), ("model.tokenizer", cfg.model.tokenizer)):
         if value is not None and looks_like_path(value) and not Path(value).expanduser().exists():
             problems.append(not_found(key, value))
+    if cfg.method.adapter is not None and not Path(cfg.method.adapter).expanduser().exists():
+        problems.append(not_found("method.adapter", cfg.method.adapter))  # always local: a folder
     for i, ds in enumerate(cfg.data.datasets):
         local = ds.source == "local" or (ds.source == "auto" and looks_like_path(ds.path))
         if local and not Path(ds.path).expanduser().exists():
