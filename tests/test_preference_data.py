@@ -234,3 +234,53 @@ def test_pair_collator_splits_rows_as_orpo_and_cpo_read_them():
     assert batch["rejected_attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
     # The stacked rows (chosen, then rejected) stay for the token counts.
     assert batch["input_ids"].shape == (4, 5) and batch["completion_mask"].sum() == 6
+
+
+@needs_assets
+def test_data_preview_and_render_show_each_answer(tmp_path, tiny_qwen3_dir, qwen3_tokenizer):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    prompt = [{"role": "user", "content": "2+2?"}]
+    expected = {
+        answer: qwen3_tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": answer}], tokenize=True, enable_thinking=False, return_dict=False
+        )
+        for answer in ("4", "5")
+    }
+    for objective, record in (
+        ("dpo", {"prompt": "2+2?", "chosen": "4", "rejected": "5"}),
+        ("kto", {"prompt": "2+2?", "completion": "5", "label": False}),
+    ):
+        data = tmp_path / f"{objective}.jsonl"
+        data.write_text(json.dumps(record) + "\n")
+        config = tmp_path / f"{objective}.yaml"
+        config.write_text(
+            json.dumps(
+                {
+                    "model": {"name_or_path": str(tiny_qwen3_dir)},
+                    "data": {"datasets": [{"path": str(data)}], "cache_dir": str(tmp_path / "cache")},
+                    "method": {"objective": objective},
+                    "train": {"per_device_batch_size": 2},
+                    "output": {"dir": str(tmp_path / "run")},
+                }
+            )
+        )
+        shown = CliRunner().invoke(app, ["data", "preview", str(config), "-n", "1"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, shown.output
+        out = tmp_path / f"{objective}-rendered.jsonl"
+        written = CliRunner().invoke(app, ["data", "render", str(config), "--out", str(out)])
+        assert written.exit_code == 0, written.output
+        [row] = [json.loads(line) for line in out.read_text().splitlines()]
+        # Trained: the answer and <|im_end|> (2 tokens); the template's newline after it is not.
+        if objective == "dpo":
+            for side, answer in (("chosen", "4"), ("rejected", "5")):
+                assert f"sample 0 {side}: {len(expected[answer])} tokens, 2 trained" in shown.output
+                assert row[side]["input_ids"] == expected[answer]
+                trained = [t for t, label in zip(row[side]["input_ids"], row[side]["labels"]) if label != IGNORE]
+                assert qwen3_tokenizer.decode(trained) == f"{answer}<|im_end|>"
+        else:
+            assert f"sample 0 undesirable (label False): {len(expected['5'])} tokens, 2 trained" in shown.output
+            assert (row["label"], row["input_ids"]) == (False, expected["5"])
+            assert [label for label in row["labels"] if label != IGNORE] == expected["5"][-3:-1]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import DATA_DIR, needs_assets
+from safetensors.torch import load_file
 
 from tuneforge.config import validate
 from tuneforge.train.run import train
@@ -154,3 +156,55 @@ def test_kto_rewards_desirable_answers_over_undesirable_ones(tiny_qwen3_dir, tmp
     assert last["rewards/margins"] > first["rewards/margins"] + 1
     assert last["loss"] < first["loss"]
     assert (run.adapter / "adapter_model.safetensors").is_file() and not (run.adapter / "ref").exists()
+
+
+@pytest.mark.slow  # an SFT run, then DPO on its adapter: about a minute on 2 busy cores
+@needs_assets
+def test_dpo_continues_an_sft_adapter_against_the_sft_model(tiny_qwen3_dir, tmp_path):
+    sft_data = tmp_path / "sft.jsonl"
+    sft_data.write_text("\n".join(json.dumps({"instruction": f"Say {c}.", "output": c}) for c in COLOURS))
+    sft = validate(
+        {
+            "model": {"name_or_path": str(tiny_qwen3_dir)},
+            "data": {"datasets": [{"path": str(sft_data)}], "cache_dir": str(tmp_path / "cache")},
+            "method": {"type": "lora", "rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "train": {"max_steps": 3, "learning_rate": 1e-2, "per_device_batch_size": 4, "save_steps": 1000},
+            "output": {"dir": str(tmp_path / "sft")},
+        }
+    )
+    sft_run = train(sft, **quiet)
+    dpo = short_config(tiny_qwen3_dir, tmp_path / "dpo", "dpo", adapter=str(sft_run.root)).model_dump()
+    dpo["model"]["init"] = "pretrained"
+    dpo["method"] |= {"rank": 8, "alpha": 16, "dropout": 0.05}  # the defaults: the adapter brings its own
+    dpo["train"] |= {"max_steps": 2, "logging_steps": 1}
+    lines = []
+    run = train(validate(dpo), log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert f"method.adapter: continuing {sft_run.adapter} (trained on {tiny_qwen3_dir})" in lines
+    # The reference is the SFT model: at the first step the policy (the SFT adapter, not yet updated) equals it
+    # exactly. Against the base model (adapter disabled) the SFT adapter's rewards would not be 0.
+    first, second = [e for e in logged(run) if "rewards/chosen" in e]
+    assert first["rewards/chosen"] == first["rewards/rejected"] == 0.0
+    assert second["rewards/margins"] > 0
+    before, after = (load_file(a / "adapter_model.safetensors") for a in (sft_run.adapter, run.adapter))
+    assert before.keys() == after.keys() and len(before) == 2 * 2 * 2  # q and v, A and B, 2 layers
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    config = json.loads((run.adapter / "adapter_config.json").read_text())
+    assert (config["r"], sorted(config["target_modules"])) == (4, ["q_proj", "v_proj"])
+
+
+def test_adapter_must_be_an_adapter_or_a_lora_run(tmp_path):
+    from tuneforge.errors import UserError
+    from tuneforge.model.adapters import continued_adapter
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    with pytest.raises(UserError, match=r"method.adapter: .*run is a run folder without adapter/adapter_config.json"):
+        continued_adapter(str(tmp_path / "run"))
+    with pytest.raises(UserError, match=r"method.adapter: .*plain is neither a LoRA adapter folder"):
+        (tmp_path / "plain").mkdir()
+        continued_adapter(str(tmp_path / "plain"))
+    with pytest.raises(UserError, match=r"method.adapter: .*missing: not found"):
+        continued_adapter(str(tmp_path / "missing"))
+    (tmp_path / "run" / "adapter").mkdir()
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
+    assert continued_adapter(str(tmp_path / "run")) == tmp_path / "run" / "adapter"
