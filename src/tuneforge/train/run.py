@@ -274,7 +274,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print) -> Run:
         data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
     if cfg.method.objective != "sft" and cfg.data.packing:
         log(f"data.packing: not used by method.objective: {cfg.method.objective}; preference rows are padded")
-    if cfg.train.preflight and cfg.method.objective == "sft":
+    if cfg.train.preflight:
         from tuneforge.estimate.preflight import preflight
 
         preflight(cfg, data.train, log if procs.is_main else lambda *_: None)
