@@ -62,29 +62,32 @@ def short_data(folder, kto: bool = False):
     return path
 
 
+def short_raw(model_dir, out, objective, **method) -> dict:
+    """A few steps on `short_data` (LoRA, fixed learning rate, metrics every 2 steps), as a raw config."""
+    return {
+        "model": {"name_or_path": str(model_dir), "init": "random"},
+        "data": {
+            "datasets": [{"path": str(short_data(out.parent, kto=objective == "kto"))}],
+            "max_length": 64,
+            "packing": False,
+            "cache_dir": str(out.parent / "cache"),
+        },
+        "method": {"type": "lora", "rank": 8, "alpha": 16, "dropout": 0.0, "objective": objective, **method},
+        "train": {
+            "max_steps": 4,
+            "learning_rate": 1e-2,
+            "per_device_batch_size": 4,
+            "logging_steps": 2,
+            "save_steps": 1000,
+            "lr_scheduler": "constant",
+        },
+        "output": {"dir": str(out)},
+    }
+
+
 def short_config(model_dir, out, objective, **method):
-    """A few steps on `short_data` (LoRA, fixed learning rate, metrics every 2 steps)."""
-    return validate(
-        {
-            "model": {"name_or_path": str(model_dir), "init": "random"},
-            "data": {
-                "datasets": [{"path": str(short_data(out.parent, kto=objective == "kto"))}],
-                "max_length": 64,
-                "packing": False,
-                "cache_dir": str(out.parent / "cache"),
-            },
-            "method": {"type": "lora", "rank": 8, "alpha": 16, "dropout": 0.0, "objective": objective, **method},
-            "train": {
-                "max_steps": 4,
-                "learning_rate": 1e-2,
-                "per_device_batch_size": 4,
-                "logging_steps": 2,
-                "save_steps": 1000,
-                "lr_scheduler": "constant",
-            },
-            "output": {"dir": str(out)},
-        }
-    )
+    """`short_raw`, validated."""
+    return validate(short_raw(model_dir, out, objective, **method))
 
 
 def logged(run) -> list[dict]:
@@ -173,13 +176,16 @@ def test_dpo_continues_an_sft_adapter_against_the_sft_model(tiny_qwen3_dir, tmp_
         }
     )
     sft_run = train(sft, **quiet)
-    dpo = short_config(tiny_qwen3_dir, tmp_path / "dpo", "dpo", adapter=str(sft_run.root)).model_dump()
+    dpo = short_raw(tiny_qwen3_dir, tmp_path / "dpo", "dpo", adapter=str(sft_run.root))
     dpo["model"]["init"] = "pretrained"
-    dpo["method"] |= {"rank": 8, "alpha": 16, "dropout": 0.05}  # the defaults: the adapter brings its own
+    for key in ("rank", "alpha", "dropout"):  # the adapter brings its own
+        del dpo["method"][key]
+    del dpo["data"]["packing"]  # the default (true): preference rows are padded, and training says so
     dpo["train"] |= {"max_steps": 2, "logging_steps": 1}
     lines = []
     run = train(validate(dpo), log=lambda *a: lines.append(" ".join(map(str, a))))
     assert f"method.adapter: continuing {sft_run.adapter} (trained on {tiny_qwen3_dir})" in lines
+    assert "data.packing: not used by method.objective: dpo; preference rows are padded" in lines
     # The reference is the SFT model: at the first step the policy (the SFT adapter, not yet updated) equals it
     # exactly. Against the base model (adapter disabled) the SFT adapter's rewards would not be 0.
     first, second = [e for e in logged(run) if "rewards/chosen" in e]
@@ -208,3 +214,37 @@ def test_adapter_must_be_an_adapter_or_a_lora_run(tmp_path):
     (tmp_path / "run" / "adapter").mkdir()
     (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
     assert continued_adapter(str(tmp_path / "run")) == tmp_path / "run" / "adapter"
+
+
+@pytest.mark.slow  # a 1-process and a 2-process run: minutes on 2 busy cores
+@needs_assets
+def test_dpo_on_two_processes_trains_like_one(tiny_qwen3_dir, tmp_path):
+    from test_distributed import BIN, HALF_BATCH, finish, free_port, launch, step_losses
+
+    (tmp_path / "one").mkdir()
+    raw = short_raw(tiny_qwen3_dir, tmp_path / "one" / "run", "dpo")
+    raw["model"] |= {"init": "pretrained", "dtype": "fp32"}
+    raw["data"]["group_by_length"] = False  # the same seeded order on 1 and 2 processes
+    raw["train"] |= {"max_steps": 3, "logging_steps": 1}
+    one = train(validate(raw), **quiet)
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(raw | {"output": {"dir": "run"}}))
+    port = str(free_port())
+    result = finish(
+        launch(
+            [str(BIN / "tuneforge"), "train", str(job), HALF_BATCH, "--nproc", "2", "--master-port", port],
+            tmp_path / "two",
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "two" / "run"
+    expected, got = step_losses(one.root), step_losses(two)
+    assert sorted(got) == [1, 2, 3]
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-4, abs=1e-6), (step, got, expected)
+    margins = [json.loads(line).get("rewards/margins") for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert margins[2] == pytest.approx(logged(one)[2]["rewards/margins"], rel=1e-3, abs=1e-6)
+    reference, adapter = (load_file(r / "adapter" / "adapter_model.safetensors") for r in (one.root, two))
+    assert adapter.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(adapter[key], value, rtol=1e-4, atol=1e-5)

@@ -145,6 +145,11 @@ class KTOTrainer(PreferenceMixin, _KTOTrainer):
 class ORPOTrainer(PreferenceMixin, _ORPOTrainer):
     """TRL's ORPOTrainer on pre-tokenized pairs (data/collate.py PairCollator)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # PairCollator's batches have the layout of TRL's own collator: evaluation need not warn at every batch.
+        self.use_dpo_data_collator = True
+
     def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
         return {}  # already rendered and tokenized by tuneforge: the map keeps the columns as they are
 
