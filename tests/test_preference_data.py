@@ -284,3 +284,15 @@ def test_data_preview_and_render_show_each_answer(tmp_path, tiny_qwen3_dir, qwen
             assert f"sample 0 undesirable (label False): {len(expected['5'])} tokens, 2 trained" in shown.output
             assert (row["label"], row["input_ids"]) == (False, expected["5"])
             assert [label for label in row["labels"] if label != IGNORE] == expected["5"][-3:-1]
+
+
+def test_config_check_names_a_missing_adapter(tmp_path):
+    from tuneforge.config import check_local_files
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("{}\n")
+    raw = {"model": {"name_or_path": "Qwen/Qwen3-8B"}, "data": {"datasets": [{"path": str(data)}]}}
+    cfg = validate({**raw, "method": {"adapter": str(tmp_path / "sft")}, "output": {"dir": "o"}})
+    with pytest.raises(UserError) as err:
+        check_local_files(cfg)
+    assert str(err.value) == f"method.adapter: {tmp_path / 'sft'}: not found"
