@@ -296,3 +296,12 @@ def test_config_check_names_a_missing_adapter(tmp_path):
     with pytest.raises(UserError) as err:
         check_local_files(cfg)
     assert str(err.value) == f"method.adapter: {tmp_path / 'sft'}: not found"
+
+
+def test_trl_still_tiles_its_fused_lm_head_by_the_constant_we_narrow_on_cpu():
+    import inspect
+
+    import trl.trainer.utils as trl_utils
+
+    # train/preference.py CPU_VOCAB_TILE narrows this module constant; a TRL that renames it would ignore ours.
+    assert "_CHUNKED_LOGPROB_CHUNK_SIZE" in inspect.getsource(trl_utils.add_fused_lm_head)

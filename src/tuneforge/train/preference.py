@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+import trl.trainer.utils as trl_utils
 from trl import DPOConfig, KTOConfig
 from trl import DPOTrainer as _DPOTrainer
 from trl import KTOTrainer as _KTOTrainer
@@ -36,6 +38,13 @@ with warnings.catch_warnings():
     from trl.experimental.cpo import CPOTrainer as _CPOTrainer
     from trl.experimental.orpo import ORPOConfig
     from trl.experimental.orpo import ORPOTrainer as _ORPOTrainer
+
+
+# TRL 1.16's fused LM head (DPO, KTO) folds [4,096 tokens × 32,768 vocabulary] fp32 tiles with torch ops where its
+# Triton kernel cannot run (CPU), several tile-sized temporaries alive at once: LoRA DPO peaked at 3.6× LoRA SFT's
+# memory at 4 rows × 512 tokens on the tiny Qwen3 (bench/preference_memory.py), 0.56× with 4,096-wide tiles, which give
+# the same log-probs. Remove once TRL sizes its CPU tiles itself (rerun the bench without it).
+CPU_VOCAB_TILE = 4096
 
 
 def arguments_for(method: MethodConfig, max_length: int) -> tuple[type, dict[str, Any]]:
@@ -105,6 +114,8 @@ def build_trainer(objective: str, pad_token_id: int, **common: Any) -> Any:
         "orpo": (ORPOTrainer, PairCollator),
         "simpo": (SimPOTrainer, PairCollator),
     }[objective]
+    if not torch.cuda.is_available():
+        trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = CPU_VOCAB_TILE  # see CPU_VOCAB_TILE
     with no_datasets_bars():  # the trainers map our columns into theirs: nothing worth a bar
         return trainer(data_collator=collator(pad_token_id), **common)
 
