@@ -151,7 +151,14 @@ def test_simpo_widens_the_length_normalised_margin(tiny_qwen3_dir, tmp_path):
 @pytest.mark.slow  # 15-20 s of CPU, a minute on 2 busy cores
 @needs_assets
 def test_kto_rewards_desirable_answers_over_undesirable_ones(tiny_qwen3_dir, tmp_path):
-    run = train(short_config(tiny_qwen3_dir, tmp_path / "run", "kto"), **quiet)
+    lines = []
+    run = train(
+        short_config(tiny_qwen3_dir, tmp_path / "run", "kto"), log=lambda *a: lines.append(" ".join(map(str, a)))
+    )
+    assert (
+        "data.group_by_length: not used by method.objective: kto; its KL term pairs neighbours in dataset order"
+        in lines
+    )
     first, last = _first_and_last(run, "rewards/margins")
     assert "kl" in first and "kl" in last
     assert last["rewards/chosen"] > first["rewards/chosen"]
