@@ -251,3 +251,22 @@ def test_env_reports_versions_and_offline_problems(tmp_path):
     problems = [line for line in result.stderr.splitlines() if line.startswith("problem:")]
     assert any("HF_HUB_OFFLINE is not set" in p for p in problems)
     assert any("no config.json" in p for p in problems)
+
+
+def test_preference_objectives_double_the_rows_and_add_their_reference():
+    sft = estimate(_job(train={"per_device_batch_size": 2}))
+    dpo, orpo, kto = (
+        estimate(_job(method={"objective": o}, train={"per_device_batch_size": 2})) for o in ("dpo", "orpo", "kto")
+    )
+    # A pair is two rows: the activations of 2 pairs are those of 4 SFT samples; KTO's answers are one row each.
+    assert dpo.parts["activations"] == estimate(_job(train={"per_device_batch_size": 4})).parts["activations"]
+    assert dpo.parts["activations"] > 1.9 * sft.parts["activations"]
+    assert kto.parts["activations"] == sft.parts["activations"]
+    # LoRA: the reference is a frozen copy of the adapter (TRL's "ref"), not of the 16 GB of weights.
+    assert dpo.parts["reference"] == dpo.parts["LoRA weights"] and dpo.parts["weights"] == sft.parts["weights"]
+    assert "reference" not in sft.parts and "reference" not in orpo.parts  # ORPO has no reference model
+    # ORPO builds full logits of 2 × 2 × 2048 tokens (TRL's ORPOTrainer): bf16 plus three fp32 copies.
+    assert orpo.parts["logits / loss"] == 8192 * 151936 * 14
+    full = {"type": "full", "objective": "dpo"}
+    assert estimate(_job(method=full)).parts["reference"] == QWEN3_8B.params * 2  # bf16 copy
+    assert estimate(_job(method={**full, "reference": "precomputed"})).parts["reference"] == 0

@@ -12,7 +12,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from tuneforge.config import load_config
 from tuneforge.data.conversation import Message
-from tuneforge.data.sources import load_conversations
+from tuneforge.data.sources import load_conversations, messages_view
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -24,6 +24,14 @@ HUB_ROWS = {
     ("FreedomIntelligence/medical-o1-reasoning-SFT", "en"): (
         {"Question": "Chest pain at 45: next step?", "Complex_CoT": "Rule out a heart attack.", "Response": "An ECG."},
         Message("assistant", "An ECG.", reasoning="Rule out a heart attack."),
+    ),
+    ("llamafactory/DPO-En-Zh-20k", "en"): (
+        {
+            "conversations": [{"from": "human", "value": "Name a prime."}],
+            "chosen": {"from": "gpt", "value": "7."},
+            "rejected": {"from": "gpt", "value": "8."},
+        },
+        Message("assistant", "7."),
     ),
     ("yahma/alpaca-cleaned", None): (
         {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat, move, sleep."},
@@ -51,6 +59,7 @@ def test_examples_are_the_documented_jobs():
     assert [p.name for p in EXAMPLES] == [
         "qwen3-32b-medical-reasoning-sft.yaml",
         "qwen3-4b-roleplay-huanhuan-lora.yaml",
+        "qwen3-8b-dpo-lora.yaml",
         "qwen3-8b-reasoning-chat-mix.yaml",
         "qwen3-8b-self-cognition-lora.yaml",
         "qwq-32b-medical-reasoning-lora.yaml",
@@ -70,7 +79,7 @@ def test_example_data_resolves(example, data_dir, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     for ds in cfg.data.datasets:
-        convs = load_conversations(ds, log=lambda *_: None)
+        convs = load_conversations(ds, log=lambda *_: None, objective=cfg.method.objective)
         if ds.source == "local" or Path(ds.path).exists():
             assert not hub_calls, f"{ds.path} is local but went to the hub"
             assert DATA_COMMAND in example.read_text(encoding="utf-8"), f"{example.name}: say how {ds.path} is made"
@@ -78,5 +87,16 @@ def test_example_data_resolves(example, data_dir, monkeypatch):
         else:
             validate_repo_id(ds.path)
             assert hub_calls.pop() == (ds.path, ds.subset, "train")
-            assert [m.role for m in convs[0].messages] == ["user", "assistant"]
-            assert convs[0].messages[-1] == HUB_ROWS[(ds.path, ds.subset)][1]
+            first = messages_view(convs[0])  # a preference sample: its prompt, then the chosen and rejected answers
+            answers = 1 if cfg.method.objective == "sft" else 2
+            assert [m.role for m in first.messages] == ["user"] + ["assistant"] * answers
+            assert first.messages[1] == HUB_ROWS[(ds.path, ds.subset)][1]
+
+
+def test_dpo_example_continues_the_sft_example():
+    dpo, sft = (
+        load_config(ROOT / "examples" / name)
+        for name in ("qwen3-8b-dpo-lora.yaml", "qwen3-8b-self-cognition-lora.yaml")
+    )
+    assert dpo.method.adapter == sft.output.dir and dpo.model.name_or_path == sft.model.name_or_path
+    assert (dpo.method.objective, dpo.method.beta) == ("dpo", 0.1)

@@ -1,11 +1,14 @@
-"""Preference training end to end on a tiny random Qwen3 with the real tokenizer: DPO moves its rewards."""
+"""Preference training end to end on a tiny random Qwen3 with the real tokenizer: DPO, ORPO, SimPO and KTO each move
+their own metric the right way."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from conftest import DATA_DIR, needs_assets
+from safetensors.torch import load_file
 
 from tuneforge.config import validate
 from tuneforge.train.run import train
@@ -39,6 +42,54 @@ def dpo_config(model_dir, out, **method):
     )
 
 
+COLOURS = ["red", "blue", "green", "black", "white", "pink", "gray", "gold"]
+
+
+def short_data(folder, kto: bool = False):
+    """16 short prompts (about 30 tokens with their answer), each with a good and a bad answer: pairs, or KTO rows."""
+    rows = []
+    for i, colour in enumerate(COLOURS * 2):
+        prompt, good, bad = f"Name a colour ({i}).", f"{colour.capitalize()}.", "I will not answer that."
+        if kto:
+            rows += [
+                {"prompt": prompt, "completion": good, "label": True},
+                {"prompt": prompt, "completion": bad, "label": False},
+            ]
+        else:
+            rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
+    path = folder / ("kto.jsonl" if kto else "pairs.jsonl")
+    path.write_text("\n".join(json.dumps(row) for row in rows), encoding="utf-8")
+    return path
+
+
+def short_raw(model_dir, out, objective, **method) -> dict:
+    """A few steps on `short_data` (LoRA, fixed learning rate, metrics every 2 steps), as a raw config."""
+    return {
+        "model": {"name_or_path": str(model_dir), "init": "random"},
+        "data": {
+            "datasets": [{"path": str(short_data(out.parent, kto=objective == "kto"))}],
+            "max_length": 64,
+            "packing": False,
+            "cache_dir": str(out.parent / "cache"),
+        },
+        "method": {"type": "lora", "rank": 8, "alpha": 16, "dropout": 0.0, "objective": objective, **method},
+        "train": {
+            "max_steps": 4,
+            "learning_rate": 1e-2,
+            "per_device_batch_size": 4,
+            "logging_steps": 2,
+            "save_steps": 1000,
+            "lr_scheduler": "constant",
+        },
+        "output": {"dir": str(out)},
+    }
+
+
+def short_config(model_dir, out, objective, **method):
+    """`short_raw`, validated."""
+    return validate(short_raw(model_dir, out, objective, **method))
+
+
 def logged(run) -> list[dict]:
     return [json.loads(line) for line in run.metrics.read_text().splitlines()]
 
@@ -62,3 +113,145 @@ def test_dpo_rewards_rise_and_held_out_chosen_gains_on_rejected(tiny_qwen3_dir, 
     assert summary["objective"] == "dpo" and summary["steps"] == 8
     assert (run.adapter / "adapter_model.safetensors").is_file()
     assert (run.root / "rewards.png").is_file() and run.loss_plot.is_file()
+
+
+def _first_and_last(run, key: str) -> tuple[dict, dict]:
+    steps = [e for e in logged(run) if key in e]
+    assert [e["step"] for e in steps] == [2, 4]
+    return steps[0], steps[-1]
+
+
+@pytest.mark.slow  # 15-20 s of CPU, a minute on 2 busy cores
+@needs_assets
+def test_orpo_raises_the_chosen_log_odds_with_the_nll_on_answers_only(tiny_qwen3_dir, tmp_path):
+    run = train(short_config(tiny_qwen3_dir, tmp_path / "run", "orpo"), **quiet)
+    first, last = _first_and_last(run, "log_odds_chosen")
+    assert last["log_odds_chosen"] > first["log_odds_chosen"] + 1
+    assert last["log_odds_ratio"] > first["log_odds_ratio"]
+    assert last["nll_loss"] < first["nll_loss"]
+    # The NLL term is the chosen answers' mean NLL over their trained tokens (TRL's own includes the prompt).
+    for entry in (first, last):
+        assert entry["nll_loss"] == pytest.approx(-entry["logps/chosen"], abs=1e-3)
+    assert json.loads(run.summary.read_text())["objective"] == "orpo"
+    assert sorted(p.name for p in run.adapter.iterdir() if p.is_dir()) == []  # no reference adapter saved
+
+
+@pytest.mark.slow  # 15-20 s of CPU, a minute on 2 busy cores
+@needs_assets
+def test_simpo_widens_the_length_normalised_margin(tiny_qwen3_dir, tmp_path):
+    run = train(short_config(tiny_qwen3_dir, tmp_path / "run", "simpo", beta=2.0, simpo_gamma=0.5), **quiet)
+    first, last = _first_and_last(run, "rewards/margins")
+    assert last["rewards/margins"] > first["rewards/margins"] + 1
+    assert last["rewards/accuracies"] == 1.0
+    assert first["nll_loss"] == last["nll_loss"] == 0.0  # SimPO: no NLL term (cpo_alpha 0)
+    # SimPO's reward is beta times the answer's mean log-prob per trained token.
+    assert last["rewards/chosen"] == pytest.approx(2.0 * last["logps/chosen"], rel=1e-4)
+
+
+@pytest.mark.slow  # 15-20 s of CPU, a minute on 2 busy cores
+@needs_assets
+def test_kto_rewards_desirable_answers_over_undesirable_ones(tiny_qwen3_dir, tmp_path):
+    lines = []
+    run = train(
+        short_config(tiny_qwen3_dir, tmp_path / "run", "kto"), log=lambda *a: lines.append(" ".join(map(str, a)))
+    )
+    assert (
+        "data.group_by_length: not used by method.objective: kto; its KL term pairs neighbours in dataset order"
+        in lines
+    )
+    first, last = _first_and_last(run, "rewards/margins")
+    assert "kl" in first and "kl" in last
+    assert last["rewards/chosen"] > first["rewards/chosen"]
+    assert last["rewards/rejected"] < first["rewards/rejected"]
+    assert last["rewards/margins"] > first["rewards/margins"] + 1
+    assert last["loss"] < first["loss"]
+    assert (run.adapter / "adapter_model.safetensors").is_file() and not (run.adapter / "ref").exists()
+
+
+@pytest.mark.slow  # an SFT run, then DPO on its adapter: about a minute on 2 busy cores
+@needs_assets
+def test_dpo_continues_an_sft_adapter_against_the_sft_model(tiny_qwen3_dir, tmp_path):
+    sft_data = tmp_path / "sft.jsonl"
+    sft_data.write_text("\n".join(json.dumps({"instruction": f"Say {c}.", "output": c}) for c in COLOURS))
+    sft = validate(
+        {
+            "model": {"name_or_path": str(tiny_qwen3_dir)},
+            "data": {"datasets": [{"path": str(sft_data)}], "cache_dir": str(tmp_path / "cache")},
+            "method": {"type": "lora", "rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+            "train": {"max_steps": 3, "learning_rate": 1e-2, "per_device_batch_size": 4, "save_steps": 1000},
+            "output": {"dir": str(tmp_path / "sft")},
+        }
+    )
+    sft_run = train(sft, **quiet)
+    dpo = short_raw(tiny_qwen3_dir, tmp_path / "dpo", "dpo", adapter=str(sft_run.root))
+    dpo["model"]["init"] = "pretrained"
+    for key in ("rank", "alpha", "dropout"):  # the adapter brings its own
+        del dpo["method"][key]
+    del dpo["data"]["packing"]  # the default (true): preference rows are padded, and training says so
+    dpo["train"] |= {"max_steps": 2, "logging_steps": 1}
+    lines = []
+    run = train(validate(dpo), log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert f"method.adapter: continuing {sft_run.adapter} (trained on {tiny_qwen3_dir})" in lines
+    assert "data.packing: not used by method.objective: dpo; preference rows are padded" in lines
+    # The reference is the SFT model: at the first step the policy (the SFT adapter, not yet updated) equals it
+    # exactly. Against the base model (adapter disabled) the SFT adapter's rewards would not be 0.
+    first, second = [e for e in logged(run) if "rewards/chosen" in e]
+    assert first["rewards/chosen"] == first["rewards/rejected"] == 0.0
+    assert second["rewards/margins"] > 0
+    before, after = (load_file(a / "adapter_model.safetensors") for a in (sft_run.adapter, run.adapter))
+    assert before.keys() == after.keys() and len(before) == 2 * 2 * 2  # q and v, A and B, 2 layers
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    config = json.loads((run.adapter / "adapter_config.json").read_text())
+    assert (config["r"], sorted(config["target_modules"])) == (4, ["q_proj", "v_proj"])
+
+
+def test_adapter_must_be_an_adapter_or_a_lora_run(tmp_path):
+    from tuneforge.errors import UserError
+    from tuneforge.model.adapters import continued_adapter
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    with pytest.raises(UserError, match=r"method.adapter: .*run is a run folder without adapter/adapter_config.json"):
+        continued_adapter(str(tmp_path / "run"))
+    with pytest.raises(UserError, match=r"method.adapter: .*plain is neither a LoRA adapter folder"):
+        (tmp_path / "plain").mkdir()
+        continued_adapter(str(tmp_path / "plain"))
+    with pytest.raises(UserError, match=r"method.adapter: .*missing: not found"):
+        continued_adapter(str(tmp_path / "missing"))
+    (tmp_path / "run" / "adapter").mkdir()
+    (tmp_path / "run" / "adapter" / "adapter_config.json").write_text("{}")
+    assert continued_adapter(str(tmp_path / "run")) == tmp_path / "run" / "adapter"
+
+
+@pytest.mark.slow  # a 1-process and a 2-process run: minutes on 2 busy cores
+@needs_assets
+def test_dpo_on_two_processes_trains_like_one(tiny_qwen3_dir, tmp_path):
+    from test_distributed import BIN, HALF_BATCH, finish, free_port, launch, step_losses
+
+    (tmp_path / "one").mkdir()
+    raw = short_raw(tiny_qwen3_dir, tmp_path / "one" / "run", "dpo")
+    raw["model"] |= {"init": "pretrained", "dtype": "fp32"}
+    raw["data"]["group_by_length"] = False  # the same seeded order on 1 and 2 processes
+    raw["train"] |= {"max_steps": 3, "logging_steps": 1}
+    one = train(validate(raw), **quiet)
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps(raw | {"output": {"dir": "run"}}))
+    port = str(free_port())
+    result = finish(
+        launch(
+            [str(BIN / "tuneforge"), "train", str(job), HALF_BATCH, "--nproc", "2", "--master-port", port],
+            tmp_path / "two",
+        )
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / "two" / "run"
+    expected, got = step_losses(one.root), step_losses(two)
+    assert sorted(got) == [1, 2, 3]
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-4, abs=1e-6), (step, got, expected)
+    margins = [json.loads(line).get("rewards/margins") for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert margins[2] == pytest.approx(logged(one)[2]["rewards/margins"], rel=1e-3, abs=1e-6)
+    reference, adapter = (load_file(r / "adapter" / "adapter_model.safetensors") for r in (one.root, two))
+    assert adapter.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(adapter[key], value, rtol=1e-4, atol=1e-5)

@@ -224,7 +224,7 @@ def _prepared(config: Path, overrides: list[str] | None, split: str):
 
     cfg = load_config(config, overrides)
     tokenizer = load_tokenizer(cfg.model)
-    data = prepare(cfg.data, tokenizer, log=_console().print)
+    data = prepare(cfg.data, tokenizer, log=_console().print, objective=cfg.method.objective)
     dataset = data.train if split == "train" else data.validation
     if dataset is None:
         raise UserError("data.val_size: the validation split is empty; set data.val_size to make one")
@@ -240,15 +240,17 @@ def data_render(
     split: Annotated[str, typer.Option(help="train or validation.")] = "train",
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
-    """Write exactly what the trainer receives: one {"input_ids", "labels"} object per line."""
+    """Write exactly what the trainer receives: one {"input_ids", "labels"} object per line (per answer for preference
+    data: {"chosen": {...}, "rejected": {...}}, or KTO's {"label", "input_ids", "labels"})."""
     import json
 
+    from tuneforge.data.preview import rendered_record
     from tuneforge.io import atomic_write_text, check_writable
 
     check_writable(out, "--out", folder=False)
     dataset, _ = _prepared(config, overrides, split)
     rows = dataset.select(range(min(limit or len(dataset), len(dataset))))
-    lines = (json.dumps({"input_ids": r["input_ids"], "labels": r["labels"]}) for r in rows)
+    lines = (json.dumps(rendered_record(r)) for r in rows)
     atomic_write_text(out, "".join(line + "\n" for line in lines))
     typer.echo(f"wrote {len(rows)} samples to {out}")
 
@@ -261,7 +263,7 @@ def data_preview(
     split: Annotated[str, typer.Option(help="train or validation.")] = "train",
     overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides.")] = None,
 ) -> None:
-    """Show samples with the trained tokens highlighted, and a token-length summary."""
+    """Show samples with the trained tokens highlighted (both answers of a pair), and a token-length summary."""
     from tuneforge.data.preview import preview
 
     dataset, tokenizer = _prepared(config, overrides, split)

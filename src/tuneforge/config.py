@@ -120,20 +120,38 @@ class MethodConfig(Section):
     use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha / sqrt(rank).")
     use_dora: bool = Field(False, description="DoRA: train a magnitude vector beside the LoRA direction.")
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full beside LoRA.")
-    objective: Literal["sft", "dpo"] = Field(
+    adapter: str | None = Field(
+        None,
+        description="lora / qlora: a LoRA adapter folder, or a finished LoRA run folder, to continue training (its "
+        "rank, alpha and target modules apply); a preference objective's reference is then this adapter as loaded.",
+    )
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
         "sft",
-        description="sft: next-token loss on conversations; dpo: preference pairs (chosen/rejected answers).",
+        description="sft: next-token loss on conversations; dpo, orpo, simpo: preference pairs (chosen/rejected "
+        "answers); kto: answers labelled desirable or undesirable.",
     )
     beta: float = Field(
-        0.1, gt=0, description="dpo: strength of the pull towards the reference model (0.1 recommended)."
+        0.1,
+        gt=0,
+        description="dpo, kto: strength of the pull towards the reference model (0.1 recommended); orpo: weight "
+        "lambda of the odds-ratio term (0.1); simpo: reward scale (the SimPO paper uses 2.0-2.5).",
     )
     dpo_loss: Literal["sigmoid", "ipo", "hinge", "robust", "apo_zero", "apo_down"] = Field(
         "sigmoid", description="dpo: TRL's loss_type; sigmoid is the DPO paper's loss."
     )
     reference: Literal["model", "precomputed"] = Field(
         "model",
-        description="dpo: model: reference log-probs each step (LoRA: the adapter disabled, no copy; full: a "
+        description="dpo, kto: model: reference log-probs each step (LoRA: the adapter disabled, no copy; full: a "
         "frozen copy); precomputed: computed once before training, no reference in memory while training.",
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, description="simpo: target reward margin gamma between chosen and rejected (TRL's default)."
+    )
+    desirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of the desirable answers' loss (raise it when they are the fewer)."
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of the undesirable answers' loss (raise it when they are the fewer)."
     )
 
 
@@ -220,6 +238,11 @@ class Config(Section):
         """Keys that are valid alone but contradict each other (or transformers) together."""
         problems = _method_key_problems(self.method) + _objective_key_problems(self.method)
         problems += _train_problems(self.train)
+        if self.method.objective == "kto" and self.train.per_device_batch_size < 2:
+            problems.append(
+                "train.per_device_batch_size: kto estimates its KL term from the other answers of a batch, so it "
+                f"needs at least 2 (got {self.train.per_device_batch_size}); set train.per_device_batch_size: 2 or more"
+            )
         if self.train.eval_steps is not None and self.data.val_size == 0:
             problems.append(
                 f"train.eval_steps: {self.train.eval_steps} needs a validation split; set data.val_size "
@@ -230,13 +253,16 @@ class Config(Section):
         return self
 
 
-# Keys that only the LoRA methods (and, for the second set, only qlora) read.
+# Keys that only the LoRA methods (and, for the second set, only qlora) read; a continued adapter brings its own.
 LORA_KEYS = ("rank", "alpha", "dropout", "target_modules", "use_rslora", "use_dora", "modules_to_save")
 QUANT_KEYS = ("bits", "quant_type", "double_quant", "quant_storage")
 # The preference keys each objective reads.
 OBJECTIVE_KEYS = {
     "sft": (),
     "dpo": ("beta", "dpo_loss", "reference"),
+    "orpo": ("beta",),
+    "simpo": ("beta", "simpo_gamma"),
+    "kto": ("beta", "reference", "desirable_weight", "undesirable_weight"),
 }
 
 
@@ -249,8 +275,11 @@ def _objective_key_problems(method: MethodConfig) -> list[str]:
 
 def _method_key_problems(method: MethodConfig) -> list[str]:
     """Keys set in the method section that its type ignores: a full fine-tune has no LoRA, lora no quantization."""
-    ignored = {"full": LORA_KEYS + QUANT_KEYS, "lora": QUANT_KEYS, "qlora": ()}[method.type]
-    return _ignored_keys(method, list(ignored), "type", method.type)
+    ignored = {"full": (*LORA_KEYS, "adapter", *QUANT_KEYS), "lora": QUANT_KEYS, "qlora": ()}[method.type]
+    problems = _ignored_keys(method, list(ignored), "type", method.type)
+    if method.adapter is not None and method.type != "full":
+        problems += _ignored_keys(method, list(LORA_KEYS), "adapter", method.adapter)
+    return problems
 
 
 def _ignored_keys(method: MethodConfig, keys: list[str], by: str, value: str) -> list[str]:
@@ -411,6 +440,8 @@ def check_local_files(cfg: Config) -> None:
     for key, value in (("model.name_or_path", cfg.model.name_or_path), ("model.tokenizer", cfg.model.tokenizer)):
         if value is not None and looks_like_path(value) and not Path(value).expanduser().exists():
             problems.append(not_found(key, value))
+    if cfg.method.adapter is not None and not Path(cfg.method.adapter).expanduser().exists():
+        problems.append(not_found("method.adapter", cfg.method.adapter))  # always local: a folder
     for i, ds in enumerate(cfg.data.datasets):
         local = ds.source == "local" or (ds.source == "auto" and looks_like_path(ds.path))
         if local and not Path(ds.path).expanduser().exists():

@@ -123,6 +123,27 @@ class PreferenceCollator:
         return batch
 
 
+@dataclass
+class PairCollator:
+    """Preference pairs for TRL's ORPO and CPO trainers: `PreferenceCollator`'s rows, and the same rows split as those
+    trainers read them: chosen_* and rejected_* (input_ids, attention_mask, labels: IGNORE outside the trained tokens).
+
+    The stacked rows stay in the batch for the token counts (the Trainer's and tuneforge's); the trainers read only
+    the split ones.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        batch = PreferenceCollator(self.pad_token_id)(samples)
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, IGNORE)
+        for side, rows in (("chosen", slice(0, len(samples))), ("rejected", slice(len(samples), None))):
+            batch[f"{side}_input_ids"] = batch["input_ids"][rows]
+            batch[f"{side}_attention_mask"] = batch["attention_mask"][rows]
+            batch[f"{side}_labels"] = labels[rows]
+        return batch
+
+
 def make_collator(cfg: DataConfig, pad_token_id: int, model, log=print) -> PadCollator | PackCollator:
     """The collator for `data.packing` and the model's attention kernel (packing only where samples stay apart)."""
     if not cfg.packing:

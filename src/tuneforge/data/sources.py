@@ -167,12 +167,15 @@ def raw_records(ds: DatasetConfig) -> Iterator[Located]:
 # A sample is a Conversation (sft) or a Preference (pairwise or unpaired preference objectives).
 Sample = Conversation | Preference
 # The formats each method.objective trains on, and what they hold (for the error when they do not match).
-# KTO's labelled answers are read (to_preference) but no objective trains on them yet.
-OBJECTIVE_FORMATS = {"sft": SFT_FORMATS, "dpo": PAIRWISE_FORMATS}
+OBJECTIVE_FORMATS = {
+    "sft": SFT_FORMATS,
+    **dict.fromkeys(("dpo", "orpo", "simpo"), PAIRWISE_FORMATS),
+    "kto": UNPAIRED_FORMATS,
+}
 FORMAT_KIND = {
     **dict.fromkeys(SFT_FORMATS, "conversations (sft)"),
-    **dict.fromkeys(PAIRWISE_FORMATS, "chosen/rejected pairs (dpo)"),
-    **dict.fromkeys(UNPAIRED_FORMATS, "labelled answers (kto, not trainable yet)"),
+    **dict.fromkeys(PAIRWISE_FORMATS, "chosen/rejected pairs (dpo, orpo, simpo)"),
+    **dict.fromkeys(UNPAIRED_FORMATS, "labelled answers (kto)"),
 }
 
 

@@ -17,7 +17,12 @@ worst case: packed rows are never wider than the longest sample, data/collate.py
   for chunked (model/loss.py), plus an fp32 gradient of lm_head where it trains;
 - framework overhead: on a GPU the CUDA context and cuBLAS workspace plus the caching allocator's slack;
 - ZeRO-2 shards gradients and optimizer state over the processes, ZeRO-3 and FSDP the weights too (plus the
-  gathered layers in flight); offload moves optimizer state (and for ZeRO-3 / FSDP the weights) to CPU memory.
+  gathered layers in flight); offload moves optimizer state (and for ZeRO-3 / FSDP the weights) to CPU memory;
+- preference objectives (train/preference.py): a pair runs as two rows (chosen and rejected), so activations and
+  the loss buffer count two rows per sample (KTO one: its KL rows and every reference forward run without
+  gradients, so autograd keeps nothing of them); ORPO and SimPO (TRL's ORPO / CPO trainers) build full logits, DPO
+  and KTO score through TRL's fused LM head in tiles (sized here as the chunked loss); the reference of dpo / kto
+  is a frozen copy of the weights for full fine-tuning (none when precomputed) and of the adapter for LoRA.
 """
 
 from __future__ import annotations
@@ -270,9 +275,20 @@ def _layer_bytes(job: Job, rows: int, width: int) -> float:
     return rows * width * per_token + scores
 
 
+# Rows the model runs with gradients per sample, for the objectives where it is not one.
+ROWS_PER_SAMPLE = {"dpo": 2, "orpo": 2, "simpo": 2}
+# The loss buffer each preference objective's TRL trainer builds (see the module docstring).
+OBJECTIVE_LOSS = {"dpo": "chunked", "kto": "chunked", "orpo": "standard", "simpo": "standard"}
+
+
+def _rows(job: Job) -> int:
+    """Rows of one micro-batch that autograd keeps: per_device_batch_size samples, two rows per pair."""
+    return job.train.per_device_batch_size * ROWS_PER_SAMPLE.get(job.method.objective, 1)
+
+
 def _activations(job: Job) -> float:
     s, b = job.shape, job.dtype_bytes
-    rows, width = job.train.per_device_batch_size, job.max_length
+    rows, width = _rows(job), job.max_length
     tokens = rows * width
     layer = _layer_bytes(job, rows, width)
     # sdpa and eager get a boolean [rows × 1 × width × width] mask (padding or packed block-diagonal), built once.
@@ -287,9 +303,9 @@ def _activations(job: Job) -> float:
 
 def _loss(job: Job, trainable_head: bool) -> float:
     s, b = job.shape, job.dtype_bytes
-    tokens = job.train.per_device_batch_size * job.max_length
+    tokens = _rows(job) * job.max_length
     head_grad = FP32 * s.vocab * s.hidden if trainable_head else 0
-    if job.train.loss == "standard":
+    if OBJECTIVE_LOSS.get(job.method.objective, job.train.loss) == "standard":
         # Logits in the model dtype (kept in the output), their fp32 copy, log-softmax and its gradient in fp32.
         copies = 3 if b == FP32 else 4
         return tokens * s.vocab * (b + FP32 * (copies - 1)) + head_grad
@@ -302,6 +318,13 @@ def _loss(job: Job, trainable_head: bool) -> float:
     rows = chunk + min(chunk, tokens - chunk)
     logits = rows * s.vocab * FP32 + chunk * s.vocab * (b if b < FP32 else 0)
     return logits + 2 * tokens * s.hidden * b + head_grad
+
+
+def _reference(job: Job, lora: float) -> float:
+    """The reference model of dpo / kto: a frozen copy of the weights (full, unless precomputed) or of the adapter."""
+    if job.method.type != "full":
+        return lora  # TRL's frozen "ref" adapter beside the trained one (even when its log-probs are precomputed)
+    return 0.0 if job.method.reference == "precomputed" else _weights(job)
 
 
 def estimate(job: Job) -> Estimate:
@@ -345,14 +368,20 @@ def estimate(job: Job) -> Estimate:
         "activations": _activations(job),
         "logits / loss": _loss(job, full_head),
     }
+    if job.method.objective in ("dpo", "kto"):
+        parts["reference"] = _reference(job, lora)
     if job.device == "cuda":
         parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * sum(parts.values())
     notes.setdefault("weights", _weights_note(job))
+    if "reference" in parts:
+        copy = f"a frozen copy of the {'weights' if job.method.type == 'full' else 'adapter'}"
+        notes["reference"] = copy if parts["reference"] else "log-probs precomputed before training"
     notes["activations"] = (
-        f"{job.train.per_device_batch_size} × {job.max_length} tokens, checkpointing "
+        f"{_rows(job)} × {job.max_length} tokens, checkpointing "
         f"{'on' if job.train.gradient_checkpointing else 'off'}, attention {job.model.attn}"
     )
-    notes["logits / loss"] = "full logits (standard)" if job.train.loss == "standard" else "chunked over the vocab"
+    loss = OBJECTIVE_LOSS.get(job.method.objective, job.train.loss)
+    notes["logits / loss"] = "full logits (standard)" if loss == "standard" else "chunked over the vocab"
     return Estimate(job, parts, notes, offloaded)
 
 

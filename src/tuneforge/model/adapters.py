@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
-from tuneforge.config import MethodConfig, ModelConfig
+from tuneforge.config import MethodConfig, ModelConfig, not_found
 from tuneforge.errors import UserError
 
 
@@ -13,10 +15,40 @@ def is_quantized(model) -> bool:
     return getattr(model, "hf_quantizer", None) is not None
 
 
+def continued_adapter(path: str) -> Path:
+    """The LoRA adapter folder `method.adapter` names: the folder itself, or a finished LoRA run's adapter/."""
+    from tuneforge.rundir import Run
+
+    folder = Path(path).expanduser()
+    if (folder / "adapter_config.json").is_file():
+        return folder
+    if (folder / "config.yaml").is_file():
+        adapter = Run(folder).adapter
+        if (adapter / "adapter_config.json").is_file():
+            return adapter
+        raise UserError(
+            f"method.adapter: {path} is a run folder without adapter/adapter_config.json (not finished, or not a "
+            "LoRA run); finish it (train.resume=auto) or name a LoRA adapter folder"
+        )
+    if not folder.exists():
+        raise UserError(not_found("method.adapter", path))
+    raise UserError(
+        f"method.adapter: {path} is neither a LoRA adapter folder (no adapter_config.json) nor a run folder "
+        "(no config.yaml); name the output.dir of a LoRA run or its adapter/ folder"
+    )
+
+
 def apply_method(model, method: MethodConfig, log: Callable = print):
     """Wrap the model for the chosen method and report how many parameters will train."""
     if method.type == "full":
         model.requires_grad_(True)
+    elif method.adapter is not None:
+        from peft import PeftModel
+
+        adapter = continued_adapter(method.adapter)
+        trained_on = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        log(f"method.adapter: continuing {adapter} (trained on {trained_on.get('base_model_name_or_path')})")
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     else:
         from peft import LoraConfig, get_peft_model
 
@@ -48,6 +80,11 @@ def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
     from tuneforge.model.load import model_skeleton
 
     skeleton = model_skeleton(model_cfg)  # raises for a missing config.json or a non-causal model
+    if method.adapter is not None and method.type != "full":
+        from tuneforge.export.merge import _check_adapter_fits
+
+        _check_adapter_fits(skeleton, continued_adapter(method.adapter), model_cfg.name_or_path)
+        return  # the adapter brings its own target modules
     if method.type == "full" or method.target_modules == "all-linear":
         return
     import torch

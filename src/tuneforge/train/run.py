@@ -177,7 +177,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
     if cfg.method.objective != "sft":
         from tuneforge.train.preference import arguments_for
 
-        args_class, objective_args = arguments_for(cfg.method)
+        args_class, objective_args = arguments_for(cfg.method, cfg.data.max_length)
     return args_class(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
@@ -208,11 +208,11 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
-        train_sampling_strategy="group_by_length" if cfg.data.group_by_length else "random",
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our own bar shows loss, tokens/s and ETA
         **strategy.training_arguments(t.gradient_checkpointing, cpu_processes=cpu_processes),
-        **objective_args,
+        # An objective may need its own sampling order (kto: sequential).
+        **({"train_sampling_strategy": "group_by_length" if cfg.data.group_by_length else "random"} | objective_args),
     )
 
 
@@ -263,7 +263,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
     """
     from transformers import PrinterCallback, set_seed
 
-    from tuneforge.data.collate import PackCollator, PreferenceCollator, make_collator
+    from tuneforge.data.collate import PackCollator, make_collator
     from tuneforge.data.prepare import prepare
     from tuneforge.model.adapters import apply_method
     from tuneforge.model.kernels import apply_kernels, compile_layers
@@ -281,7 +281,11 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
         run.start(cfg, tokenizer.chat_template, resumed=resume is not None)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
         data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
-    if cfg.train.preflight and cfg.method.objective == "sft":
+    if cfg.method.objective != "sft" and cfg.data.packing:
+        log(f"data.packing: not used by method.objective: {cfg.method.objective}; preference rows are padded")
+    if cfg.method.objective == "kto" and cfg.data.group_by_length:
+        log("data.group_by_length: not used by method.objective: kto; its KL term pairs neighbours in dataset order")
+    if cfg.train.preflight:
         from tuneforge.estimate.preflight import preflight
 
         preflight(cfg, data.train, log if procs.is_main else lambda *_: None)
@@ -312,10 +316,10 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
             collator = make_collator(cfg.data, tokenizer.pad_token_id, model, log)
             trainer = SFTTrainer(data_collator=collator, loss=cfg.train.loss, **common)
         else:
-            from tuneforge.train.preference import PreferenceTrainer
+            from tuneforge.train.preference import build_trainer
 
-            collator = PreferenceCollator(tokenizer.pad_token_id)
-            trainer = PreferenceTrainer(data_collator=collator, **common)
+            trainer = build_trainer(cfg.method.objective, tokenizer.pad_token_id, **common)
+            collator = trainer.data_collator
         trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl show the logs
         log(f"training → {run.root}" + (f" (resuming from {resume})" if resume else ""))
         with stop.installed():
