@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import DATA_DIR, needs_assets
+from conftest import ASSETS, DATA_DIR, ROOT, needs_assets
 
 from tuneforge.config import validate
 from tuneforge.estimate.memory import GIB, Job, Shape, estimate
@@ -234,6 +234,34 @@ def test_train_preflight_refuses_a_run_that_cannot_fit_in_one_line(tmp_path, tin
     assert forced.returncode == 0, forced.stderr
     assert not any(line.startswith("estimate:") for line in forced.stderr.splitlines())
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "model-configs").is_dir() or not (ASSETS / "qwen3-tokenizer").is_dir(),
+    reason=f"Qwen3 config.json files or tokenizer not found under {ASSETS} (../shared/assets)",
+)
+def test_accuracy_bench_measures_a_full_row_and_resume_keeps_finished_rows(tmp_path):
+    """bench/estimate_accuracy.py end to end on the tiny shape (the GPU matrix's code path, on whatever is here)."""
+    out = tmp_path / "accuracy.json"
+    row = {"shape": "tiny", "checkpointing": False, "packing": True, "max_length": 32, "batch": 1, "steps": 1}
+    kept = {**row, "method": "lora", "measured_bytes": 123, "estimate": {"tensors": 100.0}, "error": -0.187}
+    out.write_text(json.dumps({"command": "earlier", "environment": {"cpu": "x"}, "results": [kept]}))
+    command = [sys.executable, str(ROOT / "bench" / "estimate_accuracy.py"), "--shapes", "tiny"]
+    command += ["--methods", "lora", "full", "--checkpointing", "off", "--layouts", "packed", "--max-length", "32"]
+    command += ["--batch", "1", "--steps", "1", "--resume", "--out", str(out)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert [run["command"] for run in record["runs"]][0] == "earlier"
+    assert record["runs"][1]["command"].endswith(f"--resume --out {out}")
+    lora, full = record["results"]
+    assert lora == kept  # measured before: neither re-run nor rescored
+    assert {k: full[k] for k in row} == row and full["method"] == "full" and full["run"] == 1
+    assert full["measured_bytes"] > 0
+    assert full["error"] == pytest.approx(full["estimate"]["tensors"] / full["measured_bytes"] - 1)
+    assert "| tiny | full | off | packed |" in result.stdout
 
 
 def test_env_reports_versions_and_offline_problems(tmp_path):
