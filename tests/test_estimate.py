@@ -14,7 +14,7 @@ import yaml
 from conftest import ASSETS, DATA_DIR, ROOT, needs_assets
 
 from tuneforge.config import validate
-from tuneforge.estimate.memory import GIB, Job, Shape, estimate
+from tuneforge.estimate.memory import GIB, QWEN3_SHAPES, Job, Shape, estimate
 from tuneforge.estimate.steps import count_steps
 
 QWEN3_8B = Shape(
@@ -134,6 +134,26 @@ def _job(**sections) -> Job:
         **sections,
     }
     return Job.from_config(validate(raw), QWEN3_8B)
+
+
+def test_offline_qwen3_shapes_give_the_model_cards_parameter_counts():
+    # Qwen's model cards: total and non-embedding parameters (tied embeddings counted once).
+    cards = {"0.6B": (0.6, 0.44), "1.7B": (1.7, 1.4), "8B": (8.2, 6.95)}
+    for size, (total, body) in cards.items():
+        shape = Shape.from_config(QWEN3_SHAPES[f"Qwen/Qwen3-{size}"])
+        embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+        assert round(shape.params / 1e9, len(str(total).split(".")[1])) == total
+        assert round((shape.params - embeddings) / 1e9, len(str(body).split(".")[1])) == body
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "model-configs").is_dir(), reason=f"no model-configs under {ASSETS} (../shared/assets)"
+)
+def test_offline_qwen3_shapes_equal_the_published_config_json():
+    for size in ("0.6B", "8B"):
+        published = json.loads((ASSETS / "model-configs" / f"Qwen3-{size}.config.json").read_text())
+        ours = QWEN3_SHAPES[f"Qwen/Qwen3-{size}"]
+        assert ours == {key: published[key] for key in ours}
 
 
 def test_memory_terms_follow_the_method():

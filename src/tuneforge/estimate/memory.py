@@ -36,15 +36,34 @@ CUDA_CONTEXT = 0.6 * GIB  # CUDA context, cuBLAS/cuDNN workspaces: outside torch
 ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation, as a share of the tensors
 BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes 8-bit optimizers keep smaller tensors' state in 32 bits
 
-# Official Qwen3 config.json values (huggingface.co/Qwen/Qwen3-*/blob/main/config.json), used when a hub id cannot
-# be fetched (offline): hidden, intermediate, layers, attention heads, key-value heads, tied embeddings.
-QWEN3_SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
-    "Qwen/Qwen3-0.6B": (1024, 3072, 28, 16, 8, True),
-    "Qwen/Qwen3-1.7B": (2048, 6144, 28, 16, 8, True),
-    "Qwen/Qwen3-4B": (2560, 9728, 36, 32, 8, True),
-    "Qwen/Qwen3-8B": (4096, 12288, 36, 32, 8, False),
-    "Qwen/Qwen3-14B": (5120, 17408, 40, 40, 8, False),
-    "Qwen/Qwen3-32B": (5120, 25600, 64, 64, 8, False),
+
+def _qwen3(hidden: int, intermediate: int, layers: int, heads: int, tied: bool) -> dict[str, Any]:
+    """The config.json keys of a dense Qwen3 that memory depends on (vocabulary, head size and KV heads are shared)."""
+    return {
+        "vocab_size": 151936,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "tie_word_embeddings": tied,
+    }
+
+
+# The memory-relevant keys of the official Qwen3 config.json files (huggingface.co/Qwen/Qwen3-*/blob/main/config.json),
+# used when a hub id cannot be fetched (offline). 0.6B and 8B are checked against ../shared/assets/model-configs; the
+# others against verbatim copies of the published files (github.com/citsjtu2020/LLM-Prof sglang/Model_Config.md: 4B,
+# 8B, 14B, 32B) and litgpt's transcription (github.com/Lightning-AI/litgpt litgpt/config.py: all six). All six have
+# vocab_size 151936, head_dim 128 and max_position_embeddings 40960 (not a memory term); 1.7B's tied embeddings also
+# follow from its model card (1.7 B parameters, 1.4 B without embeddings: one 151936 × 2048 matrix).
+QWEN3_SHAPES: dict[str, dict[str, Any]] = {
+    "Qwen/Qwen3-0.6B": _qwen3(1024, 3072, 28, 16, tied=True),
+    "Qwen/Qwen3-1.7B": _qwen3(2048, 6144, 28, 16, tied=True),
+    "Qwen/Qwen3-4B": _qwen3(2560, 9728, 36, 32, tied=True),
+    "Qwen/Qwen3-8B": _qwen3(4096, 12288, 36, 32, tied=False),
+    "Qwen/Qwen3-14B": _qwen3(5120, 17408, 40, 40, tied=False),
+    "Qwen/Qwen3-32B": _qwen3(5120, 25600, 64, 64, tied=False),
 }
 
 
@@ -117,8 +136,7 @@ def load_shape(model: ModelConfig) -> Shape:
     except UserError:
         if model.name_or_path not in QWEN3_SHAPES:
             raise
-    hidden, intermediate, layers, heads, kv_heads, tied = QWEN3_SHAPES[model.name_or_path]
-    return Shape(151936, hidden, intermediate, layers, heads, kv_heads, 128, tied)
+    return Shape.from_config(QWEN3_SHAPES[model.name_or_path])
 
 
 @dataclass(frozen=True)
