@@ -11,6 +11,7 @@ worst case: packed rows are never wider than the longest sample, data/collate.py
 - gradients of what trains, in the dtype of what trains;
 - optimizer state: AdamW two moments in the parameters' dtype (8-bit: one byte each), Adafactor its factored
   second moment; DeepSpeed adds fp32 master weights and keeps fp32 moments;
+- optimizer step: torch AdamW's temporaries (see `_step_temporaries`);
 - activations: what autograd keeps per token and decoder layer (see `_layer_bytes`), all layers without
   checkpointing, the layer inputs plus one recomputed layer with it; eager attention adds its score matrices;
 - the logits/loss buffer: full [tokens × vocab] logits with their fp32 copies for train.loss standard, one chunk
@@ -18,6 +19,10 @@ worst case: packed rows are never wider than the longest sample, data/collate.py
 - framework overhead: on a GPU the CUDA context and cuBLAS workspace plus the caching allocator's slack;
 - ZeRO-2 shards gradients and optimizer state over the processes, ZeRO-3 and FSDP the weights too (plus the
   gathered layers in flight); offload moves optimizer state (and for ZeRO-3 / FSDP the weights) to CPU memory.
+
+The peak (`Estimate.total`) is not the sum: weights, LoRA weights and optimizer state live throughout, plus the
+larger of activations + logits/loss (start of backward) and gradients + step temporaries (the optimizer step).
+Summing both over-counted full fine-tuning by 12 % on a measured Qwen3-0.6B run (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -197,8 +202,17 @@ class Estimate:
 
     @property
     def total(self) -> float:
-        """Everything on one device."""
-        return sum(self.parts.values())
+        """The peak on one device: what lives throughout, plus the larger of two phases that do not overlap.
+
+        Backward frees each layer's activations as it makes that layer's gradients, and the optimizer step runs
+        once the activations and loss buffers are gone: so the peak holds either the activations and loss buffers
+        (start of backward) or every gradient and the step's temporaries (the step), not both.
+        """
+        p = self.parts
+        backward = p["activations"] + p["logits / loss"]
+        step = p["gradients"] + p["optimizer step"]
+        lasting = p["weights"] + p["LoRA weights"] + p["optimizer state"]
+        return lasting + max(backward, step) + p.get("framework overhead", 0.0)
 
     @property
     def tensors(self) -> float:
@@ -255,6 +269,21 @@ def _optimizer(job: Job, trainable: int, matrices: list[tuple[int, int]], width:
         big = sum(a * b for a, b in matrices if a * b >= BNB_8BIT_MIN_SIZE)
         return 2 * big * (1 + FP32 / 2048) + 2 * (trainable - big) * FP32  # 8-bit blocks of 2048 with fp32 absmax
     return 2 * trainable * width
+
+
+def _step_temporaries(job: Job, trainable: int, matrices: list[tuple[int, int]], width: int) -> float:
+    """What torch's AdamW allocates during its step besides its state.
+
+    On a GPU torch runs the foreach implementation: sqrt(v) for every parameter at once, one tensor per parameter
+    in its dtype. On the CPU it loops over parameters: sqrt(v) and its division by the bias correction, two
+    temporaries the size of the parameter it is on. bitsandbytes' 8-bit / paged kernels and DeepSpeed's Adam update
+    in place; Adafactor's temporaries are not modelled.
+    """
+    if job.train.optim != "adamw_torch" or job.dist.strategy == "deepspeed":
+        return 0.0
+    if job.device == "cuda":
+        return trainable * width
+    return 2 * max(a * b for a, b in matrices) * width
 
 
 def _layer_bytes(job: Job, rows: int, width: int) -> float:
@@ -332,6 +361,7 @@ def estimate(job: Job) -> Estimate:
     lora = 0.0 if job.method.type == "full" else trainable * FP32
     grads = trainable * width
     optim = _optimizer(job, trainable, matrices, width)
+    temps = _step_temporaries(job, trainable, matrices, width)
     offloaded = 0.0
     notes: dict[str, str] = {}
     shard_grads = sharding != "none"
@@ -339,6 +369,7 @@ def estimate(job: Job) -> Estimate:
     if shard_grads:
         grads /= world
         optim /= world
+        temps /= world
         notes["gradients"] = notes["optimizer state"] = f"sharded over {world} processes ({sharding})"
     layer = weights / max(job.shape.layers, 1)
     if shard_weights:
@@ -346,7 +377,7 @@ def estimate(job: Job) -> Estimate:
         notes["weights"] = f"sharded over {world} processes, plus two gathered layers"
     if sharding.endswith("+offload"):
         offloaded += optim
-        optim = 0.0
+        optim = temps = 0.0  # the step runs on the CPU
         notes["optimizer state"] = "in CPU memory (offload)"
         if shard_weights:
             offloaded += weights - 2 * layer
@@ -360,18 +391,21 @@ def estimate(job: Job) -> Estimate:
         "LoRA weights": lora,
         "gradients": grads,
         "optimizer state": optim,
+        "optimizer step": temps,
         "activations": _activations(job),
         "logits / loss": _loss(job, full_head),
     }
+    est = Estimate(job, parts, notes, offloaded)
     if job.device == "cuda":
-        parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * sum(parts.values())
+        parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * est.tensors
     notes.setdefault("weights", _weights_note(job))
     notes["activations"] = (
         f"{job.train.per_device_batch_size} × {job.max_length} tokens, checkpointing "
         f"{'on' if job.train.gradient_checkpointing else 'off'}, attention {job.model.attn}"
     )
     notes["logits / loss"] = "full logits (standard)" if job.train.loss == "standard" else "chunked over the vocab"
-    return Estimate(job, parts, notes, offloaded)
+    notes["optimizer step"] = "the total counts the larger of activations + logits/loss and gradients + this"
+    return est
 
 
 def _weights_note(job: Job) -> str:
