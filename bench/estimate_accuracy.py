@@ -205,6 +205,8 @@ def load_record(path: Path, resume: bool) -> dict[str, Any]:
     if "runs" not in record:
         record = {"runs": [{"command": record["command"], "environment": record["environment"]}], **record}
         del record["command"], record["environment"]
+        for row in record["results"]:
+            row["run"] = 0
     return record
 
 
