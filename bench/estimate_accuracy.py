@@ -46,6 +46,8 @@ TINY = {
 }
 SHAPES = {"tiny": ("Qwen3-0.6B", TINY), "0.6B": ("Qwen3-0.6B", {}), "8B": ("Qwen3-8B", {})}
 METHODS = ("lora", "qlora", "full")
+# What identifies a measured row, so that --resume can skip it.
+ROW_KEYS = ("shape", "method", "checkpointing", "packing", "max_length", "batch", "steps")
 
 
 def job_raw(spec: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +60,9 @@ def job_raw(spec: dict[str, Any]) -> dict[str, Any]:
             "packing": spec["packing"],
             "group_by_length": False,
         },
-        "method": {"type": spec["method"], "rank": 8, "alpha": 16, "dropout": 0.0},
+        # LoRA keys only where they apply: config validation refuses them under method.type full.
+        "method": {"type": spec["method"]}
+        | ({} if spec["method"] == "full" else {"rank": 8, "alpha": 16, "dropout": 0.0}),
         "train": {
             "max_steps": spec["steps"],
             "per_device_batch_size": spec["batch"],
@@ -124,7 +128,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         loss=cfg.train.loss,
         callbacks=[peak],
     )
-    trainer.train()
+    try:
+        trainer.train()
+    except torch.OutOfMemoryError:
+        # Recorded, not fatal: the remaining rows still run, and the estimate should exceed the device here.
+        return {"measured_bytes": None, "out_of_memory": True, "device_bytes": torch.cuda.mem_get_info()[1]}
     measured = torch.cuda.max_memory_allocated() if cuda else peak.peak - baseline
     return {"measured_bytes": measured, "baseline_rss_bytes": baseline}
 
@@ -148,7 +156,7 @@ def estimated(row: dict[str, Any], device: str) -> dict[str, float]:
 def score(row: dict[str, Any], device: str) -> None:
     """Fill in a measured row's estimate and error."""
     row["estimate"] = estimated(row, device)
-    row["error"] = row["estimate"]["tensors"] / row["measured_bytes"] - 1
+    row["error"] = row["estimate"]["tensors"] / row["measured_bytes"] - 1 if row["measured_bytes"] is not None else None
 
 
 def rescore(path: Path, device: str) -> None:
@@ -161,20 +169,45 @@ def rescore(path: Path, device: str) -> None:
     print(table(record["results"]))
 
 
+def cells(r: dict[str, Any]) -> list[str]:
+    """One row's shape, method, checkpointing, layout, measured, estimated and error, as text."""
+    mib = 2**20
+    if r["measured_bytes"] is None:
+        measured, error = f"out of memory ({r['device_bytes'] / 2**30:,.0f} GiB device)", "n/a"
+    else:
+        measured, error = f"{r['measured_bytes'] / mib:,.0f} MiB", f"{r['error']:+.1%}"
+    return [
+        r["shape"],
+        r["method"],
+        "on" if r["checkpointing"] else "off",
+        "packed" if r["packing"] else "padded",
+        measured,
+        f"{r['estimate']['tensors'] / mib:,.0f} MiB",
+        error,
+    ]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: measured vs estimated per configuration, and the error."""
-    mib = 2**20
     lines = [
         "| shape | method | checkpointing | layout | measured | estimated | error |",
         "|---|---|---|---|---:|---:|---:|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['shape']} | {r['method']} | {'on' if r['checkpointing'] else 'off'} | "
-            f"{'packed' if r['packing'] else 'padded'} | {r['measured_bytes'] / mib:,.0f} MiB | "
-            f"{r['estimate']['tensors'] / mib:,.0f} MiB | {r['error']:+.1%} |"
-        )
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def load_record(path: Path, resume: bool) -> dict[str, Any]:
+    """The results so far: those in `path` when resuming (older files' single command becomes the first run)."""
+    if not (resume and path.exists()):
+        return {"runs": [], "results": []}
+    record = json.loads(path.read_text())
+    if "runs" not in record:
+        record = {"runs": [{"command": record["command"], "environment": record["environment"]}], **record}
+        del record["command"], record["environment"]
+        for row in record["results"]:
+            row["run"] = 0
+    return record
 
 
 def main() -> None:
@@ -188,6 +221,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "estimate_accuracy.json")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, measure the others")
     parser.add_argument("--rescore", type=Path, help="recompute the estimates of a results JSON (measurements kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,47 +233,52 @@ def main() -> None:
         return
     if args.device == "cpu":
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the workers; see the docstring
-    rows = []
+    from tuneforge.io import atomic_write_json
+
+    record = load_record(args.out, args.resume)
+    rows = record["results"]
+    done = {tuple(r[k] for k in ROW_KEYS) for r in rows}
+    # Each run keeps its command and machine state (load differs between sessions); each row names its run.
+    record["runs"].append(
+        {
+            "command": ("python bench/estimate_accuracy.py " + " ".join(sys.argv[1:])).strip(),
+            "environment": machine("transformers", "peft", "bitsandbytes"),
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="tf-estimate-bench-") as work:
         for shape in args.shapes:
-            config = Path(work) / f"{shape}.config.json"
-            config.write_text(json.dumps(shape_config(shape)))
-            base = Path(work) / shape
-            write_base(config, base, "auto", None)
             length = args.max_length or {"tiny": 512, "0.6B": 256, "8B": 2048}[shape]
-            for method, checkpointing, packing in itertools.product(
-                args.methods, [c == "on" for c in args.checkpointing], [x == "packed" for x in args.layouts]
-            ):
-                spec = {
-                    "model": str(base),
+            specs = [
+                {
+                    "shape": shape,
                     "method": method,
                     "checkpointing": checkpointing,
                     "packing": packing,
                     "max_length": length,
                     "batch": args.batch,
                     "steps": args.steps,
-                    "out": str(Path(work) / "run"),
                 }
-                row = {"shape": shape, **spec, **run_worker(__file__, spec, f"{shape} {method}")}
+                for method, checkpointing, packing in itertools.product(
+                    args.methods, [c == "on" for c in args.checkpointing], [x == "packed" for x in args.layouts]
+                )
+            ]
+            specs = [s for s in specs if tuple(s[k] for k in ROW_KEYS) not in done]
+            if not specs:
+                continue
+            config = Path(work) / f"{shape}.config.json"
+            config.write_text(json.dumps(shape_config(shape)))
+            base = Path(work) / shape
+            write_base(config, base, "auto", None)
+            for spec in specs:
+                spec |= {"model": str(base), "out": str(Path(work) / "run")}
+                row = {**spec, **run_worker(__file__, spec, f"{shape} {spec['method']}")}
+                row["run"] = len(record["runs"]) - 1
                 score(row, args.device)
                 rows.append(row)
-                print(
-                    f"{shape} {method} ckpt={checkpointing} packed={packing}: measured "
-                    f"{row['measured_bytes'] / 2**20:,.0f} MiB, "
-                    f"estimated {row['estimate']['tensors'] / 2**20:,.0f} MiB "
-                    f"({row['error']:+.1%})",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                atomic_write_json(args.out, record)  # a finished row survives a later failure or kill
+                print(" ".join(cells(row)), file=sys.stderr, flush=True)
     print(table(rows))
-    command = "python bench/estimate_accuracy.py " + " ".join(sys.argv[1:])
-    record = {
-        "command": command.strip(),
-        "environment": machine("transformers", "peft", "bitsandbytes"),
-        "results": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(args.out, record)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 import yaml
-from conftest import DATA_DIR, needs_assets
+from conftest import ASSETS, DATA_DIR, ROOT, needs_assets
 
 from tuneforge.config import validate
-from tuneforge.estimate.memory import GIB, Job, Shape, estimate
+from tuneforge.estimate.memory import GIB, QWEN3_SHAPES, Job, Shape, estimate
 from tuneforge.estimate.steps import count_steps
 
 QWEN3_8B = Shape(
@@ -136,6 +136,26 @@ def _job(**sections) -> Job:
     return Job.from_config(validate(raw), QWEN3_8B)
 
 
+def test_offline_qwen3_shapes_give_the_model_cards_parameter_counts():
+    # Qwen's model cards: total and non-embedding parameters (tied embeddings counted once).
+    cards = {"0.6B": (0.6, 0.44), "1.7B": (1.7, 1.4), "8B": (8.2, 6.95)}
+    for size, (total, body) in cards.items():
+        shape = Shape.from_config(QWEN3_SHAPES[f"Qwen/Qwen3-{size}"])
+        embeddings = shape.vocab * shape.hidden * (1 if shape.tied else 2)
+        assert round(shape.params / 1e9, len(str(total).split(".")[1])) == total
+        assert round((shape.params - embeddings) / 1e9, len(str(body).split(".")[1])) == body
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "model-configs").is_dir(), reason=f"no model-configs under {ASSETS} (../shared/assets)"
+)
+def test_offline_qwen3_shapes_equal_the_published_config_json():
+    for size in ("0.6B", "8B"):
+        published = json.loads((ASSETS / "model-configs" / f"Qwen3-{size}.config.json").read_text())
+        ours = QWEN3_SHAPES[f"Qwen/Qwen3-{size}"]
+        assert ours == {key: published[key] for key in ours}
+
+
 def test_memory_terms_follow_the_method():
     lora, qlora, full = (estimate(_job(method={"type": t})) for t in ("lora", "qlora", "full"))
     params = QWEN3_8B.params
@@ -165,6 +185,24 @@ def test_checkpointing_chunked_loss_and_sharding_shrink_what_they_should():
     offload = estimate(_job(**full, distributed={"nproc": 4, "strategy": "deepspeed", "deepspeed": "zero3_offload"}))
     assert zero3.parts["weights"] < ddp.parts["weights"] / 3
     assert offload.parts["optimizer state"] == 0 and offload.offloaded > zero3.parts["optimizer state"]
+
+
+def test_peak_holds_activations_or_gradients_and_step_temporaries_not_both():
+    # Measured on Qwen3-0.6B full fine-tuning (docs/performance.md): summing every term was 12 % high; backward frees
+    # the activations as it makes the gradients, and the optimizer step comes after.
+    full = estimate(_job(method={"type": "full"}, train={"gradient_checkpointing": True}))
+    p = full.parts
+    assert p["optimizer step"] == 2 * QWEN3_8B.params  # a GPU: torch's foreach AdamW, sqrt(v) of every bf16 param
+    lasting = p["weights"] + p["optimizer state"]
+    assert p["gradients"] + p["optimizer step"] > p["activations"] + p["logits / loss"]  # the step is the peak here
+    assert full.tensors == lasting + p["gradients"] + p["optimizer step"]
+    lora = estimate(_job())
+    q = lora.parts
+    assert (
+        lora.tensors == q["weights"] + q["LoRA weights"] + q["optimizer state"] + q["activations"] + q["logits / loss"]
+    )
+    eight_bit = estimate(_job(method={"type": "full"}, train={"optim": "adamw_8bit"}))
+    assert eight_bit.parts["optimizer step"] == 0  # bitsandbytes updates in place
 
 
 def test_verdict_says_what_to_change():
@@ -234,6 +272,34 @@ def test_train_preflight_refuses_a_run_that_cannot_fit_in_one_line(tmp_path, tin
     assert forced.returncode == 0, forced.stderr
     assert not any(line.startswith("estimate:") for line in forced.stderr.splitlines())
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "model-configs").is_dir() or not (ASSETS / "qwen3-tokenizer").is_dir(),
+    reason=f"Qwen3 config.json files or tokenizer not found under {ASSETS} (../shared/assets)",
+)
+def test_accuracy_bench_measures_a_full_row_and_resume_keeps_finished_rows(tmp_path):
+    """bench/estimate_accuracy.py end to end on the tiny shape (the GPU matrix's code path, on whatever is here)."""
+    out = tmp_path / "accuracy.json"
+    row = {"shape": "tiny", "checkpointing": False, "packing": True, "max_length": 32, "batch": 1, "steps": 1}
+    kept = {**row, "method": "lora", "measured_bytes": 123, "estimate": {"tensors": 100.0}, "error": -0.187}
+    out.write_text(json.dumps({"command": "earlier", "environment": {"cpu": "x"}, "results": [kept]}))
+    command = [sys.executable, str(ROOT / "bench" / "estimate_accuracy.py"), "--shapes", "tiny"]
+    command += ["--methods", "lora", "full", "--checkpointing", "off", "--layouts", "packed", "--max-length", "32"]
+    command += ["--batch", "1", "--steps", "1", "--resume", "--out", str(out)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert [run["command"] for run in record["runs"]][0] == "earlier"
+    assert record["runs"][1]["command"].endswith(f"--resume --out {out}")
+    lora, full = record["results"]
+    assert lora == kept | {"run": 0}  # measured before: neither re-run nor rescored
+    assert {k: full[k] for k in row} == row and full["method"] == "full" and full["run"] == 1
+    assert full["measured_bytes"] > 0
+    assert full["error"] == pytest.approx(full["estimate"]["tensors"] / full["measured_bytes"] - 1)
+    assert "| tiny | full | off | packed |" in result.stdout
 
 
 def test_env_reports_versions_and_offline_problems(tmp_path):

@@ -11,6 +11,7 @@ worst case: packed rows are never wider than the longest sample, data/collate.py
 - gradients of what trains, in the dtype of what trains;
 - optimizer state: AdamW two moments in the parameters' dtype (8-bit: one byte each), Adafactor its factored
   second moment; DeepSpeed adds fp32 master weights and keeps fp32 moments;
+- optimizer step: torch AdamW's temporaries (see `_step_temporaries`);
 - activations: what autograd keeps per token and decoder layer (see `_layer_bytes`), all layers without
   checkpointing, the layer inputs plus one recomputed layer with it; eager attention adds its score matrices;
 - the logits/loss buffer: full [tokens × vocab] logits with their fp32 copies for train.loss standard, one chunk
@@ -23,6 +24,11 @@ worst case: packed rows are never wider than the longest sample, data/collate.py
   gradients, so autograd keeps nothing of them); ORPO and SimPO (TRL's ORPO / CPO trainers) build full logits, DPO
   and KTO score through TRL's fused LM head in tiles (sized here as the chunked loss); the reference of dpo / kto
   is a frozen copy of the weights for full fine-tuning (none when precomputed) and of the adapter for LoRA.
+
+The peak (`Estimate.total`) is not the sum: weights, LoRA weights, optimizer state and a reference live throughout,
+plus the larger of activations + logits/loss (start of backward) and gradients + step temporaries (the optimizer
+step).
+Summing both over-counted full fine-tuning by 12 % on a measured Qwen3-0.6B run (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -42,15 +48,34 @@ CUDA_CONTEXT = 0.6 * GIB  # CUDA context, cuBLAS/cuDNN workspaces: outside torch
 ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation, as a share of the tensors
 BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes 8-bit optimizers keep smaller tensors' state in 32 bits
 
-# Official Qwen3 config.json values (huggingface.co/Qwen/Qwen3-*/blob/main/config.json), used when a hub id cannot
-# be fetched (offline): hidden, intermediate, layers, attention heads, key-value heads, tied embeddings.
-QWEN3_SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
-    "Qwen/Qwen3-0.6B": (1024, 3072, 28, 16, 8, True),
-    "Qwen/Qwen3-1.7B": (2048, 6144, 28, 16, 8, True),
-    "Qwen/Qwen3-4B": (2560, 9728, 36, 32, 8, True),
-    "Qwen/Qwen3-8B": (4096, 12288, 36, 32, 8, False),
-    "Qwen/Qwen3-14B": (5120, 17408, 40, 40, 8, False),
-    "Qwen/Qwen3-32B": (5120, 25600, 64, 64, 8, False),
+
+def _qwen3(hidden: int, intermediate: int, layers: int, heads: int, tied: bool) -> dict[str, Any]:
+    """The config.json keys of a dense Qwen3 that memory depends on (vocabulary, head size and KV heads are shared)."""
+    return {
+        "vocab_size": 151936,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "tie_word_embeddings": tied,
+    }
+
+
+# The memory-relevant keys of the official Qwen3 config.json files (huggingface.co/Qwen/Qwen3-*/blob/main/config.json),
+# used when a hub id cannot be fetched (offline). 0.6B and 8B are checked against ../shared/assets/model-configs; the
+# others against verbatim copies of the published files (github.com/citsjtu2020/LLM-Prof sglang/Model_Config.md: 4B,
+# 8B, 14B, 32B) and litgpt's transcription (github.com/Lightning-AI/litgpt litgpt/config.py: all six). All six have
+# vocab_size 151936, head_dim 128 and max_position_embeddings 40960 (not a memory term); 1.7B's tied embeddings also
+# follow from its model card (1.7 B parameters, 1.4 B without embeddings: one 151936 × 2048 matrix).
+QWEN3_SHAPES: dict[str, dict[str, Any]] = {
+    "Qwen/Qwen3-0.6B": _qwen3(1024, 3072, 28, 16, tied=True),
+    "Qwen/Qwen3-1.7B": _qwen3(2048, 6144, 28, 16, tied=True),
+    "Qwen/Qwen3-4B": _qwen3(2560, 9728, 36, 32, tied=True),
+    "Qwen/Qwen3-8B": _qwen3(4096, 12288, 36, 32, tied=False),
+    "Qwen/Qwen3-14B": _qwen3(5120, 17408, 40, 40, tied=False),
+    "Qwen/Qwen3-32B": _qwen3(5120, 25600, 64, 64, tied=False),
 }
 
 
@@ -123,8 +148,7 @@ def load_shape(model: ModelConfig) -> Shape:
     except UserError:
         if model.name_or_path not in QWEN3_SHAPES:
             raise
-    hidden, intermediate, layers, heads, kv_heads, tied = QWEN3_SHAPES[model.name_or_path]
-    return Shape(151936, hidden, intermediate, layers, heads, kv_heads, 128, tied)
+    return Shape.from_config(QWEN3_SHAPES[model.name_or_path])
 
 
 @dataclass(frozen=True)
@@ -184,8 +208,17 @@ class Estimate:
 
     @property
     def total(self) -> float:
-        """Everything on one device."""
-        return sum(self.parts.values())
+        """The peak on one device: what lives throughout, plus the larger of two phases that do not overlap.
+
+        Backward frees each layer's activations as it makes that layer's gradients, and the optimizer step runs
+        once the activations and loss buffers are gone: so the peak holds either the activations and loss buffers
+        (start of backward) or every gradient and the step's temporaries (the step), not both.
+        """
+        p = self.parts
+        backward = p["activations"] + p["logits / loss"]
+        step = p["gradients"] + p["optimizer step"]
+        lasting = p["weights"] + p["LoRA weights"] + p["optimizer state"] + p.get("reference", 0.0)
+        return lasting + max(backward, step) + p.get("framework overhead", 0.0)
 
     @property
     def tensors(self) -> float:
@@ -242,6 +275,21 @@ def _optimizer(job: Job, trainable: int, matrices: list[tuple[int, int]], width:
         big = sum(a * b for a, b in matrices if a * b >= BNB_8BIT_MIN_SIZE)
         return 2 * big * (1 + FP32 / 2048) + 2 * (trainable - big) * FP32  # 8-bit blocks of 2048 with fp32 absmax
     return 2 * trainable * width
+
+
+def _step_temporaries(job: Job, trainable: int, matrices: list[tuple[int, int]], width: int) -> float:
+    """What torch's AdamW allocates during its step besides its state.
+
+    On a GPU torch runs the foreach implementation: sqrt(v) for every parameter at once, one tensor per parameter
+    in its dtype. On the CPU it loops over parameters: sqrt(v) and its division by the bias correction, two
+    temporaries the size of the parameter it is on. bitsandbytes' 8-bit / paged kernels and DeepSpeed's Adam update
+    in place; Adafactor's temporaries are not modelled.
+    """
+    if job.train.optim != "adamw_torch" or job.dist.strategy == "deepspeed":
+        return 0.0
+    if job.device == "cuda":
+        return trainable * width
+    return 2 * max(a * b for a, b in matrices) * width
 
 
 def _layer_bytes(job: Job, rows: int, width: int) -> float:
@@ -337,6 +385,7 @@ def estimate(job: Job) -> Estimate:
     lora = 0.0 if job.method.type == "full" else trainable * FP32
     grads = trainable * width
     optim = _optimizer(job, trainable, matrices, width)
+    temps = _step_temporaries(job, trainable, matrices, width)
     offloaded = 0.0
     notes: dict[str, str] = {}
     shard_grads = sharding != "none"
@@ -344,6 +393,7 @@ def estimate(job: Job) -> Estimate:
     if shard_grads:
         grads /= world
         optim /= world
+        temps /= world
         notes["gradients"] = notes["optimizer state"] = f"sharded over {world} processes ({sharding})"
     layer = weights / max(job.shape.layers, 1)
     if shard_weights:
@@ -351,7 +401,7 @@ def estimate(job: Job) -> Estimate:
         notes["weights"] = f"sharded over {world} processes, plus two gathered layers"
     if sharding.endswith("+offload"):
         offloaded += optim
-        optim = 0.0
+        optim = temps = 0.0  # the step runs on the CPU
         notes["optimizer state"] = "in CPU memory (offload)"
         if shard_weights:
             offloaded += weights - 2 * layer
@@ -365,13 +415,15 @@ def estimate(job: Job) -> Estimate:
         "LoRA weights": lora,
         "gradients": grads,
         "optimizer state": optim,
+        "optimizer step": temps,
         "activations": _activations(job),
         "logits / loss": _loss(job, full_head),
     }
     if job.method.objective in ("dpo", "kto"):
         parts["reference"] = _reference(job, lora)
+    est = Estimate(job, parts, notes, offloaded)
     if job.device == "cuda":
-        parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * sum(parts.values())
+        parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * est.tensors
     notes.setdefault("weights", _weights_note(job))
     if "reference" in parts:
         copy = f"a frozen copy of the {'weights' if job.method.type == 'full' else 'adapter'}"
@@ -382,7 +434,8 @@ def estimate(job: Job) -> Estimate:
     )
     loss = OBJECTIVE_LOSS.get(job.method.objective, job.train.loss)
     notes["logits / loss"] = "full logits (standard)" if loss == "standard" else "chunked over the vocab"
-    return Estimate(job, parts, notes, offloaded)
+    notes["optimizer step"] = "the total counts the larger of activations + logits/loss and gradients + this"
+    return est
 
 
 def _weights_note(job: Job) -> str:
