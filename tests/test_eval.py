@@ -19,9 +19,9 @@ EVAL_DIR = ASSETS / "eval"
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """torch on one thread while this module runs: the probe recipe was tuned at one thread, and floats (so greedy
-    answers) may differ with the thread count; on 2 cores shared with other jobs (load 13) two threads also ran
-    its training steps about 5x slower (9 s against 1.3 s per step)."""
+    """torch on one thread while this module runs, for speed only (the probe recipe passes at 1 and 2 threads, see
+    trained_run): on 2 cores shared with other jobs (load 13) two threads ran its training steps about 5x slower
+    (9 s against 1.3 s per step)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -34,10 +34,14 @@ def one_thread():
 def trained_run(tiny_qwen3_dir, tmp_path_factory, one_thread):
     """A tiny Qwen3 with LoRA trained on self-cognition data, 10 records held out for validation.
 
-    The recipe (rank 16, alpha 32, learning rate 3e-2, 60 steps of 8) answers all 10 probe questions with the name
-    and the author; rank 8 at 2e-2 reached 6 of 10 in 40 steps, rank 32 / alpha 64 at 3e-2 diverged. The margin
-    is thin: with train.seed 1 instead of the default 42 (another split and order) the same recipe gets 6 of 10
-    (hidden size 128: 10 of 10 there but 9 of 10 at seed 42, at twice the cost per step).
+    The random base's output layer decides which tokens come out, so the recipe trains `lm_head` in full beside LoRA
+    (rank 16, alpha 32; `modules_to_save`, untied from the input embeddings), with a cosine decay from 3e-2 after 3
+    warm-up steps, 60 steps of 8. Swept over train.seed = data.seed (model init, LoRA init, split, order) and torch
+    threads, probe answers with the name / author out of 10: seeds 42, 1, 7 x 1 and 2 threads, 10 in all six
+    (held-out loss 13.3 -> 2.5, 3.6, 3.1, the same at both thread counts). LoRA alone on the same budget (constant 3e-2)
+    got 10 at seed 42 but 6 at seed 1; LoRA on lm_head instead of training it in full: 0 at seed 1. Fewer steps
+    are not robust (45: 7 at seed 42; 30: 8 or 9 at one thread), and the full lm_head makes a step about 2.4x
+    dearer (60 steps: 65 s against 27 s for LoRA alone, one thread, measured back to back).
     """
     out = tmp_path_factory.mktemp("eval") / "run"
     cfg = validate(
@@ -51,8 +55,14 @@ def trained_run(tiny_qwen3_dir, tmp_path_factory, one_thread):
                 "val_size": 10,
                 "cache_dir": str(out.parent / "cache"),
             },
-            "method": {"type": "lora", "rank": 16, "alpha": 32, "dropout": 0.0},
-            "train": {"max_steps": 60, "learning_rate": 3e-2, "per_device_batch_size": 8, "lr_scheduler": "constant"},
+            "method": {"type": "lora", "rank": 16, "alpha": 32, "dropout": 0.0, "modules_to_save": ["lm_head"]},
+            "train": {
+                "max_steps": 60,
+                "learning_rate": 3e-2,
+                "lr_scheduler": "cosine",
+                "warmup_steps": 3,
+                "per_device_batch_size": 8,
+            },
             "output": {"dir": str(out)},
         }
     )
