@@ -32,11 +32,21 @@ def job_config(model_dir: Path, work: Path, nproc: int, args: argparse.Namespace
     """The job for `nproc` processes: same global batch, same samples, same order."""
     raw = {
         "model": {"name_or_path": str(model_dir), "dtype": "fp32"},
-        "data": {"datasets": [{"path": str(DATA), "format": "reasoning"}], "max_length": args.max_length,
-                 "truncation": "truncate", "group_by_length": False, "cache_dir": str(work / "cache")},
+        "data": {
+            "datasets": [{"path": str(DATA), "format": "reasoning"}],
+            "max_length": args.max_length,
+            "truncation": "truncate",
+            "group_by_length": False,
+            "cache_dir": str(work / "cache"),
+        },
         "method": {"type": "lora", "rank": 8, "alpha": 16, "dropout": 0.0},
-        "train": {"max_steps": args.steps, "per_device_batch_size": args.batch // nproc, "logging_steps": 1,
-                  "save_steps": 100_000, "learning_rate": 1e-4},
+        "train": {
+            "max_steps": args.steps,
+            "per_device_batch_size": args.batch // nproc,
+            "logging_steps": 1,
+            "save_steps": 100_000,
+            "learning_rate": 1e-4,
+        },
         "output": {"dir": str(work / f"run-{nproc}"), "overwrite": True},
         "distributed": {"nproc": nproc},
     }
@@ -48,8 +58,9 @@ def job_config(model_dir: Path, work: Path, nproc: int, args: argparse.Namespace
 def run(config: Path, work: Path) -> dict[str, float]:
     """Train once in a fresh `tuneforge train`; its summary.json plus the wall time with start-up."""
     start = time.perf_counter()
-    done = subprocess.run([str(Path(sys.executable).parent / "tuneforge"), "train", str(config)],
-                          capture_output=True, text=True, cwd=work)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "tuneforge"), "train", str(config)], capture_output=True, text=True, cwd=work
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{config.name} failed:\n{done.stderr[-3000:]}")
@@ -77,30 +88,51 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = make_tiny_qwen3(work / "tiny-qwen3")
-        runs = [{"processes": n, **run(job_config(model_dir, work, n, args), work)}
-                for _ in range(args.repeats) for n in args.nproc]
+        runs = [
+            {"processes": n, **run(job_config(model_dir, work, n, args), work)}
+            for _ in range(args.repeats)
+            for n in args.nproc
+        ]
     rows = [max((r for r in runs if r["processes"] == n), key=lambda r: r["tokens_per_s"]) for n in args.nproc]
 
     base = rows[0]
     for row in rows:
         row["speedup"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
         row["scaling_efficiency"] = round(row["speedup"] * base["processes"] / row["processes"], 3)
-    keys = ["processes", "tokens_seen", "padding_fraction", "train_loss", "wall_time_s", "wall_with_startup_s",
-            "tokens_per_s", "speedup", "scaling_efficiency"]
+    keys = [
+        "processes",
+        "tokens_seen",
+        "padding_fraction",
+        "train_loss",
+        "wall_time_s",
+        "wall_with_startup_s",
+        "tokens_per_s",
+        "speedup",
+        "scaling_efficiency",
+    ]
     print(" | ".join(keys))
     for row in rows:
         print(" | ".join(str(round(row[k], 4) if isinstance(row[k], float) else row[k]) for k in keys))
     command = " ".join([".venv/bin/python", "bench/distributed_scaling.py", *sys.argv[1:]])
-    atomic_write_json(args.out, {
-        "benchmark": "distributed_scaling",
-        "command": command,
-        "machine": host,
-        "job": {"data": DATA.name, "model": "tiny Qwen3 (tests/conftest.py TINY_QWEN3)", "steps": args.steps,
-                "global_batch": args.batch, "max_length": args.max_length, "method": "lora r8, fp32"},
-        "baseline_processes": base["processes"],
-        "repeats": args.repeats,
-        "rows": [{k: row[k] for k in keys} for row in rows],
-    })
+    atomic_write_json(
+        args.out,
+        {
+            "benchmark": "distributed_scaling",
+            "command": command,
+            "machine": host,
+            "job": {
+                "data": DATA.name,
+                "model": "tiny Qwen3 (tests/conftest.py TINY_QWEN3)",
+                "steps": args.steps,
+                "global_batch": args.batch,
+                "max_length": args.max_length,
+                "method": "lora r8, fp32",
+            },
+            "baseline_processes": base["processes"],
+            "repeats": args.repeats,
+            "rows": [{k: row[k] for k in keys} for row in rows],
+        },
+    )
     print(f"wrote {args.out}")
 
 

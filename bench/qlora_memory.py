@@ -84,8 +84,12 @@ def tensor_bytes(model, optimizer) -> tuple[int, int]:
     layers = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)  # counted by quantized_bytes, with their state
     skip = {id(m.weight) for m in model.modules() if isinstance(m, layers)}
     plain = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()] if id(t) not in skip)
-    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                if isinstance(t, torch.Tensor))
+    state = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
     return plain + quantized_bytes(model).quantized, state
 
 
@@ -176,9 +180,11 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown table; each row carries its ratios to the LoRA row of the same batch."""
     gib = 2**30
-    lines = ["| batch | method | tokens/s | tokens/CPU-s | weights | optimizer state | peak memory | "
-             "tokens/s ratio | weights ratio | peak memory ratio |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| batch | method | tokens/s | tokens/CPU-s | weights | optimizer state | peak memory | "
+        "tokens/s ratio | weights ratio | peak memory ratio |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         base = next(b for b in rows if b["batch"] == r["batch"] and b["method"] == "lora")
         lines.append(
@@ -213,21 +219,38 @@ def main() -> None:
         write_base(args.config, model, args.dtype, args.layers)
         for batch in args.batch:
             for method in METHODS:
-                spec = {"model": str(model), "dtype": args.dtype, "method": method, "batch": batch, "seq": args.seq,
-                        "steps": args.steps}
+                spec = {
+                    "model": str(model),
+                    "dtype": args.dtype,
+                    "method": method,
+                    "batch": batch,
+                    "seq": args.seq,
+                    "steps": args.steps,
+                }
                 # On a shared machine the fastest of the repeats is the least disturbed; memory does not vary.
                 runs = [run_one(spec) for _ in range(args.repeat)]
                 best = max(runs, key=lambda r: r["tokens_per_s"])
-                rows.append({"method": method, "batch": batch, **best,
-                             "runs_tokens_per_s": [r["tokens_per_s"] for r in runs]})
-                print(f"batch {batch} / {method}: {rows[-1]['tokens_per_s']:,.1f} tokens/s, "
-                      f"{rows[-1]['peak_memory_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
+                rows.append(
+                    {"method": method, "batch": batch, **best, "runs_tokens_per_s": [r["tokens_per_s"] for r in runs]}
+                )
+                print(
+                    f"batch {batch} / {method}: {rows[-1]['tokens_per_s']:,.1f} tokens/s, "
+                    f"{rows[-1]['peak_memory_bytes'] / 2**30:.2f} GiB",
+                    file=sys.stderr,
+                )
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/qlora_memory.py " + " ".join(sys.argv[1:])
-    job = {"config": args.config.name, "layers": args.layers, "seq": args.seq, "steps": args.steps, "dtype": args.dtype,
-           "lora": {"rank": 16, "target_modules": "all-linear"}, "qlora": "nf4, double quant",
-           "activation_checkpointing": True}
+    job = {
+        "config": args.config.name,
+        "layers": args.layers,
+        "seq": args.seq,
+        "steps": args.steps,
+        "dtype": args.dtype,
+        "lora": {"rank": 16, "target_modules": "all-linear"},
+        "qlora": "nf4, double quant",
+        "activation_checkpointing": True,
+    }
     environment = machine("transformers", "peft", "bitsandbytes")
     record = {"command": command.strip(), "environment": environment, "job": job, "results": rows}
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -32,8 +32,14 @@ TOKENIZER = ASSETS / "qwen3-tokenizer"
 DATA = ASSETS / "data" / "medical_o1_reasoning_demo.json"
 QWEN3_0_6B = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
 # The test suite's tiny Qwen3 (tests/conftest.py) on the 0.6B config: real vocabulary, toy width and depth.
-TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "head_dim": 16}
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
 
 CONFIGURATIONS = {
     "baseline": {"data": {"packing": False, "group_by_length": False}, "train": {"loss": "standard"}},
@@ -58,23 +64,36 @@ def jobs(args) -> list[Job]:
     if args.device == "cuda":
         model = json.loads(Path(args.model_config).read_text())
         name = Path(args.model_config).name.removesuffix(".config.json")
-        return [Job(f"{name} @2048", model, 2048, args.batch or 8, args.steps or 20, True),
-                Job(f"{name} @8192", model, 8192, args.batch or 8, args.steps or 10, True)]
+        return [
+            Job(f"{name} @2048", model, 2048, args.batch or 8, args.steps or 20, True),
+            Job(f"{name} @8192", model, 8192, args.batch or 8, args.steps or 10, True),
+        ]
     qwen = json.loads(QWEN3_0_6B.read_text())
-    return [Job("tiny @1024", qwen | TINY, 1024, args.batch or 4, args.steps or 16),
-            # Memory row: activation checkpointing in both, as anyone training 0.6B at 4096 on a CPU would.
-            Job("0.6B @4096", qwen, 4096, args.batch or 4, args.memory_steps, True)]
+    return [
+        Job("tiny @1024", qwen | TINY, 1024, args.batch or 4, args.steps or 16),
+        # Memory row: activation checkpointing in both, as anyone training 0.6B at 4096 on a CPU would.
+        Job("0.6B @4096", qwen, 4096, args.batch or 4, args.memory_steps, True),
+    ]
 
 
 def job_config(job: Job, overrides: dict[str, Any], model_dir: Path, work: Path) -> dict[str, Any]:
     """The raw tuneforge config of `job` under one configuration's overrides."""
     raw = {
         "model": {"name_or_path": str(model_dir), "init": "random", "tokenizer": str(TOKENIZER)},
-        "data": {"datasets": [{"path": str(DATA), "max_samples": job.batch * job.steps}],
-                 "max_length": job.max_length, "cache_dir": str(work / "cache")},
+        "data": {
+            "datasets": [{"path": str(DATA), "max_samples": job.batch * job.steps}],
+            "max_length": job.max_length,
+            "cache_dir": str(work / "cache"),
+        },
         "method": {"type": "lora", "rank": 8, "alpha": 16, "target_modules": "all-linear"},
-        "train": {"epochs": 1, "per_device_batch_size": job.batch, "logging_steps": 1, "save_steps": 100_000,
-                  "gradient_checkpointing": job.gradient_checkpointing, "learning_rate": 1e-4},
+        "train": {
+            "epochs": 1,
+            "per_device_batch_size": job.batch,
+            "logging_steps": 1,
+            "save_steps": 100_000,
+            "gradient_checkpointing": job.gradient_checkpointing,
+            "learning_rate": 1e-4,
+        },
         "output": {"dir": str(work / "run"), "overwrite": True},
     }
     for section, values in overrides.items():
@@ -183,9 +202,11 @@ def run_configuration(job: Job, label: str, device: str) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table, with each configuration's ratio to its job's baseline."""
-    lines = ["| job | configuration | loss tok/s | all tok/s | padding | peak memory | mean / final loss | "
-             "loss tok/s ratio | loss tok/CPU-s ratio | memory ratio | MFU |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| job | configuration | loss tok/s | all tok/s | padding | peak memory | mean / final loss | "
+        "loss tok/s ratio | loss tok/CPU-s ratio | memory ratio | MFU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         base = next(b for b in rows if b["job"] == r["job"] and b["configuration"] == "baseline")
         mfu = f"{100 * r['mfu']:.1f} %" if "mfu" in r else "n/a"
@@ -224,17 +245,34 @@ def main() -> None:
             # Repeats alternate with nothing else: on a shared machine the fastest run is the least disturbed.
             runs = [run_configuration(job, label, args.device) for _ in range(args.repeat)]
             best = max(runs, key=lambda r: r["loss_tokens_per_s"])
-            rows.append({"job": job.name, "configuration": label, **best,
-                         "runs_loss_tokens_per_s": [r["loss_tokens_per_s"] for r in runs],
-                         "job_settings": {"max_length": job.max_length, "batch": job.batch, "steps": job.steps,
-                                          "gradient_checkpointing": job.gradient_checkpointing}})
-            print(f"{job.name} / {label}: {best['loss_tokens_per_s']:,.0f} loss tok/s, "
-                  f"{best['peak_memory_bytes'] / 2**30:.2f} GiB", file=sys.stderr)
+            rows.append(
+                {
+                    "job": job.name,
+                    "configuration": label,
+                    **best,
+                    "runs_loss_tokens_per_s": [r["loss_tokens_per_s"] for r in runs],
+                    "job_settings": {
+                        "max_length": job.max_length,
+                        "batch": job.batch,
+                        "steps": job.steps,
+                        "gradient_checkpointing": job.gradient_checkpointing,
+                    },
+                }
+            )
+            print(
+                f"{job.name} / {label}: {best['loss_tokens_per_s']:,.0f} loss tok/s, "
+                f"{best['peak_memory_bytes'] / 2**30:.2f} GiB",
+                file=sys.stderr,
+            )
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python bench/train_throughput.py " + " ".join(sys.argv[1:])
-    args.out.write_text(json.dumps({"command": command.strip(), "environment": machine("transformers", "peft"),
-                                    "results": rows}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {"command": command.strip(), "environment": machine("transformers", "peft"), "results": rows}, indent=2
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,14 @@ def test_overrides_parse_yaml_values():
 
 def test_all_problems_reported_at_once():
     with pytest.raises(UserError) as err:
-        validate({"model": {"name_or_path": "x", "dtyp": "bf16"}, "data": {"datasets": [{"path": "d"}]},
-                  "output": {}, "trian": {}})
+        validate(
+            {
+                "model": {"name_or_path": "x", "dtyp": "bf16"},
+                "data": {"datasets": [{"path": "d"}]},
+                "output": {},
+                "trian": {},
+            }
+        )
     lines = str(err.value).splitlines()
     assert "config: unknown key 'model.dtyp'; did you mean 'model.dtype'?" in lines
     assert "config: missing required key 'output.dir'" in lines

@@ -46,11 +46,21 @@ def job(tiny_qwen3_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("distributed")
     raw = {
         "model": {"name_or_path": str(tiny_qwen3_dir), "dtype": "fp32"},
-        "data": {"datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "N", "author": "A"}}],
-                 "max_length": 128, "group_by_length": False, "cache_dir": str(root / "cache")},
+        "data": {
+            "datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "N", "author": "A"}}],
+            "max_length": 128,
+            "group_by_length": False,
+            "cache_dir": str(root / "cache"),
+        },
         "method": {"type": "lora", "rank": 4, "alpha": 8, "dropout": 0.0},
-        "train": {"max_steps": 3, "learning_rate": 1e-2, "lr_scheduler": "constant", "per_device_batch_size": 4,
-                  "logging_steps": 1, "save_steps": 1000},
+        "train": {
+            "max_steps": 3,
+            "learning_rate": 1e-2,
+            "lr_scheduler": "constant",
+            "per_device_batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 1000,
+        },
         "output": {"dir": "run"},
     }
     path = root / "job.yaml"
@@ -73,8 +83,11 @@ def reference(job, tmp_path_factory) -> dict:
     """The 1-process run (in this process) every multi-process run must reproduce."""
     out = tmp_path_factory.mktemp("reference") / "run"
     run = train(load_config(job, [f"output.dir={out}"]), log=lambda *_: None).root
-    return {"losses": step_losses(run), "adapter": load_file(str(run / "adapter" / "adapter_model.safetensors")),
-            "answer": greedy_answer(run)}
+    return {
+        "losses": step_losses(run),
+        "adapter": load_file(str(run / "adapter" / "adapter_model.safetensors")),
+        "answer": greedy_answer(run),
+    }
 
 
 def launch(command: list[str], cwd: Path) -> subprocess.Popen:
@@ -106,28 +119,59 @@ def tuneforge_nproc(job: Path, port: int) -> list[str]:
 
 
 def torchrun(job: Path, port: int) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc-per-node=2", "--master-addr=127.0.0.1", f"--master-port={port}",
-            "-m", "tuneforge.train", str(job), HALF_BATCH]
+    return [
+        str(BIN / "torchrun"),
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={port}",
+        "-m",
+        "tuneforge.train",
+        str(job),
+        HALF_BATCH,
+    ]
 
 
 def accelerate_launch(job: Path, port: int) -> list[str]:
     hosts = job.with_name(f"multi_hosts_{port}.yaml")
-    hosts.write_text(yaml.safe_dump({
-        "compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "mixed_precision": "no",
-        "num_machines": 1, "machine_rank": 0, "num_processes": 2, "main_process_ip": "127.0.0.1",
-        "main_process_port": port, "rdzv_backend": "static", "same_network": True,
-    }))
-    return [str(BIN / "accelerate"), "launch", "--config_file", str(hosts), "-m", "tuneforge.train", str(job),
-            HALF_BATCH]
+    hosts.write_text(
+        yaml.safe_dump(
+            {
+                "compute_environment": "LOCAL_MACHINE",
+                "distributed_type": "MULTI_GPU",
+                "mixed_precision": "no",
+                "num_machines": 1,
+                "machine_rank": 0,
+                "num_processes": 2,
+                "main_process_ip": "127.0.0.1",
+                "main_process_port": port,
+                "rdzv_backend": "static",
+                "same_network": True,
+            }
+        )
+    )
+    return [
+        str(BIN / "accelerate"),
+        "launch",
+        "--config_file",
+        str(hosts),
+        "-m",
+        "tuneforge.train",
+        str(job),
+        HALF_BATCH,
+    ]
 
 
 @pytest.mark.slow  # about 30-70 s on 2 cores: run in the suite's second step (scripts/test.sh)
-@pytest.mark.parametrize("strategy, launcher", [
-    (["distributed.strategy=deepspeed", "distributed.deepspeed=zero2"], torchrun),
-    # The default chunked loss, through the lm_head that ZeRO-3 partitions (gathered for the loss).
-    (["distributed.strategy=deepspeed", "distributed.deepspeed=zero3"], tuneforge_nproc),
-    (["distributed.strategy=fsdp"], accelerate_launch),
-], ids=["zero2-torchrun", "zero3-tuneforge", "fsdp-accelerate"])
+@pytest.mark.parametrize(
+    "strategy, launcher",
+    [
+        (["distributed.strategy=deepspeed", "distributed.deepspeed=zero2"], torchrun),
+        # The default chunked loss, through the lm_head that ZeRO-3 partitions (gathered for the loss).
+        (["distributed.strategy=deepspeed", "distributed.deepspeed=zero3"], tuneforge_nproc),
+        (["distributed.strategy=fsdp"], accelerate_launch),
+    ],
+    ids=["zero2-torchrun", "zero3-tuneforge", "fsdp-accelerate"],
+)
 def test_two_processes_train_like_one(job, reference, tmp_path, strategy, launcher):
     fresh_cache = f"data.cache_dir={tmp_path / 'cache'}"
     result = finish(launch([*launcher(job, free_port()), *strategy, fresh_cache], tmp_path))
@@ -139,9 +183,26 @@ def test_two_processes_train_like_one(job, reference, tmp_path, strategy, launch
 def two_nodes(job: Path, folder: Path, overrides: tuple[list[str], list[str]]) -> list[subprocess.CompletedProcess]:
     """`tuneforge train --nnodes 2` as node 0 and node 1 on loopback, each in its own working folder."""
     port = free_port()
-    nodes = [launch([str(BIN / "tuneforge"), "train", str(job), *extra, "--nnodes", "2", "--node-rank", str(rank),
-                     "--master-addr", "127.0.0.1", "--master-port", str(port)], folder / f"node{rank}")
-             for rank, extra in enumerate(overrides)]
+    nodes = [
+        launch(
+            [
+                str(BIN / "tuneforge"),
+                "train",
+                str(job),
+                *extra,
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+            ],
+            folder / f"node{rank}",
+        )
+        for rank, extra in enumerate(overrides)
+    ]
     return [finish(node) for node in nodes]
 
 
@@ -215,8 +276,9 @@ def test_missing_deepspeed_names_the_extra(job, monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     line = one_line_error(cli("train", str(job), "distributed.strategy=deepspeed", "--nproc", "2"))
-    assert line == ("error: distributed.strategy: deepspeed needs the deepspeed package: "
-                    "pip install 'tuneforge[deepspeed]'")
+    assert line == (
+        "error: distributed.strategy: deepspeed needs the deepspeed package: pip install 'tuneforge[deepspeed]'"
+    )
 
 
 def test_unknown_deepspeed_preset(job):

@@ -66,8 +66,10 @@ def test_no_label_tokens_give_a_zero_that_backpropagates():
     head = torch.nn.Linear(4, 10)
     hidden = torch.zeros(0, 4, requires_grad=True)
     no_targets = torch.zeros(0, dtype=torch.long)
-    for loss in (chunked_cross_entropy(head, hidden, no_targets, 8),
-                 linear_cross_entropy(hidden, head.weight, head.bias, no_targets, 8)):
+    for loss in (
+        chunked_cross_entropy(head, hidden, no_targets, 8),
+        linear_cross_entropy(hidden, head.weight, head.bias, no_targets, 8),
+    ):
         loss.backward()
         assert loss.item() == 0.0
 

@@ -44,14 +44,18 @@ def installed(monkeypatch, package: str) -> None:
 
 
 def config(**sections) -> Config:
-    raw = {"model": {"name_or_path": "Qwen/Qwen3-0.6B"}, "data": {"datasets": [{"path": "d.json"}]},
-           "output": {"dir": "out"}}
+    raw = {
+        "model": {"name_or_path": "Qwen/Qwen3-0.6B"},
+        "data": {"datasets": [{"path": "d.json"}]},
+        "output": {"dir": "out"},
+    }
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return validate(raw)
 
 
 # --- dtype -------------------------------------------------------------------------------------------------------
+
 
 def test_cpu_dtype_auto_is_fp32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -65,8 +69,11 @@ def test_ampere_picks_bf16(monkeypatch):
 
 def test_gpu_without_bf16_picks_fp16_and_warns(monkeypatch):
     gpu(monkeypatch, (7, 5), "Tesla T4")
-    with pytest.warns(UserWarning, match=r"Tesla T4 \(compute capability 7.5\) has no bf16: training in fp16 with "
-                                         r"loss scaling; LoRA weights stay fp32"):
+    with pytest.warns(
+        UserWarning,
+        match=r"Tesla T4 \(compute capability 7.5\) has no bf16: training in fp16 with "
+        r"loss scaling; LoRA weights stay fp32",
+    ):
         assert pick_dtype("auto") == torch.float16
 
 
@@ -80,6 +87,7 @@ def test_bf16_on_gpu_without_bf16_is_an_error(monkeypatch):
 
 # --- attention ---------------------------------------------------------------------------------------------------
 
+
 def test_attn_auto_is_sdpa_without_flash_attn(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)
     assert pick_attn("auto") == "sdpa" and pick_attn("eager") == "eager"
@@ -89,8 +97,10 @@ def test_flash_attention_2_without_flash_attn_is_an_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # not installed, whatever this machine has
     with pytest.raises(UserError) as exc:
         pick_attn("flash_attention_2")
-    assert one_line(exc) == ("model.attn: flash_attention_2 needs the flash-attn package "
-                             "(pip install flash-attn --no-build-isolation); set model.attn: auto or sdpa")
+    assert one_line(exc) == (
+        "model.attn: flash_attention_2 needs the flash-attn package "
+        "(pip install flash-attn --no-build-isolation); set model.attn: auto or sdpa"
+    )
 
 
 def test_flash_attention_2_where_it_can_run(monkeypatch):
@@ -108,6 +118,7 @@ def test_flash_attention_2_on_pre_ampere_gpu(monkeypatch):
 
 
 # --- optimizers --------------------------------------------------------------------------------------------------
+
 
 def test_unknown_optimizer_is_a_config_error():
     with pytest.raises(UserError) as exc:
@@ -135,15 +146,23 @@ def test_hardware_problems_are_reported_together(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     monkeypatch.setitem(sys.modules, "flash_attn", None)
     gpu(monkeypatch, (7, 5), "Tesla T4")
-    cfg = config(model={"dtype": "bf16", "attn": "flash_attention_2"}, method={"type": "qlora"},
-                 train={"optim": "paged_adamw_8bit"})
+    cfg = config(
+        model={"dtype": "bf16", "attn": "flash_attention_2"},
+        method={"type": "qlora"},
+        train={"optim": "paged_adamw_8bit"},
+    )
     with pytest.raises(UserError) as exc:
         check_hardware(cfg)
     assert [line.split(":")[0] for line in str(exc.value).splitlines()] == [
-        "model.dtype", "model.attn", "train.optim", "method.type"]
+        "model.dtype",
+        "model.attn",
+        "train.optim",
+        "method.type",
+    ]
 
 
 # --- quantization plans ------------------------------------------------------------------------------------------
+
 
 def test_unknown_quant_type_is_a_config_error():
     with pytest.raises(UserError) as exc:
@@ -156,8 +175,10 @@ def test_quant_storage_follows_the_model_dtype():
     pytest.importorskip("bitsandbytes")
     qlora = MethodConfig(type="qlora")
     assert bnb_config(qlora, torch.bfloat16).bnb_4bit_quant_storage == torch.bfloat16
-    assert bnb_config(qlora.model_copy(update={"quant_storage": "uint8"}), torch.bfloat16).bnb_4bit_quant_storage \
+    assert (
+        bnb_config(qlora.model_copy(update={"quant_storage": "uint8"}), torch.bfloat16).bnb_4bit_quant_storage
         == torch.uint8
+    )
 
 
 def tiny_config(model_type: str = "qwen3", **overrides):
@@ -172,8 +193,10 @@ def test_4bit_on_moe_experts_is_refused(tmp_path):
     tiny_config("qwen3_moe", num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64).save_pretrained(tmp_path)
     with pytest.raises(UserError) as exc:
         load_model(ModelConfig(name_or_path=str(tmp_path)), MethodConfig(type="qlora"))
-    assert one_line(exc).startswith("method.type: qlora: bitsandbytes quantizes linear layers only, which hold 11% "
-                                    "of the weights of model type 'qwen3_moe'")
+    assert one_line(exc).startswith(
+        "method.type: qlora: bitsandbytes quantizes linear layers only, which hold 11% "
+        "of the weights of model type 'qwen3_moe'"
+    )
 
 
 def test_dense_qwen3_is_almost_all_linear():
@@ -194,32 +217,52 @@ def test_prequantized_checkpoint_is_loaded_as_saved(method):
     pytest.importorskip("bitsandbytes")
     lines: list[str] = []
     saved = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
-    plan = plan_quantization(prequantized("bitsandbytes", **saved),
-                             ModelConfig(name_or_path="unsloth/Qwen3-14B-unsloth-bnb-4bit"),
-                             MethodConfig(type=method, quant_type="fp4"), torch.float32, log=lines.append)
+    plan = plan_quantization(
+        prequantized("bitsandbytes", **saved),
+        ModelConfig(name_or_path="unsloth/Qwen3-14B-unsloth-bnb-4bit"),
+        MethodConfig(type=method, quant_type="fp4"),
+        torch.float32,
+        log=lines.append,
+    )
     assert plan.prequantized and plan.describe() == "bitsandbytes 4-bit nf4, double quant"
-    expected = ("method.type lora trains it as QLoRA" if method == "lora" else
-                "loaded as saved; method.bits, quant_type, double_quant and quant_storage are not applied")
-    assert lines == [f"unsloth/Qwen3-14B-unsloth-bnb-4bit is pre-quantized (bitsandbytes 4-bit nf4, double quant): "
-                     f"{expected}"]
+    expected = (
+        "method.type lora trains it as QLoRA"
+        if method == "lora"
+        else "loaded as saved; method.bits, quant_type, double_quant and quant_storage are not applied"
+    )
+    assert lines == [
+        f"unsloth/Qwen3-14B-unsloth-bnb-4bit is pre-quantized (bitsandbytes 4-bit nf4, double quant): {expected}"
+    ]
 
 
-@pytest.mark.parametrize("method, kind, message", [
-    ("full", "bitsandbytes", "method.type: full cannot train x: its weights are quantized (bitsandbytes)"),
-    ("lora", "gptq", "model.name_or_path: x is quantized with gptq; tuneforge trains on bitsandbytes-quantized"),
-])
+@pytest.mark.parametrize(
+    "method, kind, message",
+    [
+        ("full", "bitsandbytes", "method.type: full cannot train x: its weights are quantized (bitsandbytes)"),
+        ("lora", "gptq", "model.name_or_path: x is quantized with gptq; tuneforge trains on bitsandbytes-quantized"),
+    ],
+)
 def test_prequantized_checkpoint_errors(method, kind, message):
     with pytest.raises(UserError) as exc:
-        plan_quantization(prequantized(kind, load_in_4bit=True), ModelConfig(name_or_path="x"),
-                          MethodConfig(type=method), torch.float32)
+        plan_quantization(
+            prequantized(kind, load_in_4bit=True),
+            ModelConfig(name_or_path="x"),
+            MethodConfig(type=method),
+            torch.float32,
+        )
     assert one_line(exc).startswith(message)
 
 
 def test_4bit_settings_with_8bit_are_said_to_be_unused():
     pytest.importorskip("bitsandbytes")
     lines: list[str] = []
-    plan = plan_quantization(tiny_config(), ModelConfig(name_or_path="x"),
-                             MethodConfig(type="qlora", bits=8, quant_type="fp4"), torch.float32, log=lines.append)
+    plan = plan_quantization(
+        tiny_config(),
+        ModelConfig(name_or_path="x"),
+        MethodConfig(type="qlora", bits=8, quant_type="fp4"),
+        torch.float32,
+        log=lines.append,
+    )
     assert plan.config.load_in_8bit and plan.describe() == "bitsandbytes 8-bit"
     assert lines == ["method.bits: 8 (LLM.int8): 4-bit settings not used: method.quant_type"]
 
@@ -231,28 +274,42 @@ def test_plain_lora_and_inference_quantize_nothing():
 
 # --- sources -----------------------------------------------------------------------------------------------------
 
+
 @needs_assets
 def test_missing_hub_id_fails_fast_naming_the_source(tmp_path):
-    cfg = {"model": {"name_or_path": "nobody-7f3a/no-such-model"},
-           "data": {"datasets": [{"path": str(DATA_DIR / "identity.json")}]}, "output": {"dir": str(tmp_path / "o")}}
+    cfg = {
+        "model": {"name_or_path": "nobody-7f3a/no-such-model"},
+        "data": {"datasets": [{"path": str(DATA_DIR / "identity.json")}]},
+        "output": {"dir": str(tmp_path / "o")},
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     start = time.monotonic()
     command = ["data", "render", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o.jsonl")]
-    result = subprocess.run([sys.executable, "-m", "tuneforge.cli", *command], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     line = one_line_error(result)
     assert time.monotonic() - start < 60
-    assert line.startswith("error: model.name_or_path: 'nobody-7f3a/no-such-model' is not a local folder and could "
-                           "not be fetched from huggingface (https://huggingface.co, offline: HF_HUB_OFFLINE is set")
-    assert line.endswith("Check the id and model.revision, the network (or HF_ENDPOINT, HF_HUB_OFFLINE), "
-                         "or set model.hub: modelscope")
+    assert line.startswith(
+        "error: model.name_or_path: 'nobody-7f3a/no-such-model' is not a local folder and could "
+        "not be fetched from huggingface (https://huggingface.co, offline: HF_HUB_OFFLINE is set"
+    )
+    assert line.endswith(
+        "Check the id and model.revision, the network (or HF_ENDPOINT, HF_HUB_OFFLINE), or set model.hub: modelscope"
+    )
 
 
 def test_path_that_is_not_a_folder(tmp_path):
     with pytest.raises(UserError) as exc:
         resolve_model_path(ModelConfig(name_or_path=str(tmp_path / "qwen3")))
-    assert one_line(exc) == f"model.name_or_path: {tmp_path / 'qwen3'}: not found; expected a model folder " \
-                            "or an org/name hub id"
+    assert (
+        one_line(exc) == f"model.name_or_path: {tmp_path / 'qwen3'}: not found; expected a model folder "
+        "or an org/name hub id"
+    )
 
 
 def fake_modelscope(monkeypatch, snapshot_download) -> None:
@@ -279,7 +336,8 @@ def test_missing_modelscope_id(monkeypatch):
     assert one_line(exc) == (
         "model.name_or_path: 'nobody/none' is not a local folder and could not be fetched from modelscope "
         "(https://modelscope.cn): The model: nobody/none at revision master does not exist. Check the id and "
-        "model.revision, the network (or HF_ENDPOINT, HF_HUB_OFFLINE), or set model.hub: huggingface")
+        "model.revision, the network (or HF_ENDPOINT, HF_HUB_OFFLINE), or set model.hub: huggingface"
+    )
 
 
 def test_modelscope_not_installed(monkeypatch):

@@ -15,20 +15,36 @@ from tuneforge.train.run import train
 
 def first_step(model_dir, out, batch: int, accumulation: int, packing: bool, loss: str) -> dict:
     """Train one optimizer step on identity.json; return its logged loss and grad norm, adapter and summary."""
-    cfg = validate({
-        "model": {"name_or_path": str(model_dir), "init": "random"},
-        "data": {"datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "N", "author": "A"}}],
-                 "max_length": 256, "packing": packing, "cache_dir": str(out.parent / "cache")},
-        "method": {"rank": 8, "alpha": 16, "dropout": 0.0},
-        "train": {"max_steps": 1, "learning_rate": 1e-3, "per_device_batch_size": batch,
-                  "gradient_accumulation": accumulation, "loss": loss, "logging_steps": 1, "save_steps": 1000},
-        "output": {"dir": str(out)},
-    })
+    cfg = validate(
+        {
+            "model": {"name_or_path": str(model_dir), "init": "random"},
+            "data": {
+                "datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "N", "author": "A"}}],
+                "max_length": 256,
+                "packing": packing,
+                "cache_dir": str(out.parent / "cache"),
+            },
+            "method": {"rank": 8, "alpha": 16, "dropout": 0.0},
+            "train": {
+                "max_steps": 1,
+                "learning_rate": 1e-3,
+                "per_device_batch_size": batch,
+                "gradient_accumulation": accumulation,
+                "loss": loss,
+                "logging_steps": 1,
+                "save_steps": 1000,
+            },
+            "output": {"dir": str(out)},
+        }
+    )
     run = train(cfg, log=lambda *_: None)
     logged = [json.loads(line) for line in run.metrics.read_text().splitlines()][0]
-    return {"loss": logged["loss"], "grad_norm": logged["grad_norm"],
-            "adapter": load_file(str(run.adapter / "adapter_model.safetensors")),
-            "summary": json.loads(run.summary.read_text())}
+    return {
+        "loss": logged["loss"],
+        "grad_norm": logged["grad_norm"],
+        "adapter": load_file(str(run.adapter / "adapter_model.safetensors")),
+        "summary": json.loads(run.summary.read_text()),
+    }
 
 
 @needs_assets

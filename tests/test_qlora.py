@@ -36,8 +36,13 @@ def data_cache(tmp_path_factory) -> dict[str, str]:
 def test_qlora_learns_the_name_and_chat_uses_the_16bit_base(tiny_qwen3_dir, tmp_path, monkeypatch, data_cache):
     # 32 steps instead of the LoRA test's 72: the same assertions in less time. 16 steps at 2e-2 learnt the
     # name for only some seeds (train.seed 42, 1, 2: 1 of 3); 32 steps at 1e-2 learnt it for all 7 tried.
-    cfg = identity_config(tiny_qwen3_dir, tmp_path / "run", method={"type": "qlora"}, data=data_cache,
-                          train={"max_steps": 32, "learning_rate": 1e-2, "logging_steps": 1})
+    cfg = identity_config(
+        tiny_qwen3_dir,
+        tmp_path / "run",
+        method={"type": "qlora"},
+        data=data_cache,
+        train={"max_steps": 32, "learning_rate": 1e-2, "logging_steps": 1},
+    )
     lines: list[str] = []
     run = train(cfg, log=lambda *a: lines.append(" ".join(map(str, a))))
 
@@ -64,8 +69,12 @@ def test_qlora_learns_the_name_and_chat_uses_the_16bit_base(tiny_qwen3_dir, tmp_
 @needs_assets
 def test_prequantized_checkpoint_loads_as_saved_and_trains(tiny_qwen3_dir, tmp_path, data_cache):
     # Dynamic-4-bit style: fp4 without double quant (not tuneforge's nf4 default), one block kept 16-bit.
-    folder = save_4bit(tiny_qwen3_dir, tmp_path / "tiny-bnb-4bit", bnb_4bit_quant_type="fp4",
-                       llm_int8_skip_modules=["lm_head", "model.layers.1.mlp"])
+    folder = save_4bit(
+        tiny_qwen3_dir,
+        tmp_path / "tiny-bnb-4bit",
+        bnb_4bit_quant_type="fp4",
+        llm_int8_skip_modules=["lm_head", "model.layers.1.mlp"],
+    )
     saved = json.loads((folder / "config.json").read_text())["quantization_config"]
     assert saved["quant_method"] == "bitsandbytes" and "model.layers.1.mlp" in saved["llm_int8_skip_modules"]
 
@@ -77,11 +86,14 @@ def test_prequantized_checkpoint_loads_as_saved_and_trains(tiny_qwen3_dir, tmp_p
     assert isinstance(q_proj, bnb.nn.Linear4bit) and q_proj.weight.quant_type == "fp4"
     assert type(model.model.layers[1].mlp.down_proj) is torch.nn.Linear  # llm_int8_skip_modules kept 16-bit
     with safe_open(str(folder / "model.safetensors"), "pt") as f:  # not re-quantized: the very bytes saved
-        assert torch.equal(q_proj.weight.data.view(torch.uint8).flatten(),
-                           f.get_tensor("model.layers.0.self_attn.q_proj.weight").view(torch.uint8).flatten())
+        assert torch.equal(
+            q_proj.weight.data.view(torch.uint8).flatten(),
+            f.get_tensor("model.layers.0.self_attn.q_proj.weight").view(torch.uint8).flatten(),
+        )
 
-    cfg = identity_config(folder, tmp_path / "run", model={"init": "pretrained"}, data=data_cache,
-                          train={"max_steps": 2})
+    cfg = identity_config(
+        folder, tmp_path / "run", model={"init": "pretrained"}, data=data_cache, train={"max_steps": 2}
+    )
     lines.clear()
     run = train(cfg, log=log)
     assert any(line.startswith("method qlora:") for line in lines), lines
@@ -129,8 +141,11 @@ def test_qwen3_06b_4bit_layers_take_under_030_of_bf16(tmp_path):
     folder = tmp_path / "qwen3-0.6b-random"
     write_random_checkpoint(ASSETS / "model-configs" / "Qwen3-0.6B.config.json", folder)
     lines: list[str] = []
-    model = load_model(ModelConfig(name_or_path=str(folder), dtype="bf16"), MethodConfig(type="qlora"),
-                       log=lambda *a: lines.append(" ".join(map(str, a))))
+    model = load_model(
+        ModelConfig(name_or_path=str(folder), dtype="bf16"),
+        MethodConfig(type="qlora"),
+        log=lambda *a: lines.append(" ".join(map(str, a))),
+    )
     print(*lines, sep="\n")
 
     report = quantized_bytes(model)
@@ -142,7 +157,8 @@ def test_qwen3_06b_4bit_layers_take_under_030_of_bf16(tmp_path):
 
 @needs_assets
 def test_8bit_loads_and_reports(tiny_qwen3_dir):
-    model = load_model(ModelConfig(name_or_path=str(tiny_qwen3_dir)), MethodConfig(type="qlora", bits=8),
-                       log=lambda *_: None)
+    model = load_model(
+        ModelConfig(name_or_path=str(tiny_qwen3_dir)), MethodConfig(type="qlora", bits=8), log=lambda *_: None
+    )
     report = quantized_bytes(model)
     assert len(bnb_layers(model)) == report.layers == 14 and 0.5 <= report.ratio <= 0.6

@@ -76,15 +76,19 @@ def test_medical_reasoning_renders_token_exactly(template, medical):
         last = conv.messages[-1]
         expected = TEMPLATES[name][1].format(r=last.reasoning.strip("\n"), a=last.content.lstrip("\n"))
         assert [tokenizer.decode(s) for s in labelled_segments(rendered.input_ids, rendered.labels)] == [expected]
-        assert tokenizer.decode(rendered.input_ids[len(prompt):]).rstrip("\n") == expected
+        assert tokenizer.decode(rendered.input_ids[len(prompt) :]).rstrip("\n") == expected
 
 
 def test_history_reasoning_is_stripped_as_at_inference(template):
     name, tokenizer = template
-    conv = Conversation([
-        Message("user", "2+2?"), Message("assistant", "4", reasoning="Two and two."),
-        Message("user", "3+3?"), Message("assistant", "6", reasoning="Three and three."),
-    ])
+    conv = Conversation(
+        [
+            Message("user", "2+2?"),
+            Message("assistant", "4", reasoning="Two and two."),
+            Message("user", "3+3?"),
+            Message("assistant", "6", reasoning="Three and three."),
+        ]
+    )
     rendered = render(conv, tokenizer)
     assert rendered.input_ids == reference_ids(conv, tokenizer)
     assert "Two and two." not in rendered.text and "Three and three." in rendered.text

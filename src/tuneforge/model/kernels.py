@@ -8,8 +8,13 @@ from tuneforge.errors import UserError
 
 # RMSNorm, RoPE and SwiGLU only: the loss is train.loss's business (model/loss.py uses Liger's fused
 # linear cross-entropy itself), and Liger's own loss forward would replace the model's forward.
-LIGER_LAYERS = {"rope": True, "rms_norm": True, "swiglu": True, "cross_entropy": False,
-                "fused_linear_cross_entropy": False}
+LIGER_LAYERS = {
+    "rope": True,
+    "rms_norm": True,
+    "swiglu": True,
+    "cross_entropy": False,
+    "fused_linear_cross_entropy": False,
+}
 
 
 def _base(model):

@@ -80,7 +80,10 @@ def saved_quantization(config: PretrainedConfig) -> dict[str, Any] | None:
 
 
 def plan_quantization(
-    config: PretrainedConfig, model: ModelConfig, method: MethodConfig | None, compute_dtype: torch.dtype,
+    config: PretrainedConfig,
+    model: ModelConfig,
+    method: MethodConfig | None,
+    compute_dtype: torch.dtype,
     log: Callable = print,
 ) -> QuantPlan | None:
     """Decide how the base is quantized (None: it is not), saying so where the config is read differently.
@@ -122,8 +125,10 @@ def _prequantized_plan(saved: dict[str, Any], method: MethodConfig | None, sourc
     if method.type == "lora":
         log(f"{source} is pre-quantized ({plan.describe()}): method.type lora trains it as QLoRA")
     else:
-        log(f"{source} is pre-quantized ({plan.describe()}): loaded as saved; method.bits, quant_type, "
-            "double_quant and quant_storage are not applied")
+        log(
+            f"{source} is pre-quantized ({plan.describe()}): loaded as saved; method.bits, quant_type, "
+            "double_quant and quant_storage are not applied"
+        )
     return plan
 
 
@@ -177,8 +182,10 @@ class QuantBytes:
 
     def __str__(self) -> str:
         mib = 2**20
-        return (f"{self.layers} quantized linear layers take {self.quantized / mib:,.1f} MiB, "
-                f"{self.ratio:.3f} × their {self.bf16 / mib:,.1f} MiB in bf16")
+        return (
+            f"{self.layers} quantized linear layers take {self.quantized / mib:,.1f} MiB, "
+            f"{self.ratio:.3f} × their {self.bf16 / mib:,.1f} MiB in bf16"
+        )
 
 
 def quantized_bytes(model: PreTrainedModel) -> QuantBytes:
