@@ -29,21 +29,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from machine import machine
+from machine import TINY, machine, peak_rss
 from qlora_memory import own_memory, release_freed_heap, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT.parent / "shared" / "assets" / "model-configs"
-# The test suite's tiny Qwen3 (tests/conftest.py) on the 0.6B config: real vocabulary, toy width and depth.
-TINY = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-}
 SHAPES = {"tiny": ("Qwen3-0.6B", TINY), "0.6B": ("Qwen3-0.6B", {}), "8B": ("Qwen3-8B", {})}
 METHODS = ("lora", "qlora", "full")
 # What identifies a measured row, so that --resume can skip it.
@@ -114,8 +105,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 torch.cuda.reset_peak_memory_stats()
 
         def on_train_end(self, args, state, control, **kwargs):
-            status = Path("/proc/self/status").read_text()
-            self.peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) * 1024
+            self.peak = peak_rss()
 
     quiet = lambda *_: None  # noqa: E731
     model = apply_method(load_model(cfg.model, cfg.method, log=quiet), cfg.method, quiet)

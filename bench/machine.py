@@ -10,6 +10,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The test suite's tiny Qwen3 (tests/conftest.py) on the 0.6B config: real vocabulary, toy width and depth.
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+}
 
 
 def machine(*packages: str) -> dict[str, str]:
@@ -52,3 +61,9 @@ def tiny_model_setup(args: argparse.Namespace, *packages: str) -> dict[str, str]
 def command() -> str:
     """The command line that ran this benchmark, as docs/performance.md quotes it."""
     return " ".join([".venv/bin/python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (`VmHWM`; reset it by writing 5 to /proc/self/clear_refs)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from estimate_accuracy import SHAPES, rss, shape_config
-from machine import machine
+from machine import machine, peak_rss
 from qlora_memory import TOKENIZER, own_memory, release_freed_heap, write_base
 from worker import run_worker
 
@@ -117,8 +117,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             Path("/proc/self/clear_refs").write_text("5")
 
         def on_train_end(self, args, state, control, **kwargs):
-            status = Path("/proc/self/status").read_text()
-            self.peak = int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) * 1024
+            self.peak = peak_rss()
 
     quiet = lambda *_: None  # noqa: E731
     model = apply_method(load_model(cfg.model, cfg.method, log=quiet), cfg.method, quiet)

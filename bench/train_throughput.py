@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from machine import machine
+from machine import TINY, machine, peak_rss
 from transformers import TrainerCallback
 from worker import run_worker
 
@@ -31,15 +31,6 @@ ASSETS = ROOT.parent / "shared" / "assets"
 TOKENIZER = ASSETS / "qwen3-tokenizer"
 DATA = ASSETS / "data" / "medical_o1_reasoning_demo.json"
 QWEN3_0_6B = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
-# The test suite's tiny Qwen3 (tests/conftest.py) on the 0.6B config: real vocabulary, toy width and depth.
-TINY = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-}
 
 CONFIGURATIONS = {
     "baseline": {"data": {"packing": False, "group_by_length": False}, "train": {"loss": "standard"}},
@@ -143,8 +134,7 @@ class TrainingMeter(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.cpu_seconds = time.process_time() - self.start
-        status = Path("/proc/self/status").read_text()
-        self.peak_rss = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+        self.peak_rss = peak_rss()
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
