@@ -193,6 +193,8 @@ def test_sigint_saves_prints_the_resume_command_and_the_resume_matches(tiny_qwen
     save_config(resume_config(tiny_qwen3_dir, run.root, logging_steps=5), config)
     overrides = ["train.logging_steps=1"]
     training_step = SFTTrainer.training_step
+    # Whatever handled Ctrl-C before (SIG_IGN in a shell's background job, Python's handler otherwise).
+    handler = signal.getsignal(signal.SIGINT)
 
     def ctrl_c_in_step_4(self, *args, **kwargs):
         if self.state.global_step == 3:
@@ -203,7 +205,7 @@ def test_sigint_saves_prints_the_resume_command_and_the_resume_matches(tiny_qwen
     lines = []
     status = train_command(config, overrides, log=lambda *parts, **_: lines.append(" ".join(map(str, parts))))
     assert status == 128 + signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C acts as usual again
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C acts as before again
     assert lines[-3:] == [
         "SIGINT: saving a checkpoint at step 4, then stopping",
         f"stopped by SIGINT at step 4; checkpoint saved in {run.checkpoints / 'checkpoint-4'}",
