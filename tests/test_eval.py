@@ -118,6 +118,10 @@ def test_self_cognition_probe_and_heldout_loss_improve_with_one_model_load(train
     assert "| self-cognition | accuracy | 0.0000 |" in table and "| heldout-loss | perplexity |" in table
     assert (report / "chart.png").read_bytes()[:4] == b"\x89PNG"
     assert "self-cognition" in result.output and "accuracy" in result.output  # the console table
+    # run.json records the report and what it judged: both sides' fingerprints (the adapter's among them).
+    entry = json.loads((trained_run / "run.json").read_text())["artifacts"]["eval/self-cognition"]
+    assert entry["path"] == "eval/self-cognition" and entry["made_from"]["thinking"] == "off"
+    assert len(entry["made_from"]["models"]) == 2 and entry["made_from"]["limit"] is None
 
 
 @needs_assets

@@ -100,4 +100,8 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     if request.endpoint:
         meta["endpoint"] = request.endpoint
     write_report(out, rows, results, meta)
+    if run is not None and out.resolve().parent == run.eval_dir.resolve():
+        # What the report was made from, so that the run says which adapter it judged (issue 13's manifest).
+        source = {"models": opened.fingerprints or opened.served, "thinking": think, "limit": request.limit}
+        run.record(f"eval/{out.name}", out, source)
     return Evaluation(out, results, rows)
