@@ -295,6 +295,9 @@ def test_with_auth_no_route_answers_without_credentials(tmp_path):
         stop_ui(server)
 
 
+STEPS = 40  # the browser test's training length
+
+
 def _line_points(page, plot: str) -> int:
     """Points on the first line a LinePlot draws (0 before it draws one with a visible stroke)."""
     line = page.locator(f"#plot-{plot} svg [aria-roledescription='line mark'][stroke]").first
@@ -321,13 +324,16 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
     runs, port = tmp_path / "runs", free_port()
     log = tmp_path / "ui.log"
     server = start_ui(runs, port, log)
-    form = {  # 8 steps of a 2-layer Qwen3 with the real tokenizer, a checkpoint every 3
+    # 40 steps of a 2-layer Qwen3 with the real tokenizer, a checkpoint every 3: long enough on a quiet machine for
+    # the page (refreshed every 2 s) to see the curve grow and for the stop to land before the end (8 steps once ran
+    # out in one refresh on a clean CI clone).
+    form = {
         "model-name_or_path": tiny_qwen3_dir,
         "data-datasets-0-path": DATA_DIR / "alpaca_en_demo.json",
         "data-datasets-0-max_samples": 16,
         "data-max_length": 256,
         "data-cache_dir": tmp_path / "cache",
-        "train-max_steps": 8,
+        "train-max_steps": STEPS,
         "train-learning_rate": 0.01,
         "train-per_device_batch_size": 4,
         "train-logging_steps": 1,
@@ -346,13 +352,13 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
             editor = page.locator("#yaml .cm-content")
             sync_api.expect(editor).to_contain_text(f"dir: {runs / 'e2e'}", timeout=30_000)
             text = editor.inner_text()
-            assert "max_steps: 8" in text and "logging_steps: 1" in text and "max_samples: 16" in text
+            assert f"max_steps: {STEPS}" in text and "logging_steps: 1" in text and "max_samples: 16" in text
             page.screenshot(path=str(ARTIFACTS / "train.png"))
 
             page.locator("#launch").click()
             sync_api.expect(page.locator("#train-message")).to_contain_text("training started", timeout=60_000)
             written = yaml.safe_load((runs / "e2e" / "jobs" / "train.yaml").read_text(encoding="utf-8"))
-            assert written == yaml.safe_load(text) and written["train"]["max_steps"] == 8
+            assert written == yaml.safe_load(text) and written["train"]["max_steps"] == STEPS
             page.get_by_role("tab", name="Watch").click()
             _wait("the loss curve's first points", lambda: _line_points(page, "loss") >= 2, 300)
             first = _line_points(page, "loss")
@@ -367,7 +373,7 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
             assert jobs.job_state(runs / "e2e", "train").exit_code == 130
             assert "train.resume=auto" in jobs.log_tail(runs / "e2e", "train")  # the CLI's resume hint
             stopped_at = max(int(p.name.split("-")[1]) for p in (runs / "e2e" / "checkpoints").glob("checkpoint-*"))
-            assert stopped_at < 8
+            assert stopped_at < STEPS
             page.locator("#resume").click()
             sync_api.expect(page.locator("#train-message")).to_contain_text("resumed", timeout=60_000)
 
@@ -378,10 +384,10 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
             page.goto(f"http://127.0.0.1:{port}/")  # a new page load (reload() races the page's own reconnect)
             page.get_by_role("tab", name="Watch").click()
             sync_api.expect(page.locator("#watch-status")).to_contain_text("e2e: finished", timeout=300_000)
-            _wait("the whole curve after the restart", lambda: _line_points(page, "loss") == 8, 60)
-            assert [e["step"] for e in jobs.metrics(runs / "e2e") if "loss" in e] == list(range(1, 9))
+            _wait("the whole curve after the restart", lambda: _line_points(page, "loss") == STEPS, 60)
+            assert [e["step"] for e in jobs.metrics(runs / "e2e") if "loss" in e] == list(range(1, STEPS + 1))
             summary = json.loads((runs / "e2e" / "summary.json").read_text())
-            assert summary["steps"] == 8 and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
+            assert summary["steps"] == STEPS and summary["resumed_from"].endswith(f"checkpoint-{stopped_at}")
 
             page.get_by_role("tab", name="Chat").click()
             page.locator("#chat-prompt textarea").fill("Who are you?")
