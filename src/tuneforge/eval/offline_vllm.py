@@ -83,10 +83,10 @@ class VllmEngine:
         """Answer every conversation in one vLLM call (it batches and schedules); input order."""
         import vllm
 
-        from tuneforge.infer.engine import ChatResult, SamplingParams
+        from tuneforge.infer.engine import ChatResult, SamplingParams, model_per_item
 
         params = params or SamplingParams()
-        names = [model or self.names[-1]] * len(conversations) if model is None or isinstance(model, str) else model
+        names = model_per_item(model, len(conversations), self.names[-1])
         sampling = vllm.SamplingParams(
             temperature=params.temperature or 0.0,
             max_tokens=params.max_new_tokens,

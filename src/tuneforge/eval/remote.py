@@ -118,10 +118,10 @@ class RemoteEngine:
         **_: Any,
     ) -> list[ChatResult]:
         """Answer every conversation through the server, `concurrency` at a time; results in input order."""
-        from tuneforge.infer.engine import SamplingParams
+        from tuneforge.infer.engine import SamplingParams, model_per_item
 
         params = params or SamplingParams()
-        names = [model] * len(conversations) if model is None or isinstance(model, str) else list(model)
+        names = model_per_item(model, len(conversations))
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tuneforge-eval-remote")
         try:
             return list(
@@ -235,7 +235,9 @@ class Router:
         **kwargs: Any,
     ) -> list[ChatResult]:
         """Each conversation answered by its model's engine (one batched call per engine); input order."""
-        names = [model or self.names[-1]] * len(conversations) if model is None or isinstance(model, str) else model
+        from tuneforge.infer.engine import model_per_item
+
+        names = model_per_item(model, len(conversations), self.names[-1])
         results: list[Any] = [None] * len(conversations)
         for name, (engine, served) in self.routes.items():
             picked = [i for i, n in enumerate(names) if n == name]

@@ -94,7 +94,9 @@ class ShardedEngine:
         enable_thinking: bool | None = None,
     ) -> list[ChatResult]:
         """As `Engine.generate_batch`, each worker answering a slice."""
-        names = [model] * len(conversations) if model is None or isinstance(model, str) else list(model)
+        from tuneforge.infer.engine import model_per_item
+
+        names = model_per_item(model, len(conversations))
         items = list(zip(conversations, names))
         return self._map("generate_batch", items, params=params, enable_thinking=enable_thinking)
 

@@ -290,7 +290,7 @@ class Engine:
         `max_batch_size` of them and `max_batch_tokens` padded prompt + new tokens; on CUDA out-of-memory a
         batch is halved and retried.
         """
-        names = [model] * len(conversations) if model is None or isinstance(model, str) else list(model)
+        names = model_per_item(model, len(conversations))
         if len(names) != len(conversations):
             raise UserError(f"generate_batch: {len(names)} model names for {len(conversations)} conversations")
 
@@ -804,6 +804,11 @@ def _pick(rows: list[_Row], logits: torch.Tensor) -> list[int]:
             if (generator := rows[i].sampling.generator) is not None:
                 tokens[i] = int(torch.multinomial(probs[j : j + 1], 1, generator=generator))
     return tokens
+
+
+def model_per_item(model: str | Sequence[str] | None, count: int, default: str | None = None) -> list[str | None]:
+    """The served model of each of `count` items: one name (or `default`) for all, or one name per item."""
+    return [model or default] * count if model is None or isinstance(model, str) else list(model)
 
 
 def _blas_friendly(model: Any) -> Any:
