@@ -29,8 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from machine import TINY, machine, peak_rss
-from qlora_memory import own_memory, release_freed_heap, write_base
+from machine import TINY, machine
+from qlora_memory import release_freed_heap, training_peak, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one configuration and measure its peak memory."""
     import datasets
     import torch
-    from transformers import TrainerCallback
 
     from tuneforge.config import validate
     from tuneforge.data.collate import make_collator
@@ -95,21 +94,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     release_freed_heap()
     baseline = rss()
 
-    class Peak(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if not cuda:
-                own_memory(model)  # weights out of the checkpoint's memory map, as in bench/qlora_memory.py
-                release_freed_heap()
-                Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS (VmHWM) count here
-            else:
-                torch.cuda.reset_peak_memory_stats()
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.peak = peak_rss()
-
     quiet = lambda *_: None  # noqa: E731
     model = apply_method(load_model(cfg.model, cfg.method, log=quiet), cfg.method, quiet)
-    peak = Peak()
+    peak = training_peak(cuda)
     trainer = SFTTrainer(
         model=model,
         args=training_arguments(cfg, Run(Path(spec["out"])), False),
@@ -123,7 +110,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     except torch.OutOfMemoryError:
         # Recorded, not fatal: the remaining rows still run, and the estimate should exceed the device here.
         return {"measured_bytes": None, "out_of_memory": True, "device_bytes": torch.cuda.mem_get_info()[1]}
-    measured = torch.cuda.max_memory_allocated() if cuda else peak.peak - baseline
+    measured = peak.measured(baseline)
     return {"measured_bytes": measured, "baseline_rss_bytes": baseline}
 
 

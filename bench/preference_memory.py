@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from estimate_accuracy import SHAPES, rss, shape_config
-from machine import machine, peak_rss
-from qlora_memory import TOKENIZER, own_memory, release_freed_heap, write_base
+from machine import machine
+from qlora_memory import TOKENIZER, release_freed_heap, training_peak, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def random_data(spec: dict[str, Any]):
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one objective for a few steps and measure its peak memory."""
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     from tuneforge.config import validate
     from tuneforge.data.collate import PadCollator
@@ -105,23 +105,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     release_freed_heap()
     baseline = rss()
 
-    class Peak(TrainerCallback):
-        """Peak memory from the first step on: VmHWM restarted at train begin (CPU), or the CUDA allocator's."""
-
-        def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-                return
-            own_memory(model)  # weights out of the checkpoint's memory map (bench/qlora_memory.py)
-            release_freed_heap()
-            Path("/proc/self/clear_refs").write_text("5")
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.peak = peak_rss()
-
     quiet = lambda *_: None  # noqa: E731
     model = apply_method(load_model(cfg.model, cfg.method, log=quiet), cfg.method, quiet)
-    peak = Peak()
+    peak = training_peak(cuda)
     common = {
         "model": model,
         "args": training_arguments(cfg, Run(Path(spec["out"])), False),
@@ -138,7 +124,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         trainer = build_trainer("dpo", tokenizer.pad_token_id, **common)
     trainer.train()
-    measured = torch.cuda.max_memory_allocated() if cuda else peak.peak - baseline
+    measured = peak.measured(baseline)
     return {"measured_bytes": measured, "baseline_rss_bytes": baseline}
 
 

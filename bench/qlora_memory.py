@@ -93,6 +93,31 @@ def tensor_bytes(model, optimizer) -> tuple[int, int]:
     return plain + quantized_bytes(model).quantized, state
 
 
+def training_peak(cuda: bool) -> Any:
+    """A Trainer callback whose `.measured(baseline)` is the training peak: from train begin, minus the idle RSS on CPU
+    (weights copied out of the checkpoint's memory map first, VmHWM restarted), or the CUDA allocator's peak."""
+    import torch
+    from machine import peak_rss
+    from transformers import TrainerCallback
+
+    class Peak(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                return
+            own_memory(model)
+            release_freed_heap()
+            Path("/proc/self/clear_refs").write_text("5")  # restart the peak-RSS (VmHWM) count here
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.peak = peak_rss()
+
+        def measured(self, baseline: int) -> int:
+            return torch.cuda.max_memory_allocated() if cuda else self.peak - baseline
+
+    return Peak()
+
+
 def own_memory(model) -> None:
     """Copy weights out of the checkpoint's memory map (CPU runs).
 
