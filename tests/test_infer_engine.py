@@ -273,15 +273,30 @@ def test_seeded_sampling_is_reproducible(tiny_engine):
     assert tiny_engine.chat(messages, other).result().content != first
 
 
-def test_cpu_engine_keeps_the_logits_weight_transposed_in_memory_and_the_gil_switch_short(tiny_engine):
+def test_cpu_engine_computes_logits_as_weight_times_hidden_and_keeps_the_gil_switch_short(tiny_engine):
+    import copy
     import sys
+
+    import torch
 
     from tuneforge.infer.engine import SWITCH_INTERVAL_S
 
     model = tiny_engine.source.__self__.targets["tuned"][0].get_base_model()
-    weight = model.get_output_embeddings().weight
-    assert weight.shape == (151936, 64) and weight.stride() == (1, 151936)  # same values, BLAS-friendly layout
-    assert model.get_input_embeddings().weight is weight  # still tied: one copy
+    head = model.get_output_embeddings()
+    assert head.weight.shape == (151936, 64) and head.weight.is_contiguous()  # the weight is untouched
+    assert model.get_input_embeddings().weight is head.weight  # still tied: one copy
+    hidden = torch.randn(3, 2, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        logits = head(hidden)
+        expected = torch.nn.functional.linear(hidden, head.weight)
+    # (weight @ hidden.T).T: the product as one tall, skinny matrix, read back as a view without a copy.
+    assert logits.shape == (3, 2, 151936) and logits.stride() == (2, 1, 6)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)  # another order of the same sums
+    assert logits.argmax(-1).tolist() == expected.argmax(-1).tolist()
+    twin = copy.deepcopy(head)  # what peft's modules_to_save makes of the head: it computes with its own weight
+    with torch.no_grad():
+        twin.weight.mul_(2)
+    torch.testing.assert_close(twin(hidden), 2 * expected, rtol=0, atol=2e-5)
     assert sys.getswitchinterval() <= SWITCH_INTERVAL_S
 
 
