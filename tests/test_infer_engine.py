@@ -273,7 +273,7 @@ def test_seeded_sampling_is_reproducible(tiny_engine):
     assert tiny_engine.chat(messages, other).result().content != first
 
 
-def test_cpu_engine_computes_logits_as_weight_times_hidden_and_keeps_the_gil_switch_short(tiny_engine):
+def test_cpu_engine_head_gives_each_row_the_same_logits_in_any_batch_and_keeps_the_gil_switch_short(tiny_engine):
     import copy
     import sys
 
@@ -285,18 +285,25 @@ def test_cpu_engine_computes_logits_as_weight_times_hidden_and_keeps_the_gil_swi
     head = model.get_output_embeddings()
     assert head.weight.shape == (151936, 64) and head.weight.is_contiguous()  # the weight is untouched
     assert model.get_input_embeddings().weight is head.weight  # still tied: one copy
-    hidden = torch.randn(3, 2, 64, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(8, 1, 64, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        logits = head(hidden)
         expected = torch.nn.functional.linear(hidden, head.weight)
-    # (weight @ hidden.T).T: the product as one tall, skinny matrix, read back as a view without a copy.
-    assert logits.shape == (3, 2, 151936) and logits.stride() == (2, 1, 6)
-    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)  # another order of the same sums
-    assert logits.argmax(-1).tolist() == expected.argmax(-1).tolist()
+        batch = head(hidden)  # several rows: oneDNN on the packed weight (tuneforge.infer.cpu_head)
+        assert batch.shape == (8, 1, 151936) and batch.is_contiguous()
+        torch.testing.assert_close(batch, expected, rtol=0, atol=1e-5)  # another order of the same sums
+        assert batch.argmax(-1).tolist() == expected.argmax(-1).tolist()
+        # Every row of a batch of 2..8 is bit for bit the row of the batch of 8: batching does not change logits.
+        for rows in (2, 3, 5):
+            assert torch.equal(head(hidden[:rows]), batch[:rows])
+        assert torch.equal(head(hidden[:1]), torch.nn.functional.linear(hidden[:1], head.weight))  # one row: BLAS
     twin = copy.deepcopy(head)  # what peft's modules_to_save makes of the head: it computes with its own weight
+    with torch.inference_mode():
+        before = twin(hidden)
     with torch.no_grad():
-        twin.weight.mul_(2)
-    torch.testing.assert_close(twin(hidden), 2 * expected, rtol=0, atol=2e-5)
+        twin.weight.mul_(2)  # in place, after a product (as loading an adapter's head does): it is packed again
+    with torch.inference_mode():
+        torch.testing.assert_close(twin(hidden), 2 * before, rtol=0, atol=2e-5)
+        assert torch.equal(head(hidden), batch)
     assert sys.getswitchinterval() <= SWITCH_INTERVAL_S
 
 

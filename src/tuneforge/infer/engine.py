@@ -23,7 +23,6 @@ import inspect
 import queue
 import sys
 import threading
-import types
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -656,7 +655,7 @@ class _Batcher:
                 logits_to_keep=keep,
                 **extra,
             ).logits
-            return logits.float().contiguous().log_softmax(-1)  # see _vocab_major_logits
+            return logits.float().log_softmax(-1)
 
 
 _BATCHERS: weakref.WeakSet[_Batcher] = weakref.WeakSet()
@@ -793,7 +792,7 @@ def _pick(rows: list[_Row], logits: torch.Tensor) -> list[int]:
     greedy = sum(map(len, groups.values())) < len(rows)
     tokens = logits.argmax(-1).tolist() if greedy else [0] * len(rows)
     for warping, members in groups.items():
-        scores = logits[members].contiguous()  # softmax reads each row twice: see _vocab_major_logits
+        scores = logits[members]
         for warp in _warpers(*warping):
             scores = warp(None, scores)
         probs = scores.softmax(-1)
@@ -812,30 +811,6 @@ def model_per_item(model: str | Sequence[str] | None, count: int, default: str |
     return [model or default] * count if model is None or isinstance(model, str) else list(model)
 
 
-def _vocab_major_logits(model: Any) -> Any:
-    """`model`, its CPU output embedding computing `weight @ hidden.T` (same values, much faster for a few rows).
-
-    F.linear computes `hidden @ weight.T`: for a few rows (a decode step) MKL's sgemm then runs a short, very wide
-    product, and on CPU that was 1.9x slower for 8 rows than the same product as `weight @ hidden.T`, a tall, skinny
-    one (the tests' tiny Qwen3, hidden 64 and a 151,936-token vocabulary: 6.2 -> 3.2 ms; 1.6x at hidden 1024, the
-    0.6B's shape: 116 -> 74 ms), and never slower up to 256 rows (docs/performance.md). The logits are most of a
-    decode step there, and the only part that grows with the batch. The weight is untouched (tied input embeddings
-    still share it); the logits come back as a transposed view, which readers that reduce over the vocabulary more
-    than once (softmax) make contiguous first. The instance's `forward` is replaced, so copies (peft's
-    `modules_to_save`) and wrappers (a LoRA on the head) keep it.
-    """
-    head = model.get_output_embeddings()
-    if head.weight.device.type == "cpu" and getattr(head, "bias", None) is None:
-        head.forward = types.MethodType(_weight_times_hidden, head)
-    return model
-
-
-def _weight_times_hidden(head: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """`linear(hidden, head.weight)` as `(weight @ hidden.T).T`: see _vocab_major_logits."""
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    return (head.weight @ flat.t()).t().reshape(*hidden.shape[:-1], -1)
-
-
 def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_size: int = 32) -> Engine:
     """Load the spec's tokenizer, base weights, adapters and further models (on the GPU where there is one).
 
@@ -843,11 +818,12 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
     """
     import torch
 
+    from tuneforge.infer.cpu_head import pack_cpu_head
     from tuneforge.model.load import load_model, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(spec.tokenizer)
-    base = _vocab_major_logits(load_model(spec.model).to(device).eval())
+    base = pack_cpu_head(load_model(spec.model).to(device).eval())
     targets: dict[str, tuple[Any, str | None]] = {spec.name: (base, None)}
     if spec.adapters:
         from peft import PeftModel
@@ -859,7 +835,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
         peft_model.eval()
         targets = {spec.name: (peft_model, None), **{name: (peft_model, name) for name in spec.adapters}}
     for name, config in spec.others.items():
-        targets[name] = (_vocab_major_logits(load_model(config).to(device).eval()), None)
+        targets[name] = (pack_cpu_head(load_model(config).to(device).eval()), None)
 
     context = base.config.get_text_config().max_position_embeddings
     if max_model_len is not None and max_model_len > context:
