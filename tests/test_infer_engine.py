@@ -273,7 +273,7 @@ def test_seeded_sampling_is_reproducible(tiny_engine):
     assert tiny_engine.chat(messages, other).result().content != first
 
 
-def test_cpu_engine_head_gives_each_row_the_same_logits_in_any_batch_and_keeps_the_gil_switch_short(tiny_engine):
+def test_cpu_engine_head_gives_each_row_its_logits_in_any_batch_and_keeps_the_gil_switch_short(tiny_engine):
     import copy
     import sys
 
@@ -292,9 +292,10 @@ def test_cpu_engine_head_gives_each_row_the_same_logits_in_any_batch_and_keeps_t
         assert batch.shape == (8, 1, 151936) and batch.is_contiguous()
         torch.testing.assert_close(batch, expected, rtol=0, atol=1e-5)  # another order of the same sums
         assert batch.argmax(-1).tolist() == expected.argmax(-1).tolist()
-        # Every row of a batch of 2..8 is bit for bit the row of the batch of 8: batching does not change logits.
+        # A row's logits do not depend on the rows beside it (bit for bit on the machines measured; oneDNN may block
+        # another CPU's product differently, so the test allows rounding).
         for rows in (2, 3, 5):
-            assert torch.equal(head(hidden[:rows]), batch[:rows])
+            torch.testing.assert_close(head(hidden[:rows]), batch[:rows], rtol=0, atol=1e-6)
         assert torch.equal(head(hidden[:1]), torch.nn.functional.linear(hidden[:1], head.weight))  # one row: BLAS
     twin = copy.deepcopy(head)  # what peft's modules_to_save makes of the head: it computes with its own weight
     with torch.inference_mode():

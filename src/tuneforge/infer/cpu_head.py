@@ -1,17 +1,18 @@
 """The output embedding on CPU: a batch of rows multiplied by a prepacked copy of the weight (oneDNN).
 
 A decode step multiplies a few rows by the [vocab, hidden] output weight, the largest matrix of a small model. MKL's
-sgemm runs that short, very wide product far below the machine's speed: measured on 2 cores (docs/performance.md),
-8 rows took 6.2 ms on the tests' tiny Qwen3 (hidden 64, 151,936-token vocabulary), and 110 ms at hidden 1024 (the
-0.6B's shape), where one row takes 37 ms. oneDNN's matmul on a weight reordered once into its blocked layout does
-8 rows in 2.0 ms and 30 ms, and every row comes out bit for bit the same whatever the number of rows beside it.
-One row stays with `linear` (BLAS's matrix-vector product, which reads the weight once at memory speed; the packed
-product was up to 2x slower for one row on one thread).
+sgemm, which `linear` calls, runs that short, very wide product far below the machine's speed. oneDNN's matmul on a
+weight reordered once into its blocked layout does it 4-5.6x faster on 2 cores (bench/cpu_head.py, 8 rows: 8.3 ->
+1.5 ms on the tests' tiny Qwen3, 115 -> 28 ms at hidden 1024, the 0.6B's shape; docs/performance.md), and on the CPU
+measured every row came out bit for bit the same whatever the number of rows beside it. One row stays with `linear`
+(BLAS's matrix-vector product reads the weight once, at memory speed; packed, one row was up to 2x slower on one
+thread).
 
 torch has no public prepacked linear; `torch.ops.mkldnn._reorder_linear_weight` and `_linear_pointwise` are the ops
-its own compiler (Inductor) emits for a frozen linear on CPU. They can go when torch offers a public equivalent;
-tests/test_infer_engine.py fails if they are renamed. The packed copy costs the head's size again in memory, made
-on the first call with more than one row (a lone chat never makes it).
+its own compiler (Inductor, torch/_inductor/fx_passes/mkldnn_fusion.py) emits for a frozen linear on CPU in bf16, or
+in float32 where MKL is absent (with MKL it packs for MKL's GEMM, 2.6x slower than oneDNN's here for 8 rows). They
+can go when torch offers a public equivalent; tests/test_infer_engine.py fails if they are renamed. The packed copy
+costs the head's size again in memory, made on the first call with more than one row (a lone chat never makes it).
 """
 
 from __future__ import annotations
