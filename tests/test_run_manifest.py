@@ -26,7 +26,7 @@ from tuneforge.config import (
     validate,
 )
 from tuneforge.errors import UserError
-from tuneforge.rundir import Run
+from tuneforge.rundir import Run, fingerprint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -315,6 +315,39 @@ def test_a_resume_keeps_recorded_artifacts_and_overwrite_clears_them(tmp_path, t
     train_run(max_steps=1, overwrite=True)
     assert sorted(json.loads((run / "run.json").read_text())["artifacts"]) == ["adapter"]
     assert not (run / "merged").exists()
+
+
+def test_a_resume_refuses_a_continued_adapter_that_changed_since_the_run_started(tmp_path, tiny_qwen3_dir):
+    from tuneforge.train.run import train
+
+    sft = make_tiny_adapter(tiny_qwen3_dir, tmp_path / "sft", seed=0)
+    run = tmp_path / "continued"
+    data = write_chats(tmp_path / "chats.jsonl", "我是小一")
+
+    def train_run(**train_keys) -> None:
+        raw = {
+            "model": {"name_or_path": str(tiny_qwen3_dir)},
+            "data": {"datasets": [{"path": str(data)}], "max_length": 64, "cache_dir": str(tmp_path / "cache")},
+            "method": {"type": "lora", "adapter": str(sft)},
+            "train": {"per_device_batch_size": 4, "save_steps": 1, **train_keys},
+            "output": {"dir": str(run)},
+        }
+        train(validate(raw), callbacks=[], log=lambda *_: None)
+
+    train_run(max_steps=1)
+    recorded = json.loads((run / "run.json").read_text())["method"]["adapter"]
+    assert recorded == {"path": str(sft.resolve()), "fingerprint": fingerprint(sft)}
+
+    shutil.copytree(sft, tmp_path / "sft-backup")  # as `cp -a` keeps it: same bytes, same modification times
+    make_tiny_adapter(tiny_qwen3_dir, sft, seed=1)  # the SFT run retrained into the same folder
+    with pytest.raises(UserError, match=r"^method\.adapter: .*sft changed since .*continued started from it"):
+        train_run(max_steps=2, resume="auto")
+    assert not (run / "checkpoints" / "checkpoint-2").exists()
+
+    shutil.copytree(tmp_path / "sft-backup", sft, dirs_exist_ok=True)  # the old adapter put back: it goes on
+    train_run(max_steps=2, resume="auto")
+    assert (run / "checkpoints" / "checkpoint-2").is_dir()
+    assert json.loads((run / "run.json").read_text())["method"]["adapter"] == recorded
 
 
 @pytest.mark.parametrize("key", ["data.cache_dir", "model.cache_dir"])

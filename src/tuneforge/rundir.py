@@ -126,7 +126,7 @@ class Run:
             snapshot = _hub_snapshot(model)
             base = {"hub": model.hub, "id": model.name_or_path, "revision": model.revision,
                     "commit": snapshot.name if snapshot else None}  # fmt: skip
-        method = {"type": cfg.method.type}
+        method: dict[str, Any] = {"type": cfg.method.type}
         if cfg.method.type == "qlora":
             method["quantization"] = {
                 "bits": cfg.method.bits, "quant_type": cfg.method.quant_type, "double_quant": cfg.method.double_quant
@@ -148,7 +148,17 @@ class Run:
         judges them at their next use)."""
         manifest = self.describe(cfg, chat_template)
         if resumed and self.manifest_file.is_file():
-            manifest["artifacts"] = self.manifest()["artifacts"]
+            old = self.manifest()
+            manifest["artifacts"] = old["artifacts"]
+            if "adapter" in old["method"]:  # what the run started from (a resume checked it is unchanged)
+                manifest["method"]["adapter"] = old["method"]["adapter"]
+        elif cfg.method.adapter is not None:
+            from tuneforge.model.adapters import continued_adapter
+
+            # Only a starting run can vouch for it (a manifest rebuilt later would fingerprint whatever is there now).
+            # A resume checks it (train/run.py): its weights started the run and, for DPO/KTO, are the reference.
+            adapter = continued_adapter(cfg.method.adapter)
+            manifest["method"]["adapter"] = {"path": str(adapter.resolve()), "fingerprint": fingerprint(adapter)}
         atomic_write_json(self.manifest_file, manifest)
 
     def manifest(self) -> dict[str, Any]:

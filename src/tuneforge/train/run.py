@@ -81,6 +81,23 @@ def check_resume_config(cfg: Config, resume: str) -> None:
         )
 
 
+def check_continued_adapter(cfg: Config, run: Run) -> None:
+    """A resumed run continues the adapter it started from: refuse one that changed since (retrained, replaced)."""
+    if cfg.method.adapter is None or not run.manifest_file.is_file():
+        return
+    from tuneforge.model.adapters import continued_adapter
+    from tuneforge.rundir import fingerprint
+
+    recorded = run.manifest()["method"].get("adapter")
+    adapter = continued_adapter(cfg.method.adapter)
+    if recorded is not None and recorded["fingerprint"] != fingerprint(adapter):
+        raise UserError(
+            f"method.adapter: {adapter} changed since {run.root} started from it (its run.json records another "
+            "fingerprint); the checkpoints continue the old adapter and compare against it, so resuming would mix "
+            "the two: put the old adapter back, or start a new run (another output.dir, or output.overwrite=true)"
+        )
+
+
 def check_run_dir(cfg: Config, run: Run, resume: str | None) -> None:
     """Refuse to overwrite a finished run or to silently restart over existing checkpoints."""
     check_writable(run.root, "output.dir", folder=True)
@@ -237,6 +254,7 @@ def _start(cfg: Config, run: Run, procs: Processes, log: Callable[..., None]) ->
         resume = resolve_resume(cfg, run)
         if resume:
             check_resume_config(cfg, resume)
+            check_continued_adapter(cfg, run)
         if procs.is_main:
             check_run_dir(cfg, run, resume)
         setup_tracker(cfg, run)
