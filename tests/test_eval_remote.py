@@ -143,6 +143,18 @@ def test_pairwise_judge_without_a_baseline_is_refused_before_loading(tmp_path):
     )
 
 
+def test_an_unreachable_judge_is_one_line_before_any_model_loads_or_task_runs(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\ntasks:\n  - {name: first, type: loss, path: held.jsonl}\n"
+        "  - {name: j, type: judge, mode: rubric, path: p.jsonl, judge: {endpoint: 'http://127.0.0.1:9', model: m}}\n"
+    )
+    # --model names nothing loadable: reaching the load would be another error, and the first task never starts.
+    code, out = invoke("--model", str(tmp_path / "not-loaded"), "--suite", str(suite), "--out", str(tmp_path / "o"))
+    assert code == 2 and out.startswith("error: task j: judge http://127.0.0.1:9: cannot reach the server (")
+    assert len(out.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_endpoint_problems_are_one_line_each(served, suite, key_file, tmp_path, monkeypatch):
     out = ["--suite", str(suite), "--out", str(tmp_path / "o")]
     cases = [

@@ -136,10 +136,6 @@ def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
     from tuneforge.eval.tasks import answered, generate_answers, limited
     from tuneforge.infer.engine import SamplingParams
 
-    if task.judge is None or task.path is None:
-        raise UserError(
-            f"task {task.name}: a judge task needs path: (the prompts) and judge: {{endpoint: URL, model: NAME}}"
-        )
     check_baseline([task], "baseline" in ctx.models)
     judge = _judge_engine(task)
     prompts = limited(_prompts(task, ctx), task, ctx)
@@ -224,11 +220,25 @@ def _user(text: str) -> Message:
     return Message("user", text)
 
 
+def check_judges(tasks: list[TaskConfig]) -> None:
+    """Every judge task's settings and endpoint, before any model loads or any task runs (not hours into a suite)."""
+    for task in tasks:
+        if task.type == "judge":
+            _judge_engine(task)
+
+
 def _judge_engine(task: TaskConfig) -> RemoteEngine:
     """The judge's endpoint, checked (reachable, key accepted, model served) before any answer is generated."""
     from tuneforge.eval.remote import RemoteEngine, api_key
 
     judge = task.judge
+    if judge is None or task.path is None:
+        raise UserError(
+            f"task {task.name}: a judge task needs path: (the prompts) and judge: {{endpoint: URL, model: NAME}}"
+        )
     engine = RemoteEngine(judge.endpoint, [judge.model], api_key(env=judge.api_key_env), concurrency=judge.concurrency)
-    engine.check()
+    try:
+        engine.check()
+    except UserError as exc:
+        raise UserError(f"task {task.name}: judge {exc}") from None
     return engine

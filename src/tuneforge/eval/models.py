@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
 from tuneforge.eval.cache import model_fingerprints
-from tuneforge.eval.judge import check_baseline
+from tuneforge.eval.judge import check_baseline, check_judges
 from tuneforge.eval.remote import RemoteEngine, Router, api_key, check_generation_only, is_url
 from tuneforge.rundir import Run
 
@@ -121,6 +121,7 @@ def open_models(
         check_generation_only(tasks, f"the endpoint {url}")
     if request.engine == "vllm":
         check_generation_only(tasks, "--engine vllm")
+    check_judges(list(tasks))  # then the endpoints, the judges' first
     key = api_key(request.api_key_file) if remotes else None
     for url, names in remotes.items():
         engine = RemoteEngine(url, names, key, concurrency=request.concurrency)
