@@ -223,23 +223,34 @@ def test_adapter_must_be_an_adapter_or_a_lora_run(tmp_path):
     assert continued_adapter(str(tmp_path / "run")) == tmp_path / "run" / "adapter"
 
 
-@pytest.mark.slow  # a 1-process and a 2-process run: minutes on 2 busy cores
-@needs_assets
-def test_dpo_on_two_processes_trains_like_one(tiny_qwen3_dir, tmp_path):
-    from test_distributed import BIN, HALF_BATCH, finish, free_port, launch, step_losses
-
-    (tmp_path / "one").mkdir()
-    raw = short_raw(tiny_qwen3_dir, tmp_path / "one" / "run", "dpo")
+@pytest.fixture(scope="module")
+def dpo_on_one_process(tiny_qwen3_dir, tmp_path_factory):
+    """3 DPO steps on one process, the reference of the multi-process runs: (raw config, run)."""
+    root = tmp_path_factory.mktemp("dpo-one")
+    raw = short_raw(tiny_qwen3_dir, root / "run", "dpo")
     raw["model"] |= {"init": "pretrained", "dtype": "fp32"}
     raw["data"]["group_by_length"] = False  # the same seeded order on 1 and 2 processes
     raw["train"] |= {"max_steps": 3, "logging_steps": 1}
-    one = train(validate(raw), **quiet)
+    return raw, train(validate(raw), **quiet)
+
+
+@pytest.mark.slow  # a 2-process run each: a minute or two on 2 busy cores
+@needs_assets
+@pytest.mark.parametrize(
+    "strategy",
+    [[], ["distributed.strategy=deepspeed", "distributed.deepspeed=zero3"], ["distributed.strategy=fsdp"]],
+    ids=["ddp", "zero3", "fsdp"],
+)
+def test_dpo_on_two_processes_trains_like_one(dpo_on_one_process, tmp_path, strategy):
+    from test_distributed import BIN, HALF_BATCH, finish, free_port, launch, step_losses
+
+    raw, one = dpo_on_one_process
     job = tmp_path / "job.yaml"
     job.write_text(json.dumps(raw | {"output": {"dir": "run"}}))
     port = str(free_port())
     result = finish(
         launch(
-            [str(BIN / "tuneforge"), "train", str(job), HALF_BATCH, "--nproc", "2", "--master-port", port],
+            [str(BIN / "tuneforge"), "train", str(job), HALF_BATCH, *strategy, "--nproc", "2", "--master-port", port],
             tmp_path / "two",
         )
     )

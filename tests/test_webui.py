@@ -315,8 +315,8 @@ def _wait(what: str, check, timeout: float) -> None:
 
 @pytest.mark.slow
 @needs_assets
-def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_path):
-    """Fill the form, launch, watch the curve grow, restart the UI and find the run again, chat, export (Chromium)."""
+def test_browser_end_to_end_train_watch_restart_chat_evaluate_export(tiny_qwen3_dir, tmp_path):
+    """Fill the form, launch, watch the curve grow, restart the UI and find the run again, chat, evaluate, export."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (scripts/setup.sh test does)")
@@ -332,6 +332,7 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
         "data-datasets-0-path": DATA_DIR / "alpaca_en_demo.json",
         "data-datasets-0-max_samples": 16,
         "data-max_length": 256,
+        "data-val_size": 0.25,  # held out: what the Evaluate tab's heldout-loss task reads
         "data-cache_dir": tmp_path / "cache",
         "train-max_steps": STEPS,
         "train-learning_rate": 0.01,
@@ -398,6 +399,13 @@ def test_browser_end_to_end_train_watch_restart_chat_export(tiny_qwen3_dir, tmp_
             page.screenshot(path=str(ARTIFACTS / "chat.png"))
 
             page.get_by_role("tab", name="Evaluate").click()
+            page.locator("#eval-tasks").locator("input, textarea").fill("heldout-loss")
+            page.locator("#eval-start").click()
+            sync_api.expect(page.locator("#eval-status")).to_contain_text("eval: finished", timeout=300_000)
+            sync_api.expect(page.locator("#eval-table")).to_contain_text("heldout-loss", timeout=30_000)
+            report = json.loads((runs / "e2e" / "eval" / "heldout-loss" / "results.json").read_text())
+            loss = report["tasks"]["heldout-loss"]["metrics"]["loss"]
+            assert report["tasks"]["heldout-loss"]["n"] == 4 and loss["tuned"] < loss["baseline"]
             page.screenshot(path=str(ARTIFACTS / "evaluate.png"))
 
             page.get_by_role("tab", name="Export").click()

@@ -59,8 +59,8 @@ def build_eval(run: gr.Dropdown) -> None:
     suites = sorted(shipped_suites())
     with gr.Row():
         suite = gr.Dropdown(suites, value="self-cognition" if "self-cognition" in suites else None, label=t("suite"))
-        tasks = gr.Textbox(label=t("tasks"), max_lines=1)
-        limit = gr.Number(20, label=t("limit"), precision=0, minimum=1)
+        tasks = gr.Textbox(label=t("tasks"), max_lines=1, elem_id="eval-tasks")
+        limit = gr.Number(20, label=t("limit"), precision=0, minimum=1, elem_id="eval-limit")
         start = gr.Button(t("start_eval"), variant="primary", elem_id="eval-start")
     status = gr.Markdown(elem_id="eval-status")
     with gr.Row():
