@@ -21,7 +21,7 @@ pytest.importorskip("gradio", reason="the [webui] extra (gradio) is not installe
 from tuneforge.config import validate  # noqa: E402
 from tuneforge.config_reference import keys  # noqa: E402
 from tuneforge.errors import UserError  # noqa: E402
-from tuneforge.webui import jobs, runner, schema  # noqa: E402
+from tuneforge.webui import jobs, runner, schema, watch_tab  # noqa: E402
 from tuneforge.webui.app import credentials, is_loopback  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -179,6 +179,32 @@ def test_progress_and_log_tail_read_the_train_bar(tmp_path):
     assert jobs.log_tail(run, "train") == "loading\ntrain:  38%|███▊      | 3/8 [00:15<00:26,  5.22s/step]\n"
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     assert jobs.metrics(run) == [{"step": 1, "loss": 2.0}]
+
+
+def test_metrics_are_read_as_appended_and_long_curves_thinned(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    log = run / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    assert jobs.metrics(run) == [{"step": 1, "loss": 2.0}]
+    with log.open("a") as f:
+        f.write('ss": 1.5}\n{"step": 3, "loss": 1.0}')  # the torn line completed; a whole JSON without its newline
+    assert [e["step"] for e in jobs.metrics(run)] == [1, 2]
+    with log.open("a") as f:
+        f.write("\n")
+    assert jobs.metrics(run) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.0}]
+    fresh = run / "fresh.jsonl"  # output.overwrite: a new run's file in its place, read from its start
+    fresh.write_text('{"step": 1, "loss": 9.0}\n')
+    fresh.replace(log)
+    assert jobs.metrics(run) == [{"step": 1, "loss": 9.0}]
+
+    entries = [{"step": i, "loss": 1 / i} for i in range(1, 2502)] + [{"step": 2501, "eval_loss": 0.5}]
+    loss = watch_tab.frames(entries)["loss"]
+    train = loss[loss.series == "train"]
+    # 2,501 points: every 3rd (834) and the last; the validation series is thinned on its own.
+    assert len(train) == 835 and train.step.iloc[0] == 1 and train.step.iloc[-1] == 2501
+    assert train.step.is_monotonic_increasing and train.step.iloc[1] == 4
+    assert loss[loss.series == "validation"].step.tolist() == [2501]
 
 
 def tiny_config_text(model_dir: Path, tmp_path: Path) -> str:

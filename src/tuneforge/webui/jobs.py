@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ _BAR = re.compile(r"train:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
 _TAIL_BYTES = 64 * 1024
 # Popen objects of the jobs this UI process started, polled so that ended runners do not linger as zombies.
 _children: list[subprocess.Popen] = []
+# metrics(): per metrics.jsonl, (inode, bytes read, entries); Gradio runs each open page's refresh in its own thread.
+_metrics_read: dict[Path, tuple[int | None, int, list[dict[str, Any]]]] = {}
+_metrics_lock = threading.Lock()
 
 
 def job_dir(run: Path) -> Path:
@@ -125,17 +129,34 @@ def list_runs(runs_dir: Path) -> list[Path]:
 
 
 def metrics(run: Path) -> list[dict[str, Any]]:
-    """The entries of RUN/metrics.jsonl written so far (a line being appended is left for the next read)."""
+    """The entries of RUN/metrics.jsonl written so far (a line being appended is left for the next read).
+
+    Each call reads only what was appended since the last one: the Watch tab asks every 2 s, and a long run's file
+    grows to tens of thousands of lines. A file replaced (output.overwrite) or cut shorter is read again whole.
+    """
     path = run / "metrics.jsonl"
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         return []
-    entries = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # torn while appended; train's own reader (callbacks.logged_lines) treats it the same way
-    return entries
+    with _metrics_lock:
+        inode, offset, entries = _metrics_read.get(path, (None, 0, []))
+        if inode != stat.st_ino or stat.st_size < offset:
+            offset, entries = 0, []
+        added = []
+        with path.open("rb") as f:
+            f.seek(offset)
+            for line in f.read(stat.st_size - offset).splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break  # being appended: left for the next read
+                try:
+                    added.append(json.loads(line))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    break  # torn; train's own reader (callbacks.logged_lines) stops at it the same way
+                offset += len(line)
+        entries = entries + added if added else entries  # a new list: a caller may still hold the old one
+        _metrics_read[path] = (stat.st_ino, offset, entries)
+        return entries
 
 
 def log_tail(run: Path, kind: str, lines: int = 40) -> str:

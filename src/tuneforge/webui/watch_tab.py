@@ -23,18 +23,27 @@ CURVES = {
 }
 PLOTS = ("loss", "lr", "grad_norm", "tokens_s", "memory")
 COLORS = {"train": "#ea580c", "validation": "#2563eb"}
+MAX_POINTS = 1000  # per series (see frames)
 
 
 def frames(entries: list[dict[str, Any]]) -> dict[str, pd.DataFrame | None]:
-    """One long-format frame (step, value, series) per plot; None for a plot with no points yet (see _plot)."""
-    rows: dict[str, list[tuple[int, float, str]]] = {plot: [] for plot in PLOTS}
+    """One long-format frame (step, value, series) per plot; None for a plot with no points yet (see _plot).
+
+    A series longer than MAX_POINTS is thinned to every k-th point plus its last: a page redraws every plot at each
+    refresh, and 240 px of height do not show more.
+    """
+    rows: dict[tuple[str, str], list[tuple[int, float, str]]] = {}
     for entry in entries:
         for key, (plot, series) in CURVES.items():
             if isinstance(entry.get(key), (int, float)):
-                rows[plot].append((entry["step"], float(entry[key]), series))
+                rows.setdefault((plot, series), []).append((entry["step"], float(entry[key]), series))
+    points: dict[str, list[tuple[int, float, str]]] = {plot: [] for plot in PLOTS}
+    for (plot, _), line in rows.items():
+        stride = -(-len(line) // MAX_POINTS)
+        points[plot] += line[::stride] + ([line[-1]] if (len(line) - 1) % stride else [])
     return {
-        plot: pd.DataFrame(points, columns=["step", "value", "series"]) if points else None
-        for plot, points in rows.items()
+        plot: pd.DataFrame(shown, columns=["step", "value", "series"]) if shown else None
+        for plot, shown in points.items()
     }
 
 
