@@ -142,23 +142,20 @@ class Run:
             "artifacts": {},
         }
 
-    def start(self, cfg: Config, chat_template: str | None, resumed: bool) -> None:
+    def start(self, cfg: Config, chat_template: str | None, resumed: bool, continued: Path | None = None) -> None:
         """Write run.json for a training run starting (rank 0 only): a fresh one, or for a resumed run the new header
         with the artifacts already recorded (still valid until the adapter they were made from changes: stale_reason
-        judges them at their next use)."""
+        judges them at their next use). `continued`: the adapter folder method.adapter names, recorded by
+        fingerprint when the run starts (a resume checks it against the folder: train/run.py)."""
         manifest = self.describe(cfg, chat_template)
         if resumed and self.manifest_file.is_file():
             old = self.manifest()
             manifest["artifacts"] = old["artifacts"]
-            if "adapter" in old["method"]:  # what the run started from (a resume checked it is unchanged)
+            if "adapter" in old["method"]:  # what the run started from (the resume checked it is unchanged)
                 manifest["method"]["adapter"] = old["method"]["adapter"]
-        elif cfg.method.adapter is not None:
-            from tuneforge.model.adapters import continued_adapter
-
+        elif continued is not None:
             # Only a starting run can vouch for it (a manifest rebuilt later would fingerprint whatever is there now).
-            # A resume checks it (train/run.py): its weights started the run and, for DPO/KTO, are the reference.
-            adapter = continued_adapter(cfg.method.adapter)
-            manifest["method"]["adapter"] = {"path": str(adapter.resolve()), "fingerprint": fingerprint(adapter)}
+            manifest["method"]["adapter"] = {"path": str(continued.resolve()), "fingerprint": fingerprint(continued)}
         atomic_write_json(self.manifest_file, manifest)
 
     def manifest(self) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from tuneforge.config import Config, save_config
 from tuneforge.data.prepare import check_data_cache
 from tuneforge.errors import Interrupted, UserError, problems_of
 from tuneforge.io import atomic_dir, atomic_write_json, check_writable
-from tuneforge.model.adapters import check_method
-from tuneforge.rundir import Run
+from tuneforge.model.adapters import check_method, continued_adapter
+from tuneforge.rundir import Run, fingerprint
 from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss, plot_rewards
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
 from tuneforge.train.scratch import own_run_folder
@@ -85,9 +85,6 @@ def check_continued_adapter(cfg: Config, run: Run) -> None:
     """A resumed run continues the adapter it started from: refuse one that changed since (retrained, replaced)."""
     if cfg.method.adapter is None or not run.manifest_file.is_file():
         return
-    from tuneforge.model.adapters import continued_adapter
-    from tuneforge.rundir import fingerprint
-
     recorded = run.manifest()["method"].get("adapter")
     adapter = continued_adapter(cfg.method.adapter)
     if recorded is not None and recorded["fingerprint"] != fingerprint(adapter):
@@ -296,7 +293,8 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
 
     tokenizer = load_tokenizer(cfg.model)
     if procs.is_main:
-        run.start(cfg, tokenizer.chat_template, resumed=resume is not None)
+        continued = continued_adapter(cfg.method.adapter) if cfg.method.adapter is not None else None
+        run.start(cfg, tokenizer.chat_template, resumed=resume is not None, continued=continued)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
         data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
     if cfg.method.objective != "sft" and cfg.data.packing:
