@@ -29,12 +29,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from machine import TINY, machine
+from machine import ASSETS, TINY, machine
 from qlora_memory import release_freed_heap, training_peak, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT.parent / "shared" / "assets" / "model-configs"
+CONFIGS = ASSETS / "model-configs"
 SHAPES = {"tiny": ("Qwen3-0.6B", TINY), "0.6B": ("Qwen3-0.6B", {}), "8B": ("Qwen3-8B", {})}
 METHODS = ("lora", "qlora", "full")
 # What identifies a measured row, so that --resume can skip it.

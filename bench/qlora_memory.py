@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine
+from machine import ASSETS, machine
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
 TOKENIZER = ASSETS / "qwen3-tokenizer"
 QWEN3_0_6B = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
 METHODS = ("lora", "qlora")

@@ -22,12 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from machine import TINY, machine, peak_rss
+from machine import ASSETS, TINY, machine, peak_rss
 from transformers import TrainerCallback
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
 TOKENIZER = ASSETS / "qwen3-tokenizer"
 DATA = ASSETS / "data" / "medical_o1_reasoning_demo.json"
 QWEN3_0_6B = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
