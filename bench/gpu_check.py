@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -39,6 +40,8 @@ BENCH = ROOT / "bench"
 QWEN3_8B = ASSETS / "model-configs" / "Qwen3-8B.config.json"
 MIN_STEP_S = 20  # a step that would get less than this is skipped: it could not finish
 STEP_NAMES = ("throughput", "qlora", "preference", "estimate", "generate")
+# What the steps run on where the device image and the carried wheels (scripts/gpu_bundle.sh) could differ.
+VERSIONS = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "pyarrow", "fsspec", "bitsandbytes")
 
 
 @dataclass
@@ -142,6 +145,14 @@ def run_step(step: Step, out_dir: Path, timeout_s: float, scratch: Path) -> dict
     return record
 
 
+def version_of(name: str) -> str | None:
+    """The installed version of distribution `name`, None where it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def table(records: list[dict]) -> str:
     """Markdown: one line per step."""
     lines = ["| step | status | wall s | result or reason |", "|---|---|---:|---|"]
@@ -169,7 +180,9 @@ def main() -> None:
     summary = {
         "command": " ".join(["python", "bench/gpu_check.py", *sys.argv[1:]]),
         "budget_s": args.budget,
-        "environment": machine("transformers", "peft"),
+        "environment": machine(),
+        # Read from metadata, not imported: a package that fails to import shows in its step, not here.
+        "versions": {name: version_of(name) for name in VERSIONS},
         "steps": [],
     }
     records = summary["steps"]

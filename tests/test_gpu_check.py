@@ -32,6 +32,7 @@ def test_tiny_gpu_check_runs_every_step(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["versions"]["torch"] and summary["versions"]["transformers"]
     assert [s["step"] for s in summary["steps"]] == ["throughput", "qlora", "preference", "estimate", "generate"]
     for step in summary["steps"]:
         assert (step["status"], step["exit_status"]) == ("ok", 0), step
