@@ -20,11 +20,12 @@ cp "$ASSETS/data/medical_o1_reasoning_demo.json" .gpu.tmp/assets/data/
 rm -rf .gpu && mv .gpu.tmp .gpu
 
 # Wheels, at the versions constraints.txt locks (huggingface_hub 2 for transformers 5.24; it needs httpx2, httpx2 needs truststore).
-# The image already holds torch, numpy, pandas, pyarrow, safetensors,
-# tokenizers, typer, rich, pyyaml, psutil, fsspec, xxhash, requests, tqdm, filelock, httpx, packaging: not carried.
+# fsspec too: datasets wants <= 2026.9.0 and the image's version is not known. The image already holds torch, numpy,
+# pandas, pyarrow (>= 24 for datasets: not known, too large to carry), safetensors, tokenizers, typer, rich, pyyaml,
+# psutil, xxhash, requests, tqdm, filelock, httpx, packaging: not carried.
 pin() { grep -i "^$1==" constraints.txt | head -1; }
 WHEELS=(pydantic pydantic_core annotated-types typing-inspection typing_extensions datasets dill multiprocess
-        trl transformers peft accelerate huggingface_hub hf-xet httpx2 httpcore2 truststore)
+        trl transformers peft accelerate huggingface_hub hf-xet httpx2 httpcore2 truststore fsspec)
 rm -rf .whl.tmp && mkdir .whl.tmp
 for name in "${WHEELS[@]}"; do
   spec="$(pin "$name")"
