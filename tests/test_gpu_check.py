@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from conftest import ROOT, needs_assets
@@ -73,3 +74,43 @@ def test_timed_out_and_failed_steps_are_recorded_and_the_next_still_runs(tmp_pat
         gpu_check.Step("write", "write.json", ["write.py"], 30), tmp_path, timeout_s=30, scratch=tmp_path / "s3"
     )
     assert (done["status"], done["exit_status"], done["result"]) == ("ok", 0, "write.json")
+
+
+def fake_wheel(path, files: dict[str, bytes], requires: list[str]) -> None:
+    """A wheel holding `files`, a METADATA with `requires`, and a RECORD listing them all."""
+    metadata = "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {**files, "demo-1.0.dist-info/METADATA": metadata.encode()}
+    record = "".join(f"{name},sha256=x,{len(data)}\n" for name, data in files.items()) + "demo-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in {**files, "demo-1.0.dist-info/RECORD": record.encode()}.items():
+            archive.writestr(name, data)
+
+
+def test_slim_keeps_only_the_matching_native_libraries_and_their_record_lines(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import gpu_wheels
+
+    wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    libs = ["demo/libdemo_cuda118.so", "demo/libdemo_cuda130.so", "demo/libdemo_rocm64.so"]
+    fake_wheel(wheel, {"demo/__init__.py": b"x = 1\n", **dict.fromkeys(libs, b"\0" * 100)}, [])
+    gpu_wheels.slim(wheel, "cuda13")
+    with zipfile.ZipFile(wheel) as archive:
+        names = sorted(archive.namelist())
+        record = archive.read("demo-1.0.dist-info/RECORD").decode().splitlines()
+    kept = ["demo-1.0.dist-info/METADATA", "demo-1.0.dist-info/RECORD", "demo/__init__.py", "demo/libdemo_cuda130.so"]
+    assert names == kept
+    assert sorted(line.split(",")[0] for line in record) == kept
+
+
+def test_check_names_a_need_neither_carried_nor_in_the_image(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import gpu_wheels
+
+    fake_wheel(tmp_path / "demo-1.0-py3-none-any.whl", {}, ["numpy>=1.17", "torch>=2.12", "nowhere-pkg"])
+    with pytest.raises(SystemExit) as exit_:
+        gpu_wheels.check(tmp_path)
+    assert str(exit_.value).splitlines() == [
+        "demo-1.0-py3-none-any.whl needs torch>=2.12: image has 2.11.0",
+        "demo-1.0-py3-none-any.whl needs nowhere-pkg: neither carried nor in the image",
+    ]
+    assert capsys.readouterr().out == "demo-1.0-py3-none-any.whl: numpy>=1.17 from the image (2.5.2)\n"
