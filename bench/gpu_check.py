@@ -39,62 +39,71 @@ from machine import ASSETS, ROOT, machine
 BENCH = ROOT / "bench"
 QWEN3_8B = ASSETS / "model-configs" / "Qwen3-8B.config.json"
 MIN_STEP_S = 20  # a step that would get less than this is skipped: it could not finish
-STEP_NAMES = ("throughput", "qlora", "preference", "estimate", "generate")
+STEP_NAMES = ("base", "throughput", "qlora", "preference", "estimate", "generate")
 # What the steps run on where the device image and the carried wheels (scripts/gpu_bundle.sh) could differ.
 VERSIONS = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "pyarrow", "fsspec", "bitsandbytes")
 
 
 @dataclass
 class Step:
-    """One bench run: its name, result file (in --out-dir), arguments, and timeout in seconds."""
+    """One bench run: its name, result file (in --out-dir; None for the base), arguments, and timeout in seconds."""
 
     name: str
-    result: str
+    result: str | None
     args: list[str]
     timeout_s: int
     skip: str | None = None  # why it does not run here
 
 
-def steps(device: str, tiny: bool, tiny_config: Path) -> list[Step]:
-    """The checks in order of value: the GPU shapes, or with `tiny` the same benches at the smallest sizes."""
+def steps(device: str, tiny: bool, config: Path, base: Path) -> list[Step]:
+    """The checks in order of value: the GPU shapes, or with `tiny` the same benches at the smallest sizes.
+
+    First one random base for `config` (tuneforge's random-init path, as each bench would write it), which the
+    model steps then share: building an 8B one is serial CPU work (69 M parameters/s measured here), so five of
+    them would take the whole budget.
+    """
     bnb = None if importlib.util.find_spec("bitsandbytes") else "skipped: bitsandbytes not installed"
+    shared = ["--base", str(base)]
     if tiny:
         return [
+            Step("base", None, ["qlora_memory.py", "--config", str(config), "--save-base", str(base)], 120),
             Step("throughput", "train_throughput.json",
-                 ["train_throughput.py", "--device", device, "--only", "tiny", "--steps", "1", "--batch", "1"], 120),
+                 ["train_throughput.py", "--device", device, "--only", "tiny", "--steps", "1", "--batch", "1", *shared],
+                 120),
             Step("qlora", "qlora_memory.json",
-                 ["qlora_memory.py", "--config", str(tiny_config), "--seq", "16", "--batch", "1", "--steps", "1"],
+                 ["qlora_memory.py", "--config", str(config), "--seq", "16", "--batch", "1", "--steps", "1", *shared],
                  120, bnb),
             Step("preference", "preference_memory.json",
                  ["preference_memory.py", "--device", device, "--shape", "tiny", "--max-length", "32", "--rows", "2",
-                  "--steps", "1"], 120),
+                  "--steps", "1", *shared], 120),
             Step("estimate", "estimate_accuracy.json",
                  ["estimate_accuracy.py", "--device", device, "--shapes", "tiny", "--methods", "lora",
-                  "--checkpointing", "on", "--layouts", "packed", "--max-length", "32", "--batch", "1", "--steps", "1"],
-                 120),
+                  "--checkpointing", "on", "--layouts", "packed", "--max-length", "32", "--batch", "1", "--steps", "1",
+                  *shared], 120),
             Step("generate", "generate_batch.json",
                  ["generate_batch.py", "--batch-sizes", "1", "2", "--prompts", "2", "--max-tokens", "4", "--repeats",
                   "1"], 120),
         ]  # fmt: skip
-    # Expected on one H200 (16 cores), not yet measured: a process and its imports ~10 s; an 8B random base built
-    # and written (16 GB bf16) ~45 s (docs/performance.md, Estimate accuracy: "about a minute"), loaded onto the GPU
-    # ~15 s; a LoRA step of 16k tokens with checkpointing (~6 × 8.2e9 × 16k FLOPs at ~400 TFLOP/s) ~2 s. So:
-    # throughput 2 configurations × (base + load + ≤ 6 steps + MFU matmuls) ~180 s; qlora one base, then a LoRA and
-    # a QLoRA worker (quantizing while loading) ~150 s; preference one base, 2 workers ~125 s; estimate one base, one
-    # row ~90 s; generate ~20 s: ~565 s, over the 450 s budget, so the last steps may be skipped (out of budget) and
-    # then run in a second call with --only. Timeouts: about 1.3× these.
+    # Expected on one H200 (16 cores), not yet measured: a process and its imports ~10 s; the 8B base (8.2e9
+    # parameters built serially at ~100 M/s, then 16 GB written) ~110 s; loading it onto the GPU from the page cache
+    # ~15 s; a LoRA step of 16k tokens with checkpointing (~6 × 8.2e9 × 16k FLOPs at ~400 TFLOP/s) ~2 s. So: base
+    # ~110 s; throughput 2 configurations × (load + ≤ 6 steps + MFU matmuls) ~90 s; qlora a LoRA and a QLoRA worker
+    # (quantizing while loading) ~95 s; preference 2 workers ~60 s; estimate one row ~35 s; generate ~20 s: ~410 s
+    # of the 450 s budget. Timeouts: about 1.3× to 1.8× these.
     return [
+        Step("base", None, ["qlora_memory.py", "--config", str(config), "--save-base", str(base)], 200),
         Step("throughput", "train_throughput.json",
-             ["train_throughput.py", "--device", device, "--model-config", str(QWEN3_8B), "--only", "@2048",
-              "--steps", "6", "--batch", "8"], 240),
+             ["train_throughput.py", "--device", device, "--model-config", str(config), "--only", "@2048",
+              "--steps", "6", "--batch", "8", *shared], 150),
         Step("qlora", "qlora_memory.json",
-             ["qlora_memory.py", "--config", str(QWEN3_8B), "--seq", "2048", "--batch", "1", "--steps", "3"], 200, bnb),
+             ["qlora_memory.py", "--config", str(config), "--seq", "2048", "--batch", "1", "--steps", "3", *shared],
+             150, bnb),
         Step("preference", "preference_memory.json",
              ["preference_memory.py", "--device", device, "--shape", "8B", "--max-length", "2048", "--rows", "2",
-              "--steps", "2", "--checkpointing"], 160),
+              "--steps", "2", "--checkpointing", *shared], 100),
         Step("estimate", "estimate_accuracy.json",
              ["estimate_accuracy.py", "--device", device, "--shapes", "8B", "--methods", "lora", "--checkpointing",
-              "on", "--layouts", "packed", "--max-length", "2048", "--batch", "2", "--steps", "2"], 120),
+              "on", "--layouts", "packed", "--max-length", "2048", "--batch", "2", "--steps", "2", *shared], 80),
         Step("generate", "generate_batch.json",
              ["generate_batch.py", "--batch-sizes", "1", "8", "32", "--prompts", "32", "--max-tokens", "64"], 40),
     ]  # fmt: skip
@@ -106,7 +115,8 @@ def run_step(step: Step, out_dir: Path, timeout_s: float, scratch: Path) -> dict
     The step's temporary files go under `scratch`, removed afterwards: a killed bench leaves its 16 GB random base
     behind, and three of them would fill the device's 64 GiB disk.
     """
-    command = [sys.executable, str(BENCH / step.args[0]), *step.args[1:], "--out", str(out_dir / step.result)]
+    out = ["--out", str(out_dir / step.result)] if step.result else []
+    command = [sys.executable, str(BENCH / step.args[0]), *step.args[1:], *out]
     record = {"step": step.name, "command": " ".join(["python", f"bench/{step.args[0]}", *step.args[1:]])}
     tail: collections.deque[str] = collections.deque(maxlen=30)
     start = time.perf_counter()
@@ -137,11 +147,11 @@ def run_step(step: Step, out_dir: Path, timeout_s: float, scratch: Path) -> dict
     record["exit_status"] = status
     if status is None:
         record |= {"status": "timed out", "reason": f"timed out after {timeout_s:.0f} s", "output_tail": list(tail)}
-    elif status != 0 or not (out_dir / step.result).is_file():
+    elif status != 0 or (step.result and not (out_dir / step.result).is_file()):
         reason = f"exit status {status}" if status else f"exit status 0 but no {step.result}"
         record |= {"status": "failed", "reason": reason, "output_tail": list(tail)}
     else:
-        record |= {"status": "ok", "result": step.result}
+        record |= {"status": "ok", "result": step.result or "(the shared base)"}
     return record
 
 
@@ -187,19 +197,27 @@ def main() -> None:
     }
     records = summary["steps"]
     with tempfile.TemporaryDirectory(prefix="tf-gpu-check-") as work:
-        tiny_config = Path(work) / "tiny.config.json"
-        tiny_config.write_text(json.dumps(shape_config("tiny")))
-        for step in steps(args.device, args.tiny, tiny_config):
+        config = QWEN3_8B
+        if args.tiny:
+            config = Path(work) / "tiny.config.json"
+            config.write_text(json.dumps(shape_config("tiny")))
+        wanted, base_written = set(args.only or STEP_NAMES), False
+        if wanted - {"generate"}:
+            wanted.add("base")  # every other step trains on the shared base
+        for step in steps(args.device, args.tiny, config, Path(work) / "base"):
             left = deadline - time.perf_counter()
-            if args.only and step.name not in args.only:
+            if step.name not in wanted:
                 continue
             if step.skip:
                 records.append({"step": step.name, "status": "skipped", "reason": step.skip})
+            elif "--base" in step.args and not base_written:
+                records.append({"step": step.name, "status": "skipped", "reason": "the shared base was not written"})
             elif left < MIN_STEP_S:
                 records.append({"step": step.name, "status": "skipped", "reason": f"out of budget ({left:.0f} s left)"})
             else:
                 print(f"== {step.name}: timeout {min(step.timeout_s, left):.0f} s, {left:.0f} s left", flush=True)
-                records.append(run_step(step, args.out_dir, min(step.timeout_s, left), Path(work) / step.name))
+                records.append(run_step(step, args.out_dir, min(step.timeout_s, left), Path(work) / "tmp" / step.name))
+                base_written |= step.name == "base" and records[-1]["status"] == "ok"
             print(f"== {step.name}: {records[-1]['status']}", flush=True)
             atomic_write_json(args.out_dir / "gpu_check.json", summary)  # kept if the call is cut short
     print(table(records))

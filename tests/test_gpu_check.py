@@ -34,9 +34,22 @@ def test_tiny_gpu_check_runs_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["versions"]["torch"] and summary["versions"]["transformers"]
-    assert [s["step"] for s in summary["steps"]] == ["throughput", "qlora", "preference", "estimate", "generate"]
-    for step in summary["steps"]:
+    assert [s["step"] for s in summary["steps"]] == [
+        "base",
+        "throughput",
+        "qlora",
+        "preference",
+        "estimate",
+        "generate",
+    ]
+    base, *benches = summary["steps"]
+    assert (base["status"], base["exit_status"], base["result"]) == ("ok", 0, "(the shared base)")
+    for step in benches:
         assert (step["status"], step["exit_status"]) == ("ok", 0), step
+        # Every model step trains on the one base written first; generate runs the tests' tiny model.
+        assert step["command"].endswith(" --base " + base["command"].split(" --save-base ")[1]) == (
+            step["step"] != "generate"
+        )
         result = json.loads((tmp_path / step["result"]).read_text())
         assert RESULT_KEYS[step["result"]] <= result.keys(), step["result"]
         assert step["command"].startswith(f"python bench/{step['result'].removesuffix('.json')}.py ")
