@@ -1,18 +1,19 @@
 """The GPU checks in one command: each bench as a subprocess with its own timeout, inside one wall-clock budget.
 
-Most valuable first: (1) LoRA training throughput and peak memory on the Qwen3-8B shape (train_throughput.py),
-(2) QLoRA 8B peak memory at 2,048 tokens (qlora_memory.py; recorded as skipped where bitsandbytes is not installed),
-(3) DPO against SFT peak memory on the 8B shape (preference_memory.py), (4) `tuneforge estimate` against measured
-memory for 8B rows (estimate_accuracy.py), (5) batched generation on the tiny model (generate_batch.py). A failed or
-timed-out step does not stop the others; a step that would start with under MIN_STEP_S left is skipped. Each
-step writes its JSON into --out-dir (flat names, at most 8 files with the summary and a log: the device returns no
-more); gpu_check.json there records per step the command, wall seconds, exit status and result file, or the reason;
-the exit status is 1 when a step failed or timed out.
+First one random base that the model steps share (see steps()). Then, most valuable first: (1) LoRA training
+throughput and peak memory on the Qwen3-8B shape (train_throughput.py), (2) QLoRA 8B peak memory at 2,048 tokens
+(qlora_memory.py; recorded as skipped where bitsandbytes is not installed), (3) DPO against SFT peak memory on the
+8B shape (preference_memory.py), (4) `tuneforge estimate` against measured memory for an 8B row
+(estimate_accuracy.py), (5) batched generation on the tiny model (generate_batch.py). A failed or timed-out step
+does not stop the others; a step that would start with under MIN_STEP_S left is skipped. Each step writes its JSON
+into --out-dir (flat names, at most 8 files with the summary and a log: the device returns no more); gpu_check.json
+there records per step the command, wall seconds, exit status and result file, or the reason; the exit status is 1
+when a step failed or timed out.
 
     python bench/gpu_check.py --device cuda               # the device call (scripts/gpu_bundle.sh prints it)
     python bench/gpu_check.py --device cpu --tiny --out-dir /tmp/check   # the same steps, tiny shapes, on the CPU
 
-Each step's timeout is its expected time on one H200 with about 1.3× margin (see steps(); docs/performance.md).
+Each step's timeout is its expected time on one H200 with a margin (see steps(); docs/performance.md).
 """
 
 from __future__ import annotations
