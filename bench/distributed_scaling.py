@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import yaml
-from machine import machine
+from machine import ASSETS, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "assets" / "data" / "medical_o1_reasoning_demo.json"
+DATA = ASSETS / "data" / "medical_o1_reasoning_demo.json"
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny Qwen3 the tests use (conftest.make_tiny_qwen3)
 
 

@@ -29,12 +29,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from machine import TINY, machine
+from machine import ASSETS, TINY, machine
 from qlora_memory import release_freed_heap, training_peak, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT.parent / "shared" / "assets" / "model-configs"
+CONFIGS = ASSETS / "model-configs"
 SHAPES = {"tiny": ("Qwen3-0.6B", TINY), "0.6B": ("Qwen3-0.6B", {}), "8B": ("Qwen3-8B", {})}
 METHODS = ("lora", "qlora", "full")
 # What identifies a measured row, so that --resume can skip it.
@@ -200,6 +200,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "estimate_accuracy.json")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, measure the others")
     parser.add_argument("--rescore", type=Path, help="recompute the estimates of a results JSON (measurements kept)")
+    parser.add_argument(
+        "--base", type=Path, help="random weights already written for the one shape (default: write them here)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -208,6 +211,8 @@ def main() -> None:
     if args.rescore:
         rescore(args.rescore, args.device)
         return
+    if args.base and len(args.shapes) > 1:
+        parser.error("--base serves one shape: give one --shapes")
     if args.device == "cpu":
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the workers; see the docstring
     from tuneforge.io import atomic_write_json
@@ -242,10 +247,11 @@ def main() -> None:
             specs = [s for s in specs if tuple(s[k] for k in ROW_KEYS) not in done]
             if not specs:
                 continue
-            config = Path(work) / f"{shape}.config.json"
-            config.write_text(json.dumps(shape_config(shape)))
-            base = Path(work) / shape
-            write_base(config, base, "auto", None)
+            base = args.base or Path(work) / shape
+            if not args.base:
+                config = Path(work) / f"{shape}.config.json"
+                config.write_text(json.dumps(shape_config(shape)))
+                write_base(config, base, "auto", None)
             for spec in specs:
                 spec |= {"model": str(base), "out": str(Path(work) / "run")}
                 row = {**spec, **run_worker(__file__, spec, f"{shape} {spec['method']}")}

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import ROOT, command, tiny_model_parser, tiny_model_setup
+from machine import ASSETS, command, tiny_model_parser, tiny_model_setup
 
 TARGET_S = 60.0
 
@@ -22,7 +22,7 @@ TARGET_S = 60.0
 def main() -> None:
     parser = tiny_model_parser(__doc__, "eval_mcq")
     parser.add_argument("--questions", type=int, default=200)
-    parser.add_argument("--cmmlu", type=Path, default=ROOT.parent / "shared" / "assets" / "eval" / "cmmlu")
+    parser.add_argument("--cmmlu", type=Path, default=ASSETS / "eval" / "cmmlu")
     args = parser.parse_args()
     host = tiny_model_setup(args, "transformers", "peft")
 

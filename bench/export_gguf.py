@@ -20,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from machine import ASSETS
+
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
 CONFIG = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
 RESULTS = ROOT / "bench" / "results" / "export_gguf.json"
 

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The real tokenizer, model configs and datasets: ../shared/assets beside the checkout, or $TUNEFORGE_ASSETS where
+# they travel elsewhere (the GPU check carries a copy in .gpu/assets, scripts/gpu_bundle.sh). Same as tests/conftest.py.
+ASSETS = Path(os.environ.get("TUNEFORGE_ASSETS", ROOT.parent / "shared" / "assets")).absolute()
 # The test suite's tiny Qwen3 (tests/conftest.py) on the 0.6B config: real vocabulary, toy width and depth.
 TINY = {
     "hidden_size": 64,

@@ -150,6 +150,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preference_memory.json")
+    parser.add_argument(
+        "--base", type=Path, help="random weights already written for this shape (default: write them here)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -161,10 +164,11 @@ def main() -> None:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the workers; see the docstring
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf-preference-bench-") as work:
-        config = Path(work) / "config.json"
-        config.write_text(json.dumps(shape_config(args.shape)))
-        base = Path(work) / "base"
-        write_base(config, base, "auto", None)
+        base = args.base or Path(work) / "base"
+        if not args.base:
+            config = Path(work) / "config.json"
+            config.write_text(json.dumps(shape_config(args.shape)))
+            write_base(config, base, "auto", None)
         for objective in OBJECTIVES:
             spec = {
                 "model": str(base),

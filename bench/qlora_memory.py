@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine
+from machine import ASSETS, machine
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
 TOKENIZER = ASSETS / "qwen3-tokenizer"
 QWEN3_0_6B = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
 METHODS = ("lora", "qlora")
@@ -232,16 +231,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; the fastest counts")
     parser.add_argument("--dtype", default="auto", help="model.dtype (auto: bf16 on Ampere+ GPUs, fp32 on CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "qlora_memory.json")
+    parser.add_argument(
+        "--base", type=Path, help="random weights already written for this shape (default: write them here)"
+    )
+    parser.add_argument("--save-base", type=Path, help="only write the random base for --config to this folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    if args.save_base:
+        write_base(args.config, args.save_base, args.dtype, args.layers)
+        return
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf-qlora-bench-") as work:
-        model = Path(work) / "base"
-        write_base(args.config, model, args.dtype, args.layers)
+        model = args.base or Path(work) / "base"
+        if not args.base:
+            write_base(args.config, model, args.dtype, args.layers)
         for batch in args.batch:
             for method in METHODS:
                 spec = {

@@ -22,12 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from machine import TINY, machine, peak_rss
+from machine import ASSETS, TINY, machine, peak_rss
 from transformers import TrainerCallback
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
 TOKENIZER = ASSETS / "qwen3-tokenizer"
 DATA = ASSETS / "data" / "medical_o1_reasoning_demo.json"
 QWEN3_0_6B = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
@@ -67,10 +66,12 @@ def jobs(args) -> list[Job]:
     ]
 
 
-def job_config(job: Job, overrides: dict[str, Any], model_dir: Path, work: Path) -> dict[str, Any]:
-    """The raw tuneforge config of `job` under one configuration's overrides."""
+def job_config(
+    job: Job, overrides: dict[str, Any], model_dir: Path, work: Path, init: str = "random"
+) -> dict[str, Any]:
+    """The raw tuneforge config of `job` under one configuration's overrides (`init`: random, or a written base)."""
     raw = {
-        "model": {"name_or_path": str(model_dir), "init": "random", "tokenizer": str(TOKENIZER)},
+        "model": {"name_or_path": str(model_dir), "init": init, "tokenizer": str(TOKENIZER)},
         "data": {
             "datasets": [{"path": str(DATA), "max_samples": job.batch * job.steps}],
             "max_length": job.max_length,
@@ -149,9 +150,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from tuneforge.train.run import train
 
     job, work = Job(**spec["job"]), Path(spec["work"])
-    model_dir = work / "model"
-    Qwen3Config(**job.model).save_pretrained(model_dir)
-    cfg = validate(job_config(job, spec["overrides"], model_dir, work))
+    if spec["base"]:
+        cfg = validate(job_config(job, spec["overrides"], Path(spec["base"]), work, init="pretrained"))
+    else:
+        Qwen3Config(**job.model).save_pretrained(work / "model")
+        cfg = validate(job_config(job, spec["overrides"], work / "model", work))
     meter = TrainingMeter()
     run = train(cfg, callbacks=[meter], log=lambda *_: None)
     summary = json.loads(run.summary.read_text())
@@ -183,10 +186,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_configuration(job: Job, label: str, device: str) -> dict[str, Any]:
-    """Run one configuration of `job` in a fresh process; its result."""
+def run_configuration(job: Job, label: str, device: str, base: Path | None) -> dict[str, Any]:
+    """Run one configuration of `job` in a fresh process (on the random base `base` if given); its result."""
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as work:
         spec = {"job": asdict(job), "overrides": CONFIGURATIONS[label], "work": work, "device": device}
+        spec["base"] = str(base) if base else None
         return run_worker(__file__, spec, f"{job.name} / {label}")
 
 
@@ -221,6 +225,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration; the fastest counts")
     parser.add_argument("--only", help="run only the jobs whose name contains this")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_throughput.json")
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="random weights already written for the jobs' shape (default: each run writes its own)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -228,12 +237,15 @@ def main() -> None:
         return
     if args.device == "cuda" and not args.model_config:
         parser.error("--device cuda needs --model-config PATH (e.g. Qwen3-8B.config.json)")
+    selected = [j for j in jobs(args) if not args.only or args.only in j.name]
+    if args.base and len({json.dumps(j.model, sort_keys=True) for j in selected}) > 1:
+        parser.error("--base serves one shape: pick its jobs with --only")
 
     rows = []
-    for job in (j for j in jobs(args) if not args.only or args.only in j.name):
+    for job in selected:
         for label in CONFIGURATIONS:
             # Repeats alternate with nothing else: on a shared machine the fastest run is the least disturbed.
-            runs = [run_configuration(job, label, args.device) for _ in range(args.repeat)]
+            runs = [run_configuration(job, label, args.device, args.base) for _ in range(args.repeat)]
             best = max(runs, key=lambda r: r["loss_tokens_per_s"])
             rows.append(
                 {

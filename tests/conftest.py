@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+# ../shared/assets, or $TUNEFORGE_ASSETS where they travel elsewhere (same as bench/machine.py).
+ASSETS = Path(os.environ.get("TUNEFORGE_ASSETS", ROOT.parent / "shared" / "assets")).absolute()
 TOKENIZER_DIR = ASSETS / "qwen3-tokenizer"
 DATA_DIR = ASSETS / "data"
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ASSETS
 
 from tuneforge.errors import UserError
 from tuneforge.export.ollama import export_ollama
 
-QWEN2_VOCAB_GGUF = Path(__file__).resolve().parents[1].parent / "shared/assets/llama.cpp-vocab/ggml-vocab-qwen2.gguf"
+QWEN2_VOCAB_GGUF = ASSETS / "llama.cpp-vocab" / "ggml-vocab-qwen2.gguf"
 
 
 # --- a small Go text/template renderer: the subset QWEN3_TEMPLATE uses, with Go's semantics -------------------
