@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import ASSETS, TINY, machine
-from qlora_memory import release_freed_heap, training_peak, write_base
+from qlora_memory import add_base_flag, release_freed_heap, training_peak, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,9 +200,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "estimate_accuracy.json")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, measure the others")
     parser.add_argument("--rescore", type=Path, help="recompute the estimates of a results JSON (measurements kept)")
-    parser.add_argument(
-        "--base", type=Path, help="random weights already written for the one shape (default: write them here)"
-    )
+    add_base_flag(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -247,11 +245,7 @@ def main() -> None:
             specs = [s for s in specs if tuple(s[k] for k in ROW_KEYS) not in done]
             if not specs:
                 continue
-            base = args.base or Path(work) / shape
-            if not args.base:
-                config = Path(work) / f"{shape}.config.json"
-                config.write_text(json.dumps(shape_config(shape)))
-                write_base(config, base, "auto", None)
+            base = args.base or write_base(shape_config(shape), Path(work) / shape)
             for spec in specs:
                 spec |= {"model": str(base), "out": str(Path(work) / "run")}
                 row = {**spec, **run_worker(__file__, spec, f"{shape} {spec['method']}")}

@@ -27,7 +27,7 @@ from typing import Any
 
 from estimate_accuracy import SHAPES, rss, shape_config
 from machine import machine
-from qlora_memory import TOKENIZER, release_freed_heap, training_peak, write_base
+from qlora_memory import TOKENIZER, add_base_flag, release_freed_heap, training_peak, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,9 +150,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preference_memory.json")
-    parser.add_argument(
-        "--base", type=Path, help="random weights already written for this shape (default: write them here)"
-    )
+    add_base_flag(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -164,11 +162,7 @@ def main() -> None:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the workers; see the docstring
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf-preference-bench-") as work:
-        base = args.base or Path(work) / "base"
-        if not args.base:
-            config = Path(work) / "config.json"
-            config.write_text(json.dumps(shape_config(args.shape)))
-            write_base(config, base, "auto", None)
+        base = args.base or write_base(shape_config(args.shape), Path(work) / "base")
         for objective in OBJECTIVES:
             spec = {
                 "model": str(base),

@@ -34,20 +34,29 @@ QWEN3_0_6B = ASSETS / "model-configs" / "Qwen3-0.6B.config.json"
 METHODS = ("lora", "qlora")
 
 
-def write_base(config_json: Path, folder: Path, dtype: str, layers: int | None) -> None:
-    """Random weights for `config_json` (with `layers` decoder layers if given), by tuneforge's random-init path."""
+def write_base(config: Path | dict, folder: Path, dtype: str = "auto", layers: int | None = None) -> Path:
+    """Random weights for `config` (a config.json, or its contents; `layers` decoder layers if given) in `folder`,
+    by tuneforge's random-init path; returns `folder`."""
     from transformers import AutoTokenizer
 
     from tuneforge.config import ModelConfig
     from tuneforge.model.load import save_random_base
 
-    config = json.loads(config_json.read_text())
+    config = dict(json.loads(config.read_text()) if isinstance(config, Path) else config)
     config["num_hidden_layers"] = layers or config["num_hidden_layers"]
-    source = folder.with_name("config-only")
+    source = folder.with_name(f"{folder.name}-config")  # one per base: several bases may share a parent
     source.mkdir()
     (source / "config.json").write_text(json.dumps(config))
     cfg = ModelConfig(name_or_path=str(source), init="random", dtype=dtype)
     save_random_base(cfg, folder, AutoTokenizer.from_pretrained(TOKENIZER), seed=0)
+    return folder
+
+
+def add_base_flag(parser: argparse.ArgumentParser) -> None:
+    """--base: the random weights a bench would write, already written (bench/gpu_check.py shares one base)."""
+    parser.add_argument(
+        "--base", type=Path, help="random weights already written for this shape (default: write them here)"
+    )
 
 
 class RssPeak:
@@ -231,9 +240,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; the fastest counts")
     parser.add_argument("--dtype", default="auto", help="model.dtype (auto: bf16 on Ampere+ GPUs, fp32 on CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "qlora_memory.json")
-    parser.add_argument(
-        "--base", type=Path, help="random weights already written for this shape (default: write them here)"
-    )
+    add_base_flag(parser)
     parser.add_argument("--save-base", type=Path, help="only write the random base for --config to this folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -246,9 +253,7 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf-qlora-bench-") as work:
-        model = args.base or Path(work) / "base"
-        if not args.base:
-            write_base(args.config, model, args.dtype, args.layers)
+        model = args.base or write_base(args.config, Path(work) / "base", args.dtype, args.layers)
         for batch in args.batch:
             for method in METHODS:
                 spec = {
