@@ -24,15 +24,18 @@ rm -rf .gpu && mv .gpu.tmp .gpu
 # pandas, pyarrow (>= 24 for datasets: not known, too large to carry), safetensors, tokenizers, typer, rich, pyyaml,
 # psutil, xxhash, requests, tqdm, filelock, httpx, packaging: not carried.
 pin() { grep -i "^$1==" constraints.txt | head -1; }
+fetch() {  # fetch DIR SPEC: the CPython 3.12 manylinux x86_64 wheel of SPEC, alone
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$1" "$2"
+}
 WHEELS=(pydantic pydantic_core annotated-types typing-inspection typing_extensions datasets dill multiprocess
         trl transformers peft accelerate huggingface_hub hf-xet httpx2 httpcore2 truststore fsspec)
 rm -rf .whl.tmp && mkdir .whl.tmp
 for name in "${WHEELS[@]}"; do
   spec="$(pin "$name")"
   [ -n "$spec" ] || { echo "no pin for $name in constraints.txt" >&2; exit 1; }
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl.tmp "$spec"
+  fetch .whl.tmp "$spec"
 done
 
 tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
@@ -41,9 +44,7 @@ sized() { du -cb "$@" | tail -1 | cut -f1; }
 # left out (the QLoRA step then records "skipped: bitsandbytes not installed").
 bnb="$(pin bitsandbytes)"
 mkdir -p .bnb.tmp
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d .bnb.tmp "$bnb"
+fetch .bnb.tmp "$bnb"
 without=$((tracked + $(sized .gpu .whl.tmp)))
 bnb_note="whole wheel carried ($(sized .bnb.tmp) bytes)"
 if [ $((without + $(sized .bnb.tmp))) -gt $LIMIT ]; then
