@@ -590,6 +590,11 @@ def export_ollama_command(
     typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
 
 
+from tuneforge.commands.config_import import config_import  # noqa: E402
+
+config_app.command("import")(user_errors(config_import))
+
+
 def main() -> None:
     """Console entry point."""
     app()

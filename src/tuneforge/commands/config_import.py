@@ -1,0 +1,45 @@
+"""`tuneforge config import`: another tool's config or command line → a tuneforge config and a report beside it.
+
+Registered in tuneforge.cli, which wraps it in user_errors (imported from there, this module would be circular).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def config_import(
+    file: Annotated[Path, typer.Argument(help="LLaMA-Factory YAML, or a script with llamafactory-cli / swift sft / "
+                                              "swift rlhf.")],
+    dataset_info: Annotated[
+        Path | None, typer.Option(help="LLaMA-Factory's dataset_info.json (default: dataset_dir/dataset_info.json).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the tuneforge config.")] = Path("tuneforge.yaml"),
+    source: Annotated[
+        str | None, typer.Option("--from", help="llamafactory or swift (default: told by the file).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="key.sub=value applied to the written config (repeatable).")
+    ] = None,
+    check_data: Annotated[bool, typer.Option(help="Load and render every dataset and report kept/dropped.")] = True,
+) -> None:
+    """Write a tuneforge config equivalent to a LLaMA-Factory config or an ms-swift command line, and a report."""
+    from tuneforge.errors import UserError
+    from tuneforge.importers.convert import TOOLS, import_config, write_import
+
+    if source is not None and source not in TOOLS:
+        raise UserError(f"--from {source}: expected one of {', '.join(TOOLS)}")
+    raw, cfg, report = import_config(file, source, dataset_info, overrides)  # type: ignore[arg-type]
+    if check_data:
+        from tuneforge.importers.data_check import check_datasets
+
+        check_datasets(cfg, report)
+    md, _ = write_import(raw, report, out)
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    report.print_table(console)
+    console.print(f"wrote {out} and its report {md}; check it with: tuneforge config check {out}")
