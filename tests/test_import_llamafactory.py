@@ -168,3 +168,57 @@ def test_imported_example_trains_two_steps_on_the_tiny_model(example, extra, tin
     run = train(load_config(out), log=lambda *_: None)
     metrics = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2
+
+
+def _with_template(tmp_path, template: str) -> Path:
+    source = yaml.safe_load((LF / "examples/train_lora/qwen3_lora_sft.yaml").read_text())
+    source["template"] = template
+    path = tmp_path / f"{template}.yaml"
+    path.write_text(yaml.safe_dump(source))
+    return path
+
+
+@needs_assets
+@pytest.mark.parametrize(
+    "template, thinking, same, difference",
+    [
+        # LLaMA-Factory's qwen3 trains the empty think block, as data.thinking: keep_empty does: the same text; it
+        # also trains the newline after <|im_end|>, which tuneforge (and TRL) leave to the template
+        ("qwen3", "keep_empty", "91 of 91 conversations render the same text, 0 the same trained text",
+         "first trained text difference at character 119: tuneforge 'you today?<|im_end|>' vs LLaMA-Factory "
+         "'you today?<|im_end|>\\n'"),
+        # qwen3_nothink renders no think block; the Qwen3 hybrid template puts an empty one on the prompt side
+        ("qwen3_nothink", "auto", "0 of 91 conversations render the same text, 0 the same trained text",
+         "first text difference at character 52: tuneforge 'im_start|>assistant\\n<think>\\n\\n</think>\\n\\nHello! I am'"
+         " vs LLaMA-Factory 'im_start|>assistant\\nHello! I am {{name}}, an AI as'"),
+    ],
+)
+def test_report_compares_llamafactory_rendering_with_the_qwen3_template(template, thinking, same, difference, tmp_path):
+    from conftest import TOKENIZER_DIR
+
+    from tuneforge.importers.data_check import check_datasets
+
+    _, cfg, report = import_config(
+        _with_template(tmp_path, template), dataset_info=INFO, overrides=[f"model.tokenizer={TOKENIZER_DIR}"]
+    )
+    assert cfg.data.thinking == thinking
+    check_datasets(cfg, report)
+    identity, alpaca = report.datasets
+    assert (identity.kept, identity.dropped, alpaca.kept) == (91, {}, 20)
+    assert f"LLaMA-Factory template {template}: {same}" in identity.notes
+    assert difference in identity.notes
+
+
+@needs_assets
+def test_report_counts_records_dropped_by_max_length(tmp_path):
+    from conftest import TOKENIZER_DIR
+
+    from tuneforge.importers.data_check import check_datasets
+
+    sets = [f"model.tokenizer={TOKENIZER_DIR}", "data.max_length=64", "data.truncation=drop"]
+    _, cfg, report = import_config(LF / "examples/train_lora/qwen3_lora_sft.yaml", dataset_info=INFO, overrides=sets)
+    check_datasets(cfg, report)
+    identity = report.datasets[0]
+    dropped = identity.dropped["longer than data.max_length 64"]
+    assert identity.kept > 0 and dropped > 0 and identity.kept + dropped == 91
+    assert f"- kept {identity.kept}, dropped: {dropped} longer than data.max_length 64" in report.to_markdown()
