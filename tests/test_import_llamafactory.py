@@ -145,6 +145,7 @@ def test_set_overrides_are_applied_and_reported():
 
 
 @needs_assets
+@pytest.mark.slow  # 2 steps each, but torch start-up and tokenizing: 60-200 s on 2 shared cores
 @pytest.mark.parametrize(
     "example, extra",
     [
@@ -161,7 +162,7 @@ def test_imported_example_trains_two_steps_on_the_tiny_model(example, extra, tin
     out = tmp_path / "tuneforge.yaml"
     sets = [f"model.name_or_path={tiny_qwen3_dir}", "train.max_steps=2", f"output.dir={tmp_path / 'run'}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.max_length=256", "train.per_device_batch_size=2",
-            "train.gradient_accumulation=1", *extra]
+            "train.gradient_accumulation=1", "data.num_proc=1", *extra]
     args = ["config", "import", str(LF / example), "--dataset-info", str(INFO), "--out", str(out)]
     result = cli(*args, *(a for s in sets for a in ("--set", s)))
     assert result.exit_code == 0, result.output

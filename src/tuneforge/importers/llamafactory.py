@@ -40,7 +40,10 @@ def _stage(draft: Draft, key: str, value: Any) -> None:
     if value in REFUSED_STAGES:
         draft.report.refuse(key, value, REFUSED_STAGES[value])
     elif value in OBJECTIVES:
-        draft.set("method.objective", OBJECTIVES[value])
+        # stage dpo trains the objective pref_loss names (orpo and simpo too), whichever key comes first
+        loss = draft.args.get("pref_loss", "sigmoid")
+        objective = PREF_LOSSES[loss][0] if value == "dpo" and loss in PREF_LOSSES else OBJECTIVES[value]
+        draft.set("method.objective", objective)
         draft.report.add(key, value, "mapped", "method.objective")
     else:
         draft.report.refuse(key, value, "unknown stage (sft, dpo, kto are imported)")
@@ -50,9 +53,7 @@ def _pref_loss(draft: Draft, key: str, value: Any) -> None:
     if value not in PREF_LOSSES:
         draft.report.refuse(key, value, f"pref_loss {value} (tuneforge has {', '.join(PREF_LOSSES)})")
         return
-    objective, loss = PREF_LOSSES[value]
-    if draft.args.get("stage") == "dpo":
-        draft.set("method.objective", objective)
+    objective, loss = PREF_LOSSES[value]  # the objective is set with stage
     if loss:
         draft.set("method.dpo_loss", loss)
     draft.report.add(key, value, "mapped", f"method.objective: {objective}" + (f", method.dpo_loss: {loss}" if loss
