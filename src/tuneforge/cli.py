@@ -593,6 +593,9 @@ def export_ollama_command(
 from tuneforge.commands.config_import import config_import  # noqa: E402
 
 config_app.command("import")(user_errors(config_import))
+from tuneforge.commands.download import download_command  # noqa: E402
+
+app.command("download")(user_errors(download_command))
 
 
 def main() -> None:
