@@ -590,9 +590,10 @@ def export_ollama_command(
     typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
 
 
-from tuneforge.commands.config_import import config_import  # noqa: E402
+from tuneforge.commands.config_import import config_export, config_import  # noqa: E402
 
 config_app.command("import")(user_errors(config_import))
+config_app.command("export")(user_errors(config_export))
 from tuneforge.commands.download import download_command  # noqa: E402
 
 app.command("download")(user_errors(download_command))

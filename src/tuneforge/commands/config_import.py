@@ -43,3 +43,18 @@ def config_import(
     console = Console(stderr=True, highlight=False)
     report.print_table(console)
     console.print(f"wrote {out} and its report {md}; check it with: tuneforge config check {out}")
+
+
+def config_export(
+    config: Annotated[Path, typer.Argument(help="tuneforge YAML config.")],
+    to: Annotated[str, typer.Option(help="The tool to write a config for: llamafactory.")] = "llamafactory",
+    out: Annotated[Path, typer.Option(help="Where to write it (dataset_info.json goes beside it).")] = Path(
+        "llamafactory.yaml"
+    ),
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="key.sub=value applied first (repeatable).")] = None,
+) -> None:
+    """Write an equivalent LLaMA-Factory training YAML (and its dataset_info.json), with a report of every key."""
+    from tuneforge.importers.convert import export_config
+
+    md = export_config(config, to, out, overrides)
+    typer.echo(f"wrote {out}, {out.parent / 'dataset_info.json'} and the report {md}")

@@ -74,11 +74,27 @@ def _pruned(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if v not in ({}, None)}
 
 
-def write_import(raw: dict[str, Any], report: ImportReport, out: Path) -> tuple[Path, Path]:
+def write_import(raw: dict[str, Any], report: ImportReport, out: Path, what: str = "import") -> tuple[Path, Path]:
     """Write the config and, beside it, the report as Markdown and JSON (atomically); returns the report paths."""
-    header = f"# Imported from {report.tool} ({report.source}) by `tuneforge config import`; see the report beside it.\n"
+    header = f"# Converted by `tuneforge config {what}` from {report.source} ({report.tool}); see the report beside it.\n"
     atomic_write_text(out, header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-    md, js = report_paths(out)
+    md, js = report_paths(out, what)
     atomic_write_text(md, report.to_markdown())
     atomic_write_text(js, report.to_json())
     return md, js
+
+
+def export_config(config: Path, to: str, out: Path, overrides: list[str] | None = None) -> Path:
+    """Write `config` as another tool's config at `out` (LLaMA-Factory: with dataset_info.json beside it) and the
+    report; returns the report's Markdown path."""
+    import json
+
+    from tuneforge.config import load_config
+    from tuneforge.importers.lf_export import export_llamafactory
+
+    if to != "llamafactory":
+        raise UserError(f"--to {to}: expected llamafactory (the only tool tuneforge exports to)")
+    lf, info, report = export_llamafactory(load_config(config, overrides), str(config))
+    lf["dataset_dir"] = str(out.parent.resolve())
+    atomic_write_text(out.parent / "dataset_info.json", json.dumps(info, ensure_ascii=False, indent=2) + "\n")
+    return write_import(lf, report, out, "export")[0]

@@ -308,6 +308,8 @@ RULES: dict[str, Rule] = {
     "max_grad_norm": to("train.max_grad_norm", float),
     "optim": to("train.optim", str),
     "seed": _seed,
+    "group_by_length": to("data.group_by_length", as_bool),
+    "torch_compile": to("train.compile", as_bool),
     "bf16": _dtype,
     "fp16": _dtype,
     "pure_bf16": _dtype,

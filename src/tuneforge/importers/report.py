@@ -58,7 +58,7 @@ class ImportReport:
     def raise_refusals(self) -> None:
         """One line naming every unsupported feature, when there is any."""
         if self.refusals:
-            raise UserError(f"{self.source}: cannot import from {self.tool}: " + "; ".join(self.refusals))
+            raise UserError(f"{self.source}: cannot convert ({self.tool}): " + "; ".join(self.refusals))
 
     def to_markdown(self) -> str:
         """The report as Markdown: a table of keys, then one section per dataset."""
@@ -105,7 +105,7 @@ def _cell(value: Any) -> str:
     return text.replace("\n", " ").replace("|", "\\|")
 
 
-def report_paths(config_out: Path) -> tuple[Path, Path]:
+def report_paths(config_out: Path, what: str = "import") -> tuple[Path, Path]:
     """Where the report goes beside the written config: tuneforge.yaml → tuneforge.import.md / .json."""
     stem = config_out.with_suffix("")
-    return stem.with_name(stem.name + ".import.md"), stem.with_name(stem.name + ".import.json")
+    return stem.with_name(f"{stem.name}.{what}.md"), stem.with_name(f"{stem.name}.{what}.json")
