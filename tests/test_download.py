@@ -97,10 +97,17 @@ def hub():
 
 
 def tuneforge(endpoint: str, cache, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "0",
-           "HF_HUB_DISABLE_XET": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "tuneforge.cli", "download", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_XET": "1",
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "download", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_model_downloads_through_hf_endpoint_and_resumes_a_dropped_connection(hub, tmp_path):

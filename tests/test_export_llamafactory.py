@@ -19,8 +19,12 @@ ROUND_TRIP = [e for e in EXAMPLES if e not in REFUSED and e.endswith(".yaml")]
 def test_example_survives_import_export_import(example, tmp_path):
     _, first, _ = import_config(LF / example, dataset_info=INFO)
     ours = tmp_path / "tuneforge.yaml"
-    assert cli("config", "import", str(LF / example), "--dataset-info", str(INFO), "--out", str(ours),
-               "--no-check-data").exit_code == 0
+    assert (
+        cli(
+            "config", "import", str(LF / example), "--dataset-info", str(INFO), "--out", str(ours), "--no-check-data"
+        ).exit_code
+        == 0
+    )
     theirs = tmp_path / "lf" / "llamafactory.yaml"
     theirs.parent.mkdir()
     result = cli("config", "export", str(ours), "--to", "llamafactory", "--out", str(theirs))
@@ -41,22 +45,59 @@ def test_example_survives_import_export_import(example, tmp_path):
 
 def test_exported_lora_sft_yaml(tmp_path):
     ours = tmp_path / "tuneforge.yaml"
-    cli("config", "import", str(LF / "examples/train_lora/qwen3_lora_sft.yaml"), "--dataset-info", str(INFO),
-        "--out", str(ours), "--no-check-data")
+    cli(
+        "config",
+        "import",
+        str(LF / "examples/train_lora/qwen3_lora_sft.yaml"),
+        "--dataset-info",
+        str(INFO),
+        "--out",
+        str(ours),
+        "--no-check-data",
+    )
     out = tmp_path / "llamafactory.yaml"
     assert cli("config", "export", str(ours), "--out", str(out)).exit_code == 0
     lf = yaml.safe_load(out.read_text())
-    assert {k: lf[k] for k in ("stage", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
-                               "template", "enable_thinking", "cutoff_len", "learning_rate", "dataset_dir")} == {
-        "stage": "sft", "finetuning_type": "lora", "lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-        "lora_target": "all", "template": "qwen3", "enable_thinking": False, "cutoff_len": 2048,
-        "learning_rate": 1e-4, "dataset_dir": str(tmp_path),
+    assert {
+        k: lf[k]
+        for k in (
+            "stage",
+            "finetuning_type",
+            "lora_rank",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target",
+            "template",
+            "enable_thinking",
+            "cutoff_len",
+            "learning_rate",
+            "dataset_dir",
+        )
+    } == {
+        "stage": "sft",
+        "finetuning_type": "lora",
+        "lora_rank": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "lora_target": "all",
+        "template": "qwen3",
+        "enable_thinking": False,
+        "cutoff_len": 2048,
+        "learning_rate": 1e-4,
+        "dataset_dir": str(tmp_path),
     }
     info = json.loads((tmp_path / "dataset_info.json").read_text())
     assert info["identity_0"] == {
-        "file_name": str(LF / "data/identity.json"), "formatting": "alpaca", "num_samples": 1000,
-        "columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
-                    "history": "history"},
+        "file_name": str(LF / "data/identity.json"),
+        "formatting": "alpaca",
+        "num_samples": 1000,
+        "columns": {
+            "prompt": "instruction",
+            "query": "input",
+            "response": "output",
+            "system": "system",
+            "history": "history",
+        },
     }
 
 

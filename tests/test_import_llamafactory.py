@@ -50,7 +50,9 @@ def test_every_example_is_listed():
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_imports_to_a_checked_config_or_one_line_refusal(example, tmp_path):
     out = tmp_path / "tuneforge.yaml"
-    result = cli("config", "import", str(LF / example), "--dataset-info", str(INFO), "--out", str(out), "--no-check-data")
+    result = cli(
+        "config", "import", str(LF / example), "--dataset-info", str(INFO), "--out", str(out), "--no-check-data"
+    )
     if example in REFUSED:
         assert result.exit_code == 2
         assert result.output.count("error:") == 1 and REFUSED[example] in result.output, result.output
@@ -80,7 +82,11 @@ def test_lora_sft_maps_each_key_and_sets_llamafactory_defaults(tmp_path):
     assert (cfg.train.learning_rate, cfg.train.epochs, cfg.train.lr_scheduler) == (1e-4, 3.0, "cosine")
     assert (cfg.train.per_device_batch_size, cfg.train.gradient_accumulation, cfg.train.warmup_ratio) == (1, 8, 0.1)
     assert cfg.train.gradient_checkpointing and cfg.train.save_total_limit is None
-    assert (cfg.model.dtype, cfg.distributed.timeout_minutes, cfg.output.dir) == ("auto", 3000000, "saves/qwen3-4b/lora/sft")
+    assert (cfg.model.dtype, cfg.distributed.timeout_minutes, cfg.output.dir) == (
+        "auto",
+        3000000,
+        "saves/qwen3-4b/lora/sft",
+    )
     status = {e.key: e.status for e in report.entries}
     assert status["lora_rank"] == "mapped" and status["template"] == "noted" and status["cutoff_len"] == "noted"
     assert status["dataloader_num_workers"] == "dropped" and status["(method.alpha)"] == "noted"
@@ -95,7 +101,10 @@ def test_shell_script_imports_like_the_yaml():
 def test_dpo_stage_and_qlora_quantization():
     _, dpo, _ = import_config(LF / "examples/train_lora/qwen3_lora_dpo.yaml", dataset_info=INFO)
     assert (dpo.method.objective, dpo.method.beta, dpo.method.dpo_loss, dpo.train.learning_rate) == (
-        "dpo", 0.1, "sigmoid", 5e-6
+        "dpo",
+        0.1,
+        "sigmoid",
+        5e-6,
     )
     assert dpo.data.datasets[0].format == "ranking" and dpo.data.datasets[0].path.endswith("dpo_en_demo.json")
     _, q, _ = import_config(LF / "examples/train_qlora/qwen3_lora_sft_bnb_npu.yaml", dataset_info=INFO)
@@ -160,9 +169,17 @@ def test_imported_example_trains_two_steps_on_the_tiny_model(example, extra, tin
     from tuneforge.train.run import train
 
     out = tmp_path / "tuneforge.yaml"
-    sets = [f"model.name_or_path={tiny_qwen3_dir}", "train.max_steps=2", f"output.dir={tmp_path / 'run'}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.max_length=256", "train.per_device_batch_size=2",
-            "train.gradient_accumulation=1", "data.num_proc=1", *extra]
+    sets = [
+        f"model.name_or_path={tiny_qwen3_dir}",
+        "train.max_steps=2",
+        f"output.dir={tmp_path / 'run'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.max_length=256",
+        "train.per_device_batch_size=2",
+        "train.gradient_accumulation=1",
+        "data.num_proc=1",
+        *extra,
+    ]
     args = ["config", "import", str(LF / example), "--dataset-info", str(INFO), "--out", str(out)]
     result = cli(*args, *(a for s in sets for a in ("--set", s)))
     assert result.exit_code == 0, result.output
@@ -185,13 +202,22 @@ def _with_template(tmp_path, template: str) -> Path:
     [
         # LLaMA-Factory's qwen3 trains the empty think block, as data.thinking: keep_empty does: the same text; it
         # also trains the newline after <|im_end|>, which tuneforge (and TRL) leave to the template
-        ("qwen3", "keep_empty", "91 of 91 conversations render the same text, 0 the same trained text",
-         "first trained text difference at character 119: tuneforge 'you today?<|im_end|>' vs LLaMA-Factory "
-         "'you today?<|im_end|>\\n'"),
+        (
+            "qwen3",
+            "keep_empty",
+            "91 of 91 conversations render the same text, 0 the same trained text",
+            "first trained text difference at character 119: tuneforge 'you today?<|im_end|>' vs LLaMA-Factory "
+            "'you today?<|im_end|>\\n'",
+        ),
         # qwen3_nothink renders no think block; the Qwen3 hybrid template puts an empty one on the prompt side
-        ("qwen3_nothink", "auto", "0 of 91 conversations render the same text, 0 the same trained text",
-         "first text difference at character 52: tuneforge 'im_start|>assistant\\n<think>\\n\\n</think>\\n\\nHello! I am'"
-         " vs LLaMA-Factory 'im_start|>assistant\\nHello! I am {{name}}, an AI as'"),
+        (
+            "qwen3_nothink",
+            "auto",
+            "0 of 91 conversations render the same text, 0 the same trained text",
+            "first text difference at character 52: tuneforge "
+            "'im_start|>assistant\\n<think>\\n\\n</think>\\n\\nHello! I am' vs LLaMA-Factory "
+            "'im_start|>assistant\\nHello! I am {{name}}, an AI as'",
+        ),
     ],
 )
 def test_report_compares_llamafactory_rendering_with_the_qwen3_template(template, thinking, same, difference, tmp_path):

@@ -88,8 +88,14 @@ def test_parse_command_reads_continuations_prefixes_and_lists():
         PROGRAMS,
     )
     assert kind == "swift sft"
-    assert args == {"model": "a/b", "dataset": ["x#5", "y"], "lr": 1e-4, "flag": True, "env.USE_HF": "1",
-                    "env.NPROC_PER_NODE": "4"}
+    assert args == {
+        "model": "a/b",
+        "dataset": ["x#5", "y"],
+        "lr": 1e-4,
+        "flag": True,
+        "env.USE_HF": "1",
+        "env.NPROC_PER_NODE": "4",
+    }
     with pytest.raises(UserError, match="no line starts with"):
         parse_command("echo hi\n", PROGRAMS)
 

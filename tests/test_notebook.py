@@ -26,7 +26,8 @@ def test_import_tuneforge_stays_light():
     import subprocess
     import sys
 
-    code = "import sys, tuneforge; assert callable(tuneforge.train); print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    code = "import sys, tuneforge; assert callable(tuneforge.train); "
+    code += "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -68,7 +69,9 @@ def test_notebook_trains_chats_merges_and_exports(tiny_qwen3_dir, tmp_path):
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     with pytest.MonkeyPatch.context() as mp:  # the kernel inherits this environment (PYTHONPATH included)
         for key, value in env.items():
             mp.setenv(key, value)

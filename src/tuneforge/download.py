@@ -20,9 +20,7 @@ def _huggingface(repo_id: str, kind: str, revision: str | None, cache_dir: Path 
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        return snapshot_download(
-            repo_id, repo_type=kind, revision=revision, cache_dir=cache_dir, local_dir=local_dir
-        )
+        return snapshot_download(repo_id, repo_type=kind, revision=revision, cache_dir=cache_dir, local_dir=local_dir)
     except RepositoryNotFoundError:
         raise LookupError(repo_id) from None
 

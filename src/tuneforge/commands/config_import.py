@@ -12,8 +12,9 @@ import typer
 
 
 def config_import(
-    file: Annotated[Path, typer.Argument(help="LLaMA-Factory YAML, or a script with llamafactory-cli / swift sft / "
-                                              "swift rlhf.")],
+    file: Annotated[
+        Path, typer.Argument(help="LLaMA-Factory YAML, or a script with llamafactory-cli / swift sft / swift rlhf.")
+    ],
     dataset_info: Annotated[
         Path | None, typer.Option(help="LLaMA-Factory's dataset_info.json (default: dataset_dir/dataset_info.json).")
     ] = None,
@@ -51,7 +52,9 @@ def config_export(
     out: Annotated[Path, typer.Option(help="Where to write it (dataset_info.json goes beside it).")] = Path(
         "llamafactory.yaml"
     ),
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="key.sub=value applied first (repeatable).")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="key.sub=value applied first (repeatable).")
+    ] = None,
 ) -> None:
     """Write an equivalent LLaMA-Factory training YAML (and its dataset_info.json), with a report of every key."""
     from tuneforge.importers.convert import export_config

@@ -14,7 +14,9 @@ def download_command(
     hub: Annotated[str, typer.Option(help="huggingface (HF_ENDPOINT honoured) or modelscope.")] = "huggingface",
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Hub cache folder (default: the hub's own).")] = None,
-    local_dir: Annotated[Path | None, typer.Option(help="Write the files into this folder instead of the cache.")] = None,
+    local_dir: Annotated[
+        Path | None, typer.Option(help="Write the files into this folder instead of the cache.")
+    ] = None,
 ) -> None:
     """Download a model or dataset (resuming a partial download), so later runs need no network."""
     from tuneforge.download import config_hint, download

@@ -76,7 +76,9 @@ def _pruned(raw: dict[str, Any]) -> dict[str, Any]:
 
 def write_import(raw: dict[str, Any], report: ImportReport, out: Path, what: str = "import") -> tuple[Path, Path]:
     """Write the config and, beside it, the report as Markdown and JSON (atomically); returns the report paths."""
-    header = f"# Converted by `tuneforge config {what}` from {report.source} ({report.tool}); see the report beside it.\n"
+    header = (
+        f"# Converted by `tuneforge config {what}` from {report.source} ({report.tool}); see the report beside it.\n"
+    )
     atomic_write_text(out, header + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     md, js = report_paths(out, what)
     atomic_write_text(md, report.to_markdown())

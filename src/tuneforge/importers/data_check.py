@@ -28,7 +28,8 @@ def _conversations(sample) -> list[Conversation]:
 def _first_difference(ours: str, theirs: str) -> str:
     """Where two texts part, with a little context on each side."""
     at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-    return f"at character {at}: tuneforge {ours[max(0, at - 20):at + 30]!r} vs LLaMA-Factory {theirs[max(0, at - 20):at + 30]!r}"
+    window = slice(max(0, at - 20), at + 30)
+    return f"at character {at}: tuneforge {ours[window]!r} vs LLaMA-Factory {theirs[window]!r}"
 
 
 def _compare(check: DatasetCheck, pairs: list[tuple[str, str, str, str]], template: str) -> None:
@@ -70,7 +71,9 @@ def check_dataset(cfg: Config, index: int, tokenizer, report: ImportReport, lf_t
     pairs = []
     for sample in samples:
         try:
-            renders = [(conv, render(conv, tokenizer, cfg.data.thinking, cfg.data.train_on)) for conv in _conversations(sample)]
+            renders = [
+                (conv, render(conv, tokenizer, cfg.data.thinking, cfg.data.train_on)) for conv in _conversations(sample)
+            ]
         except (ValueError, KeyError) as exc:
             dropped[f"does not render ({str(exc)[:80]})"] += 1
             continue

@@ -63,9 +63,14 @@ def kto_batch(draft: Draft) -> None:
     batch = draft.get("train.per_device_batch_size")
     draft.set("train.per_device_batch_size", 2)
     draft.set("train.gradient_accumulation", max(1, accumulation * batch // 2))
-    draft.report.add("(train.per_device_batch_size)", 2, "noted", "train.per_device_batch_size, gradient_accumulation",
-                     f"kto estimates its KL term from the other answers of a batch, so it needs 2 per batch: "
-                     f"{batch} × {accumulation} became 2 × {max(1, accumulation * batch // 2)}")
+    draft.report.add(
+        "(train.per_device_batch_size)",
+        2,
+        "noted",
+        "train.per_device_batch_size, gradient_accumulation",
+        f"kto estimates its KL term from the other answers of a batch, so it needs 2 per batch: "
+        f"{batch} × {accumulation} became 2 × {max(1, accumulation * batch // 2)}",
+    )
 
 
 def to(target: str, convert: Callable[[Any], Any] | None = None, note: str = "") -> Rule:
@@ -106,7 +111,24 @@ def off_only(feature: str, nearest: str = "", off: tuple[Any, ...] = (None, Fals
         if value in off:
             draft.report.add(key, value, "noted", nearest, f"off, as in tuneforge ({feature} is not supported)")
         else:
-            draft.report.refuse(key, value, f"{feature} is not supported" + (f" (nearest: {nearest})" if nearest else ""))
+            draft.report.refuse(
+                key, value, f"{feature} is not supported" + (f" (nearest: {nearest})" if nearest else "")
+            )
+
+    return rule
+
+
+def method_type(quant_key: str) -> Rule:
+    """lora or full (others refuse); lora with `quant_key` set in the source is tuneforge's qlora."""
+
+    def rule(draft: Draft, key: str, value: Any) -> None:
+        if value not in ("lora", "full"):
+            draft.report.refuse(key, value, f"fine-tuning type {value} (tuneforge has lora, qlora and full)")
+            return
+        quantized = value == "lora" and draft.args.get(quant_key) is not None
+        draft.set("method.type", "qlora" if quantized else value)
+        note = f"{quant_key} is set: LoRA on a quantized base is tuneforge's qlora" if quantized else ""
+        draft.report.add(key, value, "noted" if quantized else "mapped", "method.type", note)
 
     return rule
 

@@ -64,11 +64,15 @@ def _columns(name: str, entry: dict[str, Any], fmt: str, names: dict[str, str], 
     key = f"dataset_info.{name}"
     for lf_name, column in entry.get("columns", {}).items():
         if lf_name in MEDIA_COLUMNS:
-            report.refuse(f"{key}.columns.{lf_name}", column, "multimodal data (images, videos, audio): tuneforge "
-                          "trains text-only models")
+            report.refuse(
+                f"{key}.columns.{lf_name}",
+                column,
+                "multimodal data (images, videos, audio): tuneforge trains text-only models",
+            )
         elif lf_name not in names:
-            report.refuse(f"{key}.columns.{lf_name}", column, f"column '{lf_name}' has no place in tuneforge's {fmt} "
-                          "format")
+            report.refuse(
+                f"{key}.columns.{lf_name}", column, f"column '{lf_name}' has no place in tuneforge's {fmt} format"
+            )
         else:
             if column != names[lf_name]:
                 out[names[lf_name]] = column
@@ -80,10 +84,16 @@ def _columns(name: str, entry: dict[str, Any], fmt: str, names: dict[str, str], 
                 out[tf] = value
             report.add(f"{key}.tags.{tag}", value, "mapped", f"columns.{tf}")
         elif SHAREGPT_ROLES.get(value) == TAG_ROLES.get(tag):
-            report.add(f"{key}.tags.{tag}", value, "noted", "", f"tuneforge reads '{value}' as the {TAG_ROLES[tag]} role")
+            report.add(
+                f"{key}.tags.{tag}", value, "noted", "", f"tuneforge reads '{value}' as the {TAG_ROLES[tag]} role"
+            )
         else:
-            report.refuse(f"{key}.tags.{tag}", value, f"role name '{value}' is not one tuneforge reads as "
-                          f"{TAG_ROLES.get(tag, tag)} (data/formats.py SHAREGPT_ROLES)")
+            report.refuse(
+                f"{key}.tags.{tag}",
+                value,
+                f"role name '{value}' is not one tuneforge reads as "
+                f"{TAG_ROLES.get(tag, tag)} (data/formats.py SHAREGPT_ROLES)",
+            )
     return out
 
 
@@ -95,21 +105,32 @@ def _location(name: str, entry: dict[str, Any], dataset_dir: Path, report: Impor
         report.add(f"{key}.file_name", entry["file_name"], "mapped", "path", f"{path} (dataset_dir joined)")
         return {"path": str(path)}
     if "file_name" in entry:
-        report.add(f"{key}.file_name", entry["file_name"], "dropped", "path", "the hub copy is used, as in LLaMA-Factory")
+        report.add(
+            f"{key}.file_name", entry["file_name"], "dropped", "path", "the hub copy is used, as in LLaMA-Factory"
+        )
     if "hf_hub_url" in entry:
         report.add(f"{key}.hf_hub_url", entry["hf_hub_url"], "mapped", "path, source: huggingface")
         for other in ("ms_hub_url", "om_hub_url"):
             if other in entry:
-                report.add(f"{key}.{other}", entry[other], "dropped", "path, source: modelscope",
-                           "Hugging Face is used, as LLaMA-Factory does unless USE_MODELSCOPE_HUB is set")
+                report.add(
+                    f"{key}.{other}",
+                    entry[other],
+                    "dropped",
+                    "path, source: modelscope",
+                    "Hugging Face is used, as LLaMA-Factory does unless USE_MODELSCOPE_HUB is set",
+                )
         return {"path": entry["hf_hub_url"], "source": "huggingface"}
     if "ms_hub_url" in entry:
         report.add(f"{key}.ms_hub_url", entry["ms_hub_url"], "mapped", "path, source: modelscope")
         return {"path": entry["ms_hub_url"], "source": "modelscope"}
     for other in ("om_hub_url", "script_url", "cloud_file_name"):
         if other in entry:
-            report.refuse(f"{key}.{other}", entry[other], "only local files, Hugging Face and ModelScope datasets are "
-                          "read; download it and point file_name at it")
+            report.refuse(
+                f"{key}.{other}",
+                entry[other],
+                "only local files, Hugging Face and ModelScope datasets are "
+                "read; download it and point file_name at it",
+            )
             return {"path": str(entry[other])}
     report.refuse(key, entry, "no file_name, hf_hub_url or ms_hub_url")
     return {"path": name}
@@ -125,8 +146,11 @@ def resolve_dataset(name: str, info: dict[str, Any], dataset_dir: Path, report: 
     ds = _location(name, entry, dataset_dir, report)
     fmt, names = _format(entry)
     if fmt == "sharegpt_kto":
-        report.refuse(f"{key}.columns.kto_tag", entry["columns"]["kto_tag"], "kto labels on sharegpt messages: "
-                      "tuneforge's kto format reads prompt / completion / label columns")
+        report.refuse(
+            f"{key}.columns.kto_tag",
+            entry["columns"]["kto_tag"],
+            "kto labels on sharegpt messages: tuneforge's kto format reads prompt / completion / label columns",
+        )
     elif not names:
         report.refuse(f"{key}.formatting", entry.get("formatting"), "unknown formatting (alpaca, sharegpt, openai)")
     else:
@@ -143,8 +167,13 @@ def resolve_dataset(name: str, info: dict[str, Any], dataset_dir: Path, report: 
             report.add(f"{key}.{extra}", entry[extra], "mapped", extra)
     if "num_samples" in entry:
         ds["max_samples"] = entry["num_samples"]
-        report.add(f"{key}.num_samples", entry["num_samples"], "noted", "max_samples",
-                   "LLaMA-Factory samples this many (repeating a smaller set); tuneforge keeps at most this many")
+        report.add(
+            f"{key}.num_samples",
+            entry["num_samples"],
+            "noted",
+            "max_samples",
+            "LLaMA-Factory samples this many (repeating a smaller set); tuneforge keeps at most this many",
+        )
     if "folder" in entry:
         report.refuse(f"{key}.folder", entry["folder"], "a sub-folder of a hub dataset; download it and use file_name")
     return ds

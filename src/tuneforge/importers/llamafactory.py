@@ -13,7 +13,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tuneforge.importers.draft import REPORT_TO, Draft, Rule, as_bool, as_list, drop, eval_steps, kto_batch, noted, off_only, to
+from tuneforge.importers.draft import (
+    REPORT_TO,
+    Draft,
+    Rule,
+    as_bool,
+    as_list,
+    drop,
+    eval_steps,
+    kto_batch,
+    method_type,
+    noted,
+    off_only,
+    to,
+)
 from tuneforge.importers.lf_datasets import read_dataset_info, resolve_dataset
 
 OBJECTIVES = {"sft": "sft", "dpo": "dpo", "kto": "kto"}
@@ -56,19 +69,9 @@ def _pref_loss(draft: Draft, key: str, value: Any) -> None:
     objective, loss = PREF_LOSSES[value]  # the objective is set with stage
     if loss:
         draft.set("method.dpo_loss", loss)
-    draft.report.add(key, value, "mapped", f"method.objective: {objective}" + (f", method.dpo_loss: {loss}" if loss
-                                                                               else ""))
-
-
-def _finetuning_type(draft: Draft, key: str, value: Any) -> None:
-    if value not in ("lora", "full"):
-        draft.report.refuse(key, value, f"finetuning_type {value} (tuneforge has lora, qlora and full)")
-        return
-    quantized = draft.args.get("quantization_bit") is not None
-    method = "qlora" if value == "lora" and quantized else value
-    draft.set("method.type", method)
-    draft.report.add(key, value, "noted" if method != value else "mapped", "method.type",
-                     "quantization_bit is set: LoRA on a quantized base is tuneforge's qlora" if quantized else "")
+    draft.report.add(
+        key, value, "mapped", f"method.objective: {objective}" + (f", method.dpo_loss: {loss}" if loss else "")
+    )
 
 
 def _quantization_bit(draft: Draft, key: str, value: Any) -> None:
@@ -84,9 +87,13 @@ def _lora_target(draft: Draft, key: str, value: Any) -> None:
     names = as_list(value)
     target = "all-linear" if names == ["all"] else names
     draft.set("method.target_modules", target)
-    draft.report.add(key, value, "mapped", "method.target_modules",
-                     "LLaMA-Factory's all = every linear layer except the output head, as all-linear" if names == ["all"]
-                     else "")
+    draft.report.add(
+        key,
+        value,
+        "mapped",
+        "method.target_modules",
+        "LLaMA-Factory's all = every linear layer except the output head, as all-linear" if names == ["all"] else "",
+    )
 
 
 def _template(draft: Draft, key: str, value: Any) -> None:
@@ -95,21 +102,45 @@ def _template(draft: Draft, key: str, value: Any) -> None:
     if value in THINKING_TEMPLATES:
         thinking = "keep_empty" if as_bool(draft.args.get("enable_thinking", True)) else "off"
         draft.set("data.thinking", thinking)
-        draft.report.add(key, value, "noted", f"data.thinking: {thinking}", f"{own}; LLaMA-Factory's {value} "
-                         + ("trains an empty think block on answers without reasoning"
-                            if thinking == "keep_empty" else "removes every reasoning (enable_thinking: false)"))
+        draft.report.add(
+            key,
+            value,
+            "noted",
+            f"data.thinking: {thinking}",
+            f"{own}; LLaMA-Factory's {value} "
+            + (
+                "trains an empty think block on answers without reasoning"
+                if thinking == "keep_empty"
+                else "removes every reasoning (enable_thinking: false)"
+            ),
+        )
     else:
-        draft.report.add(key, value, "noted", "", own + (
-            "; answers without reasoning get no think block in LLaMA-Factory, and the Qwen3 hybrid template's empty "
-            "one on the prompt side (no loss) in tuneforge" if value.startswith("qwen3") else ""))
+        draft.report.add(
+            key,
+            value,
+            "noted",
+            "",
+            own
+            + (
+                "; answers without reasoning get no think block in LLaMA-Factory, and the Qwen3 hybrid template's "
+                "empty one on the prompt side (no loss) in tuneforge"
+                if value.startswith("qwen3")
+                else ""
+            ),
+        )
 
 
 def _cutoff_len(draft: Draft, key: str, value: Any) -> None:
     draft.set("data.max_length", int(value))
     draft.set("data.truncation", "truncate")
-    draft.report.add(key, value, "noted", "data.max_length, data.truncation: truncate",
-                     "LLaMA-Factory cuts prompt and answer in proportion to their lengths; tuneforge keeps the first "
-                     "max_length tokens (set data.truncation: drop to skip long samples instead)")
+    draft.report.add(
+        key,
+        value,
+        "noted",
+        "data.max_length, data.truncation: truncate",
+        "LLaMA-Factory cuts prompt and answer in proportion to their lengths; tuneforge keeps the first "
+        "max_length tokens (set data.truncation: drop to skip long samples instead)",
+    )
 
 
 def _dtype(draft: Draft, key: str, value: Any) -> None:
@@ -118,8 +149,13 @@ def _dtype(draft: Draft, key: str, value: Any) -> None:
         return
     dtype = "fp16" if key == "fp16" else "auto"
     draft.set("model.dtype", dtype)
-    draft.report.add(key, value, "noted", f"model.dtype: {dtype}",
-                     "auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU" if dtype == "auto" else "")
+    draft.report.add(
+        key,
+        value,
+        "noted",
+        f"model.dtype: {dtype}",
+        "auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU" if dtype == "auto" else "",
+    )
 
 
 def _deepspeed(draft: Draft, key: str, value: Any) -> None:
@@ -128,8 +164,9 @@ def _deepspeed(draft: Draft, key: str, value: Any) -> None:
     draft.set("distributed.strategy", "ddp" if preset == "ddp" else "deepspeed")
     if preset != "ddp":
         draft.set("distributed.deepspeed", preset)
-    draft.report.add(key, value, "noted", "distributed.strategy" + ("" if preset == "ddp" else ", distributed.deepspeed"),
-                     why)
+    draft.report.add(
+        key, value, "noted", "distributed.strategy" + ("" if preset == "ddp" else ", distributed.deepspeed"), why
+    )
 
 
 def _find(value: str, source: str) -> Path | None:
@@ -148,12 +185,25 @@ def _deepspeed_preset(path: Path | None, value: str) -> tuple[str, str]:
     offload = zero.get("offload_optimizer", {}).get("device") == "cpu"
     if stage == 0:
         return "ddp", "ZeRO stage 0 shards nothing: tuneforge's ddp"
-    extras = sorted(set(ds) - {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                               "gradient_clipping", "zero_allow_untested_optimizer", "fp16", "bf16",
-                               "zero_optimization"})
+    extras = sorted(
+        set(ds)
+        - {
+            "train_batch_size",
+            "train_micro_batch_size_per_gpu",
+            "gradient_accumulation_steps",
+            "gradient_clipping",
+            "zero_allow_untested_optimizer",
+            "fp16",
+            "bf16",
+            "zero_optimization",
+        }
+    )
     if stage in (2, 3) and not extras:
         preset = f"zero{stage}" + ("_offload" if offload else "")
-        return preset, f"{path.name}: ZeRO-{stage}{' with CPU offload' if offload else ''} = tuneforge's {preset} preset"
+        return (
+            preset,
+            f"{path.name}: ZeRO-{stage}{' with CPU offload' if offload else ''} = tuneforge's {preset} preset",
+        )
     return str(path), f"{path.name} has {', '.join(extras) or f'stage {stage}'}: the file is passed to DeepSpeed as is"
 
 
@@ -210,8 +260,11 @@ RULES: dict[str, Rule] = {
     "use_unsloth_gc": off_only("unsloth's offloaded gradient checkpointing", "train.gradient_checkpointing"),
     "use_fast_tokenizer": noted("tuneforge always uses the fast tokenizer"),
     "quantization_bit": _quantization_bit,
-    "quantization_method": lambda d, k, v: (noted("bitsandbytes, as tuneforge's qlora", "method.type: qlora") if v == "bnb"
-                                            else off_only("hqq / eetq quantization"))(d, k, v),
+    "quantization_method": lambda d, k, v: (
+        noted("bitsandbytes, as tuneforge's qlora", "method.type: qlora")
+        if v == "bnb"
+        else off_only("hqq / eetq quantization")
+    )(d, k, v),
     "double_quantization": to("method.double_quant", as_bool),
     "quantization_type": to("method.quant_type", str),
     "rope_scaling": off_only("rope_scaling (context extension)"),
@@ -232,7 +285,7 @@ RULES: dict[str, Rule] = {
     "do_train": noted("`tuneforge train` trains", "tuneforge train"),
     "do_eval": drop("no evaluation-only pass in train", "tuneforge eval"),
     "do_predict": drop("no prediction pass in train", "tuneforge eval"),
-    "finetuning_type": _finetuning_type,
+    "finetuning_type": method_type("quantization_bit"),
     "lora_rank": to("method.rank", int),
     "lora_alpha": to("method.alpha", int),
     "lora_dropout": to("method.dropout", float),
@@ -261,21 +314,28 @@ RULES: dict[str, Rule] = {
     "template": _template,
     "enable_thinking": noted("read with template", "data.thinking"),
     "cutoff_len": _cutoff_len,
-    "max_samples": noted("applied to every dataset; LLaMA-Factory keeps the first N, tuneforge N after shuffling",
-                         "data.datasets[].max_samples"),
+    "max_samples": noted(
+        "applied to every dataset; LLaMA-Factory keeps the first N, tuneforge N after shuffling",
+        "data.datasets[].max_samples",
+    ),
     "val_size": to("data.val_size", float),
     "train_on_prompt": off_only("loss on the prompt tokens"),
     "mask_history": to("data.train_on", lambda v: "last_turn" if as_bool(v) else "all_turns"),
-    "packing": to("data.packing", as_bool, "tuneforge packs each batch without cross-sample attention (LLaMA-Factory's "
-                  "neat_packing); the samples and the loss are those of the unpacked batch"),
+    "packing": to(
+        "data.packing",
+        as_bool,
+        "tuneforge packs each batch without cross-sample attention (LLaMA-Factory's "
+        "neat_packing); the samples and the loss are those of the unpacked batch",
+    ),
     "neat_packing": to("data.packing", as_bool, "tuneforge's packing never attends across samples"),
     "default_system": noted("set on every dataset", "data.datasets[].system"),
     "tool_format": drop("the model's own chat template renders tools", "data.datasets[].format"),
     "preprocessing_num_workers": to("data.num_proc", int),
     "preprocessing_batch_size": drop("tuneforge chooses its batches for tokenizing"),
     "dataloader_num_workers": drop("tuneforge chooses the data loader workers"),
-    "overwrite_cache": drop("tuneforge's data cache is keyed by the data and config, so it is never stale",
-                            "data.cache_dir"),
+    "overwrite_cache": drop(
+        "tuneforge's data cache is keyed by the data and config, so it is never stale", "data.cache_dir"
+    ),
     "tokenized_path": drop("tuneforge caches tokenized data by content", "data.cache_dir"),
     "streaming": off_only("streaming datasets"),
     "mix_strategy": off_only("interleaved mixing", "data.datasets[].weight", off=(None, "concat")),
@@ -296,7 +356,9 @@ RULES: dict[str, Rule] = {
     "gradient_accumulation_steps": to("train.gradient_accumulation", int),
     "gradient_checkpointing": to("train.gradient_checkpointing", as_bool),
     "disable_gradient_checkpointing": to("train.gradient_checkpointing", lambda v: not as_bool(v)),
-    "gradient_checkpointing_kwargs": drop("tuneforge picks non-reentrant checkpointing", "train.gradient_checkpointing"),
+    "gradient_checkpointing_kwargs": drop(
+        "tuneforge picks non-reentrant checkpointing", "train.gradient_checkpointing"
+    ),
     "use_reentrant_gc": drop("tuneforge picks non-reentrant checkpointing", "train.gradient_checkpointing"),
     "learning_rate": to("train.learning_rate", float),
     "num_train_epochs": to("train.epochs", float),
@@ -315,8 +377,9 @@ RULES: dict[str, Rule] = {
     "pure_bf16": _dtype,
     "ddp_timeout": _timeout,
     "resume_from_checkpoint": _resume,
-    "eval_strategy": noted("with data.val_size, tuneforge evaluates every train.eval_steps (default: each save)",
-                           "train.eval_steps"),
+    "eval_strategy": noted(
+        "with data.val_size, tuneforge evaluates every train.eval_steps (default: each save)", "train.eval_steps"
+    ),
     "eval_steps": eval_steps("val_size"),
 }
 UNKNOWN = "not known to the importer: no tuneforge equivalent was mapped (see docs/coming-from.md)"
@@ -330,7 +393,9 @@ def _apply_datasets(draft: Draft, dataset_info: Path | None) -> None:
         return
     dataset_dir = str(draft.args.get("dataset_dir", "data"))
     if dataset_dir.startswith("REMOTE:") or dataset_dir == "ONLINE":
-        draft.report.refuse("dataset_dir", dataset_dir, "dataset_info.json on a hub; download it and pass --dataset-info")
+        draft.report.refuse(
+            "dataset_dir", dataset_dir, "dataset_info.json on a hub; download it and pass --dataset-info"
+        )
         return
     info_path = dataset_info or _find(str(Path(dataset_dir) / "dataset_info.json"), draft.report.source)
     info_path = info_path or Path(dataset_dir) / "dataset_info.json"

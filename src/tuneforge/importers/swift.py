@@ -9,27 +9,33 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tuneforge.importers.draft import REPORT_TO, Draft, Rule, as_bool, as_list, drop, eval_steps, kto_batch, noted, off_only, to
+from tuneforge.importers.draft import (
+    REPORT_TO,
+    Draft,
+    Rule,
+    as_bool,
+    as_list,
+    drop,
+    eval_steps,
+    kto_batch,
+    method_type,
+    noted,
+    off_only,
+    to,
+)
 
 RLHF_TYPES = {"dpo": "dpo", "orpo": "orpo", "simpo": "simpo", "kto": "kto"}
 DTYPES = {"bfloat16": "auto", "float16": "fp16", "float32": "fp32"}
-ATTENTION = {"flash_attn": "flash_attention_2", "flash_attention_2": "flash_attention_2", "sdpa": "sdpa",
-             "eager": "eager"}
+ATTENTION = {
+    "flash_attn": "flash_attention_2",
+    "flash_attention_2": "flash_attention_2",
+    "sdpa": "sdpa",
+    "eager": "eager",
+}
 DEEPSPEED = ("zero2", "zero3", "zero2_offload", "zero3_offload")
 TRUNCATION = {"delete": "drop", "right": "truncate"}
 # `swift/self-cognition` fills {{NAME}} / {{AUTHOR}} from --model_name / --model_author.
 SELF_COGNITION = "swift/self-cognition"
-
-
-def _tuner(draft: Draft, key: str, value: Any) -> None:
-    quantized = draft.args.get("quant_bits") is not None
-    if value not in ("lora", "full"):
-        draft.report.refuse(key, value, f"tuner {value} (tuneforge has lora, qlora and full)")
-        return
-    method = "qlora" if value == "lora" and quantized else value
-    draft.set("method.type", method)
-    draft.report.add(key, value, "noted" if quantized else "mapped", "method.type",
-                     "quant_bits is set: LoRA on a quantized base is tuneforge's qlora" if quantized else "")
 
 
 def _quant(draft: Draft, key: str, value: Any) -> None:
@@ -70,9 +76,15 @@ def _datasets(draft: Draft, key: str, value: Any) -> None:
         if path == SELF_COGNITION:
             ds["placeholders"] = _placeholders(draft)
         draft.raw["data"]["datasets"].append(ds)
-    draft.report.add(key, value, "noted", "data.datasets", f"hub ids are read from {hub} (as swift does"
-                     f"{' with USE_HF' if hub == 'huggingface' else ''}); `#N` keeps N records (swift samples N); "
-                     "swift's registered per-dataset preprocessing is not applied: tuneforge detects the format")
+    draft.report.add(
+        key,
+        value,
+        "noted",
+        "data.datasets",
+        f"hub ids are read from {hub} (as swift does"
+        f"{' with USE_HF' if hub == 'huggingface' else ''}); `#N` keeps N records (swift samples N); "
+        "swift's registered per-dataset preprocessing is not applied: tuneforge detects the format",
+    )
 
 
 def _placeholders(draft: Draft) -> dict[str, str]:
@@ -93,21 +105,36 @@ def _model(draft: Draft, key: str, value: Any) -> None:
     local = str(value).startswith(("/", ".", "~"))
     if not local and not _use_hf(draft):
         draft.set("model.hub", "modelscope")
-    draft.report.add(key, value, "mapped" if local or _use_hf(draft) else "noted", "model.name_or_path",
-                     "" if local or _use_hf(draft) else "model.hub: modelscope, swift's default hub")
+    draft.report.add(
+        key,
+        value,
+        "mapped" if local or _use_hf(draft) else "noted",
+        "model.name_or_path",
+        "" if local or _use_hf(draft) else "model.hub: modelscope, swift's default hub",
+    )
 
 
 def _dtype(draft: Draft, key: str, value: Any) -> None:
     draft.set("model.dtype", DTYPES[value])
-    draft.report.add(key, value, "noted" if value == "bfloat16" else "mapped", "model.dtype",
-                     "auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU" if value == "bfloat16" else "")
+    draft.report.add(
+        key,
+        value,
+        "noted" if value == "bfloat16" else "mapped",
+        "model.dtype",
+        "auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU" if value == "bfloat16" else "",
+    )
 
 
 def _deepspeed(draft: Draft, key: str, value: Any) -> None:
     draft.set("distributed.strategy", "deepspeed")
     draft.set("distributed.deepspeed", str(value))
-    draft.report.add(key, value, "mapped" if value in DEEPSPEED else "noted", "distributed.deepspeed",
-                     "" if value in DEEPSPEED else "a DeepSpeed JSON file, read when the run starts")
+    draft.report.add(
+        key,
+        value,
+        "mapped" if value in DEEPSPEED else "noted",
+        "distributed.deepspeed",
+        "" if value in DEEPSPEED else "a DeepSpeed JSON file, read when the run starts",
+    )
 
 
 def _truncation(draft: Draft, key: str, value: Any) -> None:
@@ -142,8 +169,8 @@ RULES: dict[str, Rule] = {
     "torch_dtype": _dtype,
     "attn_impl": lambda d, k, v: to("model.attn", ATTENTION.__getitem__)(d, k, v),
     "use_liger_kernel": to("model.kernels", lambda v: "liger" if as_bool(v) else "none"),
-    "tuner_type": _tuner,
-    "train_type": _tuner,
+    "tuner_type": method_type("quant_bits"),
+    "train_type": method_type("quant_bits"),
     "quant_method": _quant,
     "quant_bits": _quant,
     "bnb_4bit_quant_type": to("method.quant_type", str),
@@ -155,13 +182,15 @@ RULES: dict[str, Rule] = {
     "simpo_gamma": to("method.simpo_gamma", float),
     "desirable_weight": to("method.desirable_weight", float),
     "undesirable_weight": to("method.undesirable_weight", float),
-    "loss_type": lambda d, k, v: (to("method.dpo_loss", str) if d.args.get("rlhf_type", "dpo") == "dpo"
-                                  else noted("the objective's own loss"))(d, k, v),
+    "loss_type": lambda d, k, v: (
+        to("method.dpo_loss", str) if d.args.get("rlhf_type", "dpo") == "dpo" else noted("the objective's own loss")
+    )(d, k, v),
     "lora_rank": to("method.rank", int),
     "lora_alpha": to("method.alpha", int),
     "lora_dropout": to("method.dropout", float),
-    "target_modules": to("method.target_modules", lambda v: "all-linear" if as_list(v) == ["all-linear"]
-                         else as_list(v)),
+    "target_modules": to(
+        "method.target_modules", lambda v: "all-linear" if as_list(v) == ["all-linear"] else as_list(v)
+    ),
     "modules_to_save": to("method.modules_to_save", as_list),
     "use_rslora": to("method.use_rslora", as_bool),
     "use_dora": to("method.use_dora", as_bool),
@@ -182,8 +211,7 @@ RULES: dict[str, Rule] = {
     "max_length": to("data.max_length", int),
     "truncation_strategy": _truncation,
     "packing": to("data.packing", as_bool),
-    "padding_free": to("data.packing", as_bool, "tuneforge packs each batch without padding or cross-sample "
-                       "attention"),
+    "padding_free": to("data.packing", as_bool, "tuneforge packs each batch without padding or cross-sample attention"),
     "loss_scale": lambda d, k, v: LOSS_SCALES.get(v, off_only("custom loss scales"))(d, k, v),
     "enable_thinking": noted("the model's own template renders thinking; see data.thinking", "data.thinking"),
     "template": noted("rendered with the model's own chat template (tokenizer_config.json)"),
@@ -206,19 +234,26 @@ RULES: dict[str, Rule] = {
     "save_total_limit": to("train.save_total_limit", int),
     "save_only_model": drop("tuneforge checkpoints keep the optimizer state so that resume is exact", "train.resume"),
     "logging_steps": to("train.logging_steps", int),
-    "report_to": lambda d, k, v: (to("train.report_to", str) if v in REPORT_TO
-                                  else drop(f"one of {', '.join(REPORT_TO)} is supported", "train.report_to"))(d, k, v),
+    "report_to": lambda d, k, v: (
+        to("train.report_to", str)
+        if v in REPORT_TO
+        else drop(f"one of {', '.join(REPORT_TO)} is supported", "train.report_to")
+    )(d, k, v),
     "output_dir": to("output.dir", str, "swift adds a versioned sub-folder (v0-...); tuneforge writes into it"),
     "add_version": noted("tuneforge writes into output.dir itself", "output.dir"),
     "deepspeed": _deepspeed,
-    "ddp_timeout": lambda d, k, v: to("distributed.timeout_minutes", lambda s: max(1, -(-int(s) // 60)),
-                                      "seconds → minutes, rounded up")(d, k, v),
+    "ddp_timeout": lambda d, k, v: to(
+        "distributed.timeout_minutes", lambda s: max(1, -(-int(s) // 60)), "seconds → minutes, rounded up"
+    )(d, k, v),
 }
 LOSS_SCALES: dict[str, Rule] = {
     "default": noted("loss on every assistant turn, as tuneforge's data.train_on: all_turns", "data.train_on"),
     "last_round": to("data.train_on", lambda _: "last_turn"),
-    "ignore_empty_think": to("data.thinking", lambda _: "auto", "tuneforge's auto keeps an empty think block on the "
-                             "prompt side, without loss"),
+    "ignore_empty_think": to(
+        "data.thinking",
+        lambda _: "auto",
+        "tuneforge's auto keeps an empty think block on the prompt side, without loss",
+    ),
 }
 UNKNOWN = "not known to the importer: no tuneforge equivalent was mapped (see docs/coming-from.md)"
 
@@ -239,8 +274,11 @@ def _swift_defaults(draft: Draft, kind: str) -> None:
     draft.default("train.gradient_checkpointing", True, "ms-swift checkpoints gradients by default")
     batch = draft.get("train.per_device_batch_size", 1)
     world = draft.get("distributed.nproc", 1) * draft.get("distributed.nnodes", 1)
-    draft.default("train.gradient_accumulation", max(1, -(-16 // (batch * world))),
-                  "ms-swift's default: 16 samples per step over batch size × processes")
+    draft.default(
+        "train.gradient_accumulation",
+        max(1, -(-16 // (batch * world))),
+        "ms-swift's default: 16 samples per step over batch size × processes",
+    )
     draft.default("data.group_by_length", False, "transformers' default group_by_length")
     draft.default("train.save_total_limit", None, "transformers keeps every checkpoint by default")
     if draft.get("method.objective") == "kto" and draft.get("train.per_device_batch_size", 1) < 2:
