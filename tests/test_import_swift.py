@@ -54,6 +54,12 @@ def test_lora_sft_line_maps_datasets_placeholders_and_swift_defaults():
     status = {e.key: e.status for e in report.entries}
     assert status["eval_steps"] == "dropped" and status["env.CUDA_VISIBLE_DEVICES"] == "noted"
     assert status["(train.weight_decay)"] == "noted"
+    from tuneforge.importers.data_check import check_datasets
+
+    check_datasets(cfg, report)  # hub datasets are never downloaded by the check
+    assert [d.notes for d in report.datasets][0] == [
+        "not checked: not a local file here (`tuneforge download AI-ModelScope/alpaca-gpt4-data-zh --kind dataset`)"
+    ]
 
 
 def test_multi_gpu_kto_line_computes_accumulation_and_keeps_the_effective_batch():

@@ -1,4 +1,4 @@
-"""The notebook API in a real Jupyter kernel (nbclient + ipykernel): train, chat, merge and export in a few calls."""
+"""The notebook API in a real Jupyter kernel (nbclient + ipykernel): train, chat, eval, merge and export."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _cell_text(cell, streams=("stdout", "stderr")) -> str:
 
 
 @needs_assets
-@pytest.mark.slow  # a kernel starts torch, trains 2 steps, merges and writes a GGUF: 1-3 min on 2 shared cores
+@pytest.mark.slow  # a kernel starts torch, trains 2 steps, evaluates, merges, writes a GGUF: 2-5 min on 2 shared cores
 def test_notebook_trains_chats_merges_and_exports(tiny_qwen3_dir, tmp_path):
     import nbformat
     from nbclient import NotebookClient
@@ -64,6 +64,8 @@ def test_notebook_trains_chats_merges_and_exports(tiny_qwen3_dir, tmp_path):
         f"run = tuneforge.train('config.yaml', train={{'max_steps': 2}}, output__dir={str(tmp_path / 'run')!r})\n"
         "print('run at', run.path)",
         "answer = run.chat('你是谁？', max_new_tokens=8)\nprint(type(answer).__name__, len(answer) > 0)",
+        "ev = run.eval(suite='self-cognition', think=False, limit=2)\n"
+        "print(ev.out == run.run.eval_dir / 'self-cognition', len(ev.rows) > 0)",
         "merged = run.merge()\nprint(sorted(p.name for p in merged.iterdir() if p.suffix == '.safetensors'))",
         "result = run.export(to='gguf', qtype='f16')\nprint(result.gguf.name, result.gguf.stat().st_size > 0)",
     ]
@@ -78,12 +80,13 @@ def test_notebook_trains_chats_merges_and_exports(tiny_qwen3_dir, tmp_path):
         client.execute()
     train_out = _cell_text(notebook.cells[0])
     # what the cells print (library warnings go to stderr)
-    chat_out, merge_out, export_out = (_cell_text(c, ("stdout",)) for c in notebook.cells[1:])
+    chat_out, eval_out, merge_out, export_out = (_cell_text(c, ("stdout",)) for c in notebook.cells[1:])
     assert f"run at {tmp_path / 'run'}" in train_out
     assert "loss" in train_out  # the progress shows in the notebook
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2
     assert chat_out.strip() == "str True"
+    assert eval_out.strip().endswith("True True")  # after the eval's own progress lines
     assert merge_out.strip() == "['model.safetensors']"
     assert export_out.strip().endswith(".gguf True")
     assert (tmp_path / "run" / "merged" / "model.safetensors").is_file()

@@ -57,6 +57,10 @@ def check_dataset(cfg: Config, index: int, tokenizer, report: ImportReport, lf_t
     ds = cfg.data.datasets[index]
     check = DatasetCheck(f"data.datasets.{index}", ds.path)
     report.datasets.append(check)
+    if not Path(ds.path).expanduser().exists():
+        # a hub dataset: the check never starts a download (tuneforge download fetches it ahead of time)
+        check.notes.append(f"not checked: not a local file here (`tuneforge download {ds.path} --kind dataset`)")
+        return
     try:
         samples = load_conversations(ds, log=check.notes.append, objective=cfg.method.objective)
     except UserError as exc:
