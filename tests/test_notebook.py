@@ -53,6 +53,7 @@ def test_notebook_trains_chats_merges_and_exports(tiny_qwen3_dir, tmp_path):
         "data": {
             "datasets": [{"path": str(DATA_DIR / "identity.json"), "placeholders": {"name": "Nb", "author": "Lab"}}],
             "max_length": 256,
+            "val_size": 8,  # the self-cognition suite's held-out loss reads the run's validation split
             "cache_dir": str(tmp_path / "cache"),
         },
         "train": {"epochs": 1, "per_device_batch_size": 4, "logging_steps": 1},
