@@ -336,3 +336,35 @@ def test_preference_objectives_double_the_rows_and_add_their_reference():
     full = {"type": "full", "objective": "dpo"}
     assert estimate(_job(method=full)).parts["reference"] == QWEN3_8B.params * 2  # bf16 copy
     assert estimate(_job(method={**full, "reference": "precomputed"})).parts["reference"] == 0
+
+
+def test_serve_estimate_counts_weights_and_the_kv_cache_of_every_sequence():
+    from tuneforge.estimate.memory import CUDA_CONTEXT
+    from tuneforge.estimate.serve import estimate_serve
+
+    lora, qlora = _job(method={"type": "lora"}), _job(method={"type": "qlora"})
+    est = estimate_serve(lora, context=4096, sequences=4)
+    kv_per_token = 2 * 36 * 8 * 128 * 2  # K and V, 36 layers, 8 KV heads of 128, bf16: 144 KiB
+    assert est.kv_per_token == kv_per_token and est.kv_cache == kv_per_token * 4096 * 4
+    trained = estimate(lora)
+    rank8 = 36 * 8 * sum(i + o for i, o in QWEN3_8B.linears().values())
+    assert est.weights == trained.parts["weights"] + trained.parts["LoRA weights"] == 2 * QWEN3_8B.params + 4 * rank8
+    quantized = estimate(qlora).parts
+    assert estimate_serve(qlora, 4096).weights == quantized["weights"] + quantized["LoRA weights"]
+    assert est.total == est.weights + est.kv_cache + est.prefill + est.overhead and est.overhead > CUDA_CONTEXT
+    # vLLM: its share of the GPU, less the weights, its profiled prefill and the CUDA context, holds KV blocks.
+    room = 0.9 * 80 * GIB - est.weights - est.prefill_of(4096) - CUDA_CONTEXT
+    assert est.vllm_kv_tokens(80 * GIB, 0.9) == int(room // kv_per_token) > 4 * 4096
+    assert est.vllm_kv_tokens(16 * GIB, 0.9) == 0  # 16.4 GB of bf16 weights alone
+
+
+def test_estimate_serve_from_flags_says_whether_a_14b_qlora_chat_fits_24_gb():
+    result = tuneforge(
+        "estimate", "--serve", "--model", "Qwen/Qwen3-14B", "--method", "qlora", "--max-length", "4096",
+        "--gpu-memory", "24", env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("inference memory: 14.77 B params (4-bit nf4 weights), 4096-token context × 1")
+    assert "  KV cache     0.62 GiB  (160 KiB per token)" in lines  # 2 × 40 layers × 8 × 128 × 2 bytes × 4096
+    assert lines[-1].startswith("24 GB: built-in server fits; vLLM at gpu_memory_utilization 0.9: KV room for ")
