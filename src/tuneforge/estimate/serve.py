@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.estimate.memory import ALLOCATOR_SLACK, CUDA_CONTEXT, GIB, Job, estimate, gib
+from tuneforge.estimate.memory import ALLOCATOR_SLACK, CUDA_CONTEXT, GIB, Job, estimate, gib, loaded_quantization
 
 VLLM_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens with chunked prefill (V1 engine)
 
@@ -75,8 +75,8 @@ def estimate_serve(job: Job, context: int, sequences: int = 1) -> ServeEstimate:
 def serve_report(est: ServeEstimate, gpu_sizes: tuple[float, ...], utilization: float) -> list[str]:
     """The lines `estimate --serve` prints: the parts, the total, and per GPU size the built-in and vLLM verdicts."""
     job = est.job
-    quantized = job.method.type == "qlora"
-    weights = f"{job.method.bits}-bit {job.method.quant_type}" if quantized else f"{job.dtype_bytes * 8}-bit"
+    quantization = loaded_quantization(job)
+    weights = f"{quantization[0]}-bit {quantization[1]}" if quantization else f"{job.dtype_bytes * 8}-bit"
     lines = [
         f"inference memory: {job.shape.params / 1e9:.2f} B params ({weights} weights), {est.context}-token context "
         f"× {est.sequences} sequence(s)",
