@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import ASSETS, needs_assets
 from tiny_adapter import make_tiny_adapter
 from typer.testing import CliRunner
 
@@ -727,6 +728,35 @@ def test_vllm_dry_run_for_a_qlora_run_quantizes_its_base_and_defaults_to_its_tra
     )
     code, output = run_cli("--run", str(run), "--engine", "vllm", "--dry-run", "--no-quantize")
     assert "--quantization" not in output
+
+
+@needs_assets
+def test_templates_that_open_think_in_the_prompt_get_the_r1_reasoning_parser(no_key_env, tmp_path, qwen3_tokenizer):
+    import copy
+
+    qwq = copy.deepcopy(qwen3_tokenizer)
+    qwq.chat_template = (ASSETS / "chat-templates" / "Qwen-QwQ-32B.jinja").read_text()
+    folder = tmp_path / "qwq"
+    qwq.save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))  # QwQ-32B's: no "qwen3" to go by
+    parsers = {}
+    for engine in ("vllm", "sglang"):
+        code, output = run_cli("--model", str(folder), "--engine", engine, "--dry-run")
+        assert code == 0, output
+        parsers[engine] = output.split("--reasoning-parser ")[1].split()[0]
+    assert parsers == {"vllm": "deepseek_r1", "sglang": "deepseek-r1"}
+    code, output = run_cli("--model", "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", "--engine", "vllm", "--dry-run")
+    assert "--reasoning-parser deepseek_r1 " in output  # a hub id not downloaded: judged by its name
+
+
+def test_offline_vllm_output_is_split_as_the_built_in_engine_splits_it():
+    from tuneforge.infer.parse import split_output
+
+    opened = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"  # QwQ / R1: the prompt opened it
+    assert split_output(opened, "plan it\n</think>\n\ndone") == ("plan it", "done")
+    qwen3 = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert split_output(qwen3, "<think>\nplan it\n</think>\n\ndone") == ("plan it", "done")
+    assert split_output(qwen3, "done") == (None, "done")
 
 
 def test_max_num_seqs_and_engine_args_reach_vllm_and_sglang(no_key_env, model_dir):

@@ -19,20 +19,15 @@ from tuneforge.errors import UserError
 from tuneforge.export import refuse_existing
 from tuneforge.io import atomic_write_text, check_writable
 
-# The Go template mirrors the Jinja one block by block. Two layout rules come from Ollama, which infers
+# Each Go template mirrors its Jinja one block by block. Two layout rules come from Ollama, which infers
 # from the template how to parse model output: the thinking tags are the text around `{{ .Thinking }}`
 # inside `range .Messages`, and the tool-call tag is the first text inside `{{ if .ToolCalls }}`.
 # A last assistant message is a prefill that Ollama continues, so it is left open (no <|im_end|>).
-QWEN3_TEMPLATE = """\
-{{- $lastQuery := -1 }}{{ $system := "" }}{{ $hasSystem := false }}
-{{- range $i, $m := .Messages }}
-{{- if eq .Role "user" }}{{ $lastQuery = $i }}{{ end }}
-{{- if and (eq $i 0) (eq .Role "system") }}{{ $hasSystem = true }}{{ $system = .Content }}{{ end }}
-{{- end }}
-{{- if .Tools }}<|im_start|>system
-{{ if $hasSystem }}{{ $system }}
 
-{{ end }}# Tools
+# Shared by the Qwen3 and QwQ templates: the tool signatures (after the system prompt), the system prompt alone,
+# user and later system turns, the assistant header; then, after the assistant turn, tool results and the
+# generation prompt's header.
+_QWEN_TOOLS_AND_TURNS = """# Tools
 
 You may call one or more functions to assist with the user query.
 
@@ -59,7 +54,33 @@ XML tags:
 {{ else if and (eq .Role "system") $i }}<|im_start|>system
 {{ .Content }}<|im_end|>
 {{ else if eq .Role "assistant" }}<|im_start|>assistant
-{{ if and (ge $lastQuery 0) (gt $i $lastQuery) (or $last .Thinking) }}<think>
+"""
+_QWEN_TOOL_RESULTS = """{{- if not $last }}<|im_end|>
+{{ end }}
+{{- else if eq .Role "tool" }}
+{{- if ne $prev "tool" }}<|im_start|>user{{ end }}
+<tool_response>
+{{ .Content }}
+</tool_response>
+{{- if or $last (ne (index (slice $.Messages $i) 1).Role "tool") }}<|im_end|>
+{{ end }}
+{{- end }}
+{{- if and $last (ne .Role "assistant") }}<|im_start|>assistant
+"""
+
+QWEN3_TEMPLATE = (
+    """\
+{{- $lastQuery := -1 }}{{ $system := "" }}{{ $hasSystem := false }}
+{{- range $i, $m := .Messages }}
+{{- if eq .Role "user" }}{{ $lastQuery = $i }}{{ end }}
+{{- if and (eq $i 0) (eq .Role "system") }}{{ $hasSystem = true }}{{ $system = .Content }}{{ end }}
+{{- end }}
+{{- if .Tools }}<|im_start|>system
+{{ if $hasSystem }}{{ $system }}
+
+{{ end }}"""
+    + _QWEN_TOOLS_AND_TURNS
+    + """{{ if and (ge $lastQuery 0) (gt $i $lastQuery) (or $last .Thinking) }}<think>
 {{ .Thinking }}
 </think>
 
@@ -71,29 +92,22 @@ XML tags:
 </tool_call>
 {{- if gt (len (slice $m.ToolCalls $j)) 1 }}
 {{ end }}{{ end }}{{ end }}
-{{- if not $last }}<|im_end|>
-{{ end }}
-{{- else if eq .Role "tool" }}
-{{- if ne $prev "tool" }}<|im_start|>user{{ end }}
-<tool_response>
-{{ .Content }}
-</tool_response>
-{{- if or $last (ne (index (slice $.Messages $i) 1).Role "tool") }}<|im_end|>
-{{ end }}
-{{- end }}
-{{- if and $last (ne .Role "assistant") }}<|im_start|>assistant
-{{ if and $.IsThinkSet (not $.Think) }}<think>
+"""
+    + _QWEN_TOOL_RESULTS
+    + """{{ if and $.IsThinkSet (not $.Think) }}<think>
 
 </think>
 
 {{ end }}{{ end }}
 {{- $prev = .Role }}
 {{- end }}"""
+)
 
 # QwQ-32B's template: Qwen's turns and tool blocks; history keeps only what follows the last </think> (Ollama passes
 # the answer apart from .Thinking, so that is .Content); the generation prompt opens <think>, so the model's output
 # starts inside its reasoning. The thinking tags around .Thinking (a prefilled last turn) let Ollama find them.
-QWQ_TEMPLATE = """\
+QWQ_TEMPLATE = (
+    """\
 {{- $system := "" }}{{ $hasSystem := false }}
 {{- range $i, $m := .Messages }}
 {{- if and (eq $i 0) (eq .Role "system") }}{{ $hasSystem = true }}{{ $system = .Content }}{{ end }}
@@ -101,34 +115,9 @@ QWQ_TEMPLATE = """\
 {{- if .Tools }}<|im_start|>system
 {{ if $hasSystem }}{{ $system }}{{ end }}
 
-# Tools
-
-You may call one or more functions to assist with the user query.
-
-You are provided with function signatures within <tools></tools> XML tags:
-<tools>
-{{- range .Tools }}
-{"type": "function", "function": {{ .Function }}}
-{{- end }}
-</tools>
-
-For each function call, return a json object with function name and arguments within <tool_call></tool_call> \
-XML tags:
-<tool_call>
-{"name": <function-name>, "arguments": <args-json-object>}
-</tool_call><|im_end|>
-{{ else if $hasSystem }}<|im_start|>system
-{{ $system }}<|im_end|>
-{{ end }}
-{{- $prev := "" }}
-{{- range $i, $m := .Messages }}
-{{- $last := eq (len (slice $.Messages $i)) 1 }}
-{{- if eq .Role "user" }}<|im_start|>user
-{{ .Content }}<|im_end|>
-{{ else if and (eq .Role "system") $i }}<|im_start|>system
-{{ .Content }}<|im_end|>
-{{ else if eq .Role "assistant" }}<|im_start|>assistant
-{{- if or .Content (not .ToolCalls) }}
+"""
+    + _QWEN_TOOLS_AND_TURNS
+    + """{{- if or .Content (not .ToolCalls) }}
 {{ end }}
 {{- if and $last .Thinking }}<think>
 {{ .Thinking }}
@@ -139,21 +128,13 @@ XML tags:
 <tool_call>
 {"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
 </tool_call>{{ end }}{{ end }}
-{{- if not $last }}<|im_end|>
-{{ end }}
-{{- else if eq .Role "tool" }}
-{{- if ne $prev "tool" }}<|im_start|>user{{ end }}
-<tool_response>
-{{ .Content }}
-</tool_response>
-{{- if or $last (ne (index (slice $.Messages $i) 1).Role "tool") }}<|im_end|>
-{{ end }}
-{{- end }}
-{{- if and $last (ne .Role "assistant") }}<|im_start|>assistant
-<think>
+"""
+    + _QWEN_TOOL_RESULTS
+    + """<think>
 {{ end }}
 {{- $prev = .Role }}
 {{- end }}"""
+)
 
 # The DeepSeek-R1 distills' template: one system prompt (the last one given) after the BOS token, then
 # <｜User｜> / <｜Assistant｜> turns; history keeps only the answer; the generation prompt opens <think>. Tool calls
