@@ -26,7 +26,7 @@ app.add_typer(data_app, name="data")
 # chat, eval, serve: the base loads as the run trained it unless told otherwise.
 QUANTIZE_OPTION = typer.Option(
     "--load-in-4bit/--no-quantize",
-    help="Load the base in 4 bit (bitsandbytes), or in 16 bit [default: a QLoRA run's base as it was trained].",
+    help="Load the base in 4 bit (bitsandbytes), or in 16 bit \\[default: a QLoRA run's base as it was trained].",
 )
 
 
@@ -300,7 +300,7 @@ def chat(
     prompt: Annotated[str | None, typer.Option(help="Answer this once and exit (default: interactive).")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
     think: Annotated[
-        bool | None, typer.Option("--think/--no-think", help="Thinking mode [default: the one the run trained in].")
+        bool | None, typer.Option("--think/--no-think", help="Thinking mode \\[default: the one the run trained in].")
     ] = None,
     quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
     max_new_tokens: Annotated[
@@ -397,7 +397,7 @@ def serve(
         int | None, typer.Option(min=0, help="Requests that may wait; more are answered 429 [default: 128].")
     ] = None,
     max_num_seqs: Annotated[
-        int | None, typer.Option(min=1, help="Requests generated together in one batch [default: 32; vLLM's own].")
+        int | None, typer.Option(min=1, help="Requests generated together in one batch \\[default: 32; vLLM's own].")
     ] = None,
     engine_arg: Annotated[
         list[str] | None,
@@ -447,7 +447,7 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(min=1, help="At most N items per task.")] = None,
     think: Annotated[
         bool | None,
-        typer.Option("--think/--no-think", help="Thinking mode for generation [default: the one the run trained in]."),
+        typer.Option("--think/--no-think", help="Thinking mode \\[default: the one the run trained in]."),
     ] = None,
     quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder [default: RUN/eval/<suite>].")] = None,
