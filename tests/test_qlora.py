@@ -39,6 +39,7 @@ def data_cache(tmp_path_factory) -> dict[str, str]:
 
 
 @needs_assets
+@pytest.mark.slow  # training, then three 4-bit loads (chat, eval, serve): 524 s on 2 cores at load 16
 def test_qlora_learns_the_name_and_chat_eval_serve_run_it_on_the_4bit_base(
     tiny_qwen3_dir, tmp_path, monkeypatch, data_cache
 ):
