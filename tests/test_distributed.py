@@ -284,3 +284,24 @@ def test_missing_deepspeed_names_the_extra(job, monkeypatch):
 def test_unknown_deepspeed_preset(job):
     line = one_line_error(cli("train", str(job), "distributed.strategy=deepspeed", "distributed.deepspeed=zero4"))
     assert "distributed.deepspeed: 'zero4' is neither a preset (zero2, zero2_offload, zero3, zero3_offload)" in line
+
+
+def test_a_worker_node_given_a_wrong_master_address_fails_in_one_line_within_seconds():
+    import time
+
+    from tuneforge.errors import UserError
+    from tuneforge.train.launch import check_master
+
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"^distributed.master_addr: no-such-host.invalid does not resolve \("):
+        check_master("no-such-host.invalid", 29500)
+    port = free_port()  # nothing listens there
+    with pytest.raises(UserError) as refused:
+        check_master("127.0.0.1", port, wait_s=2)
+    assert str(refused.value).startswith(f"distributed.master_addr: node 0 did not answer at 127.0.0.1:{port} (")
+    assert "check --master-addr and --master-port" in str(refused.value) and "\n" not in str(refused.value)
+    assert time.monotonic() - start < 10
+    with socket.socket() as listening:  # node 0 up: the check passes at once
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_master("127.0.0.1", listening.getsockname()[1], wait_s=2)

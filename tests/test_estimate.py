@@ -14,6 +14,7 @@ import yaml
 from conftest import ASSETS, DATA_DIR, ROOT, needs_assets
 
 from tuneforge.config import validate
+from tuneforge.errors import UserError
 from tuneforge.estimate.memory import GIB, QWEN3_SHAPES, Job, Shape, estimate
 from tuneforge.estimate.steps import count_steps
 
@@ -336,3 +337,77 @@ def test_preference_objectives_double_the_rows_and_add_their_reference():
     full = {"type": "full", "objective": "dpo"}
     assert estimate(_job(method=full)).parts["reference"] == QWEN3_8B.params * 2  # bf16 copy
     assert estimate(_job(method={**full, "reference": "precomputed"})).parts["reference"] == 0
+
+
+def test_serve_estimate_counts_weights_and_the_kv_cache_of_every_sequence():
+    from tuneforge.estimate.memory import CUDA_CONTEXT
+    from tuneforge.estimate.serve import estimate_serve
+
+    lora, qlora = _job(method={"type": "lora"}), _job(method={"type": "qlora"})
+    est = estimate_serve(lora, context=4096, sequences=4)
+    kv_per_token = 2 * 36 * 8 * 128 * 2  # K and V, 36 layers, 8 KV heads of 128, bf16: 144 KiB
+    assert est.kv_per_token == kv_per_token and est.kv_cache == kv_per_token * 4096 * 4
+    trained = estimate(lora)
+    rank8 = 36 * 8 * sum(i + o for i, o in QWEN3_8B.linears().values())
+    assert est.weights == trained.parts["weights"] + trained.parts["LoRA weights"] == 2 * QWEN3_8B.params + 4 * rank8
+    quantized = estimate(qlora).parts
+    assert estimate_serve(qlora, 4096).weights == quantized["weights"] + quantized["LoRA weights"]
+    assert est.total == est.weights + est.kv_cache + est.prefill + est.overhead and est.overhead > CUDA_CONTEXT
+    # vLLM: its share of the GPU, less the weights, its profiled prefill and the CUDA context, holds KV blocks.
+    room = 0.9 * 80 * GIB - est.weights - est.prefill_of(4096) - CUDA_CONTEXT
+    assert est.vllm_kv_tokens(80 * GIB, 0.9) == int(room // kv_per_token) > 4 * 4096
+    assert est.vllm_kv_tokens(16 * GIB, 0.9) == 0  # 16.4 GB of bf16 weights alone
+
+
+def test_estimate_serve_from_flags_says_whether_a_14b_qlora_chat_fits_24_gb():
+    result = tuneforge(
+        "estimate", "--serve", "--model", "Qwen/Qwen3-14B", "--method", "qlora", "--max-length", "4096",
+        "--gpu-memory", "24", env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("inference memory: 14.77 B params (4-bit nf4 weights), 4096-token context × 1")
+    assert "  KV cache     0.62 GiB  (160 KiB per token)" in lines  # 2 × 40 layers × 8 × 128 × 2 bytes × 4096
+    assert lines[-1].startswith("24 GB: built-in server fits; vLLM at gpu_memory_utilization 0.9: KV room for ")
+
+
+QWEN3_8B_CONFIG = {
+    "vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+def test_a_prequantized_checkpoint_is_estimated_as_saved_with_its_skipped_modules_16bit():
+    saved = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "fp4",
+             "llm_int8_skip_modules": ["lm_head", "model.layers.1.mlp"]}  # fmt: skip
+    shape = Shape.from_config({**QWEN3_8B_CONFIG, "quantization_config": saved})
+    assert shape.params == QWEN3_8B.params and shape.kept_linear_params == 3 * 4096 * 12288  # layer 1's MLP
+    job = Job.from_config(validate({"model": {"name_or_path": "x"}, "data": {"datasets": [{"path": "x"}]},
+                                    "method": {"type": "lora"}, "output": {"dir": "x"}}), shape)  # fmt: skip
+    quantized = QWEN3_8B.linear_params - 3 * 4096 * 12288
+    # fp4 without double quant, as the checkpoint says (method.type lora on it trains as QLoRA): 0.5 byte + 4/64.
+    assert estimate(job).parts["weights"] == quantized * (0.5 + 4 / 64) + 2 * (QWEN3_8B.params - quantized)
+    assert estimate(job).notes["weights"] == (
+        "8.19 B params, decoder linears 4-bit fp4, as the checkpoint saved them"
+    )  # fmt: skip
+    assert estimate(_job(method={"type": "lora"})).parts["weights"] == 2 * QWEN3_8B.params  # the 16-bit original
+    gptq = {**QWEN3_8B_CONFIG, "_name_or_path": "org/m-GPTQ", "quantization_config": {"quant_method": "gptq"}}
+    with pytest.raises(UserError, match=r"^model.name_or_path: org/m-GPTQ is quantized with gptq, which tuneforge"):
+        Shape.from_config(gptq)
+
+
+def test_a_moe_counts_every_experts_weights_and_the_active_ones_activations():
+    # Qwen3-30B-A3B's published config.json (the memory-relevant keys).
+    config = {**QWEN3_8B_CONFIG, "hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 48,
+              "num_key_value_heads": 4, "num_experts": 128, "num_experts_per_tok": 8,
+              "moe_intermediate_size": 768}  # fmt: skip
+    moe = Shape.from_config(config)
+    assert round(moe.params / 1e9, 2) == 30.53  # the model card: 30.5 B in total, 3.3 B activated
+    assert moe.intermediate == 8 * 768  # activations: the 8 experts a token runs through
+    assert set(moe.linears()) == {"q_proj", "k_proj", "v_proj", "o_proj"}  # what LoRA and bitsandbytes reach
+    job = Job.from_config(validate({"model": {"name_or_path": "x"}, "data": {"datasets": [{"path": "x"}]},
+                                    "method": {"type": "lora"}, "output": {"dir": "x"}}), moe)  # fmt: skip
+    est = estimate(job)
+    assert est.parts["weights"] == 2 * moe.params
+    assert est.parts["LoRA weights"] == 4 * 48 * 8 * sum(i + o for i, o in moe.linears().values())
+    assert est.notes["weights"] == "30.53 B params (128 experts, 8 active), 16-bit"

@@ -89,16 +89,21 @@ def test_self_cognition_probe_and_heldout_loss_improve_with_one_model_load(train
     real = load.load_model
     monkeypatch.setattr(load, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
 
-    # The shipped self-cognition suite: held-out loss, and the probe's name and author questions.
-    result = CliRunner().invoke(app, ["eval", "--run", str(trained_run), "--suite", "self-cognition", "--no-think"])
+    # The run trained on data without reasoning (data.thinking: auto): its prompts ended in the empty think block.
+    assert json.loads((trained_run / "run.json").read_text())["thinking"] == {"data.thinking": "auto", "modes": ["off"]}
+    # The shipped self-cognition suite: held-out loss, and the probe's name and author questions; no --think flag:
+    # the run is evaluated in the mode it trained in (issue 25: in the template's own mode nearly every tuned answer
+    # started with a junk token and the probe scored 0.9).
+    result = CliRunner().invoke(app, ["eval", "--run", str(trained_run), "--suite", "self-cognition"])
     assert result.exit_code == 0, result.output
+    assert "eval: thinking off: the mode run trained in" in result.output
     assert len(loads) == 1  # baseline = the same model with the adapter off
 
     report = trained_run / "eval" / "self-cognition"
     results = json.loads((report / "results.json").read_text())
     probe = results["tasks"]["self-cognition"]
     assert probe["metrics"]["accuracy"]["baseline"] == 0.0
-    assert probe["metrics"]["accuracy"]["tuned"] >= 0.9  # issue 14's bar
+    assert probe["metrics"]["accuracy"]["tuned"] == 1.0
     n_name, n_author = len(PROBE_QUESTIONS["name"]), len(PROBE_QUESTIONS["author"])
     assert probe["n"] == n_name + n_author and results["thinking"] == "off" and results["models"]["tuned"] == "run"
     loss = results["tasks"]["heldout-loss"]["metrics"]["loss"]
@@ -110,7 +115,10 @@ def test_self_cognition_probe_and_heldout_loss_improve_with_one_model_load(train
     # Both kinds of question pass on their own, not only on average: names and authors.
     for gold, count in (NAME, n_name), (AUTHOR, n_author):
         kind = [s["correct"] for s in tuned if s["gold"] == gold]
-        assert len(kind) == count and sum(kind) / count >= 0.9
+        assert len(kind) == count and all(kind)
+    # No junk first token: every tuned answer opens as some training answer does (您好, 作为, I am, ...).
+    openings = {record["output"][:2] for record in json.loads((DATA_DIR / "identity.json").read_text())}
+    assert all(s["output"][:2] in openings for s in tuned), [s["output"][:12] for s in tuned]
     first = next(s for s in samples if s["task"] == "self-cognition" and s["model"] == "tuned")
     assert first["prompt"] == "<|im_start|>user\n你是谁？<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert first["gold"] == NAME and first["outcome"] in ("correct", "wrong") and "correct" in first

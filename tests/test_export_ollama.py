@@ -391,6 +391,91 @@ def test_template_lets_ollama_find_think_and_tool_call_tags(template):
     assert re.search(r"\{\{- if \.ToolCalls \}\}\{\{ range [^}]*\}\}<tool_call>\n", template)
 
 
+# --- QwQ-32B and the DeepSeek-R1 distills: their own templates, restated by the Modelfile --------------------------
+
+FAMILY_TEMPLATES = {"qwq": "Qwen-QwQ-32B.jinja", "r1": "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"}
+R1_SPECIAL = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]
+
+
+def gguf_with_template(path: Path, chat_template: str) -> Path:
+    """A tensor-less GGUF carrying `chat_template`: all export ollama reads."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, "qwen2")
+    writer.add_chat_template(chat_template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_TEMPLATES))
+def family(request, tmp_path_factory, qwen3_tokenizer) -> tuple[str, Any, str, str]:
+    """(family, a copy of the Qwen3 tokenizer carrying the family's own template, the Modelfile's TEMPLATE, text)."""
+    import copy
+
+    path = ASSETS / "chat-templates" / FAMILY_TEMPLATES[request.param]
+    if not path.is_file():
+        pytest.skip(f"{path} not found (../shared/assets)")
+    tokenizer = copy.deepcopy(qwen3_tokenizer)
+    tokenizer.chat_template = path.read_text()
+    if request.param == "r1":  # the R1 distills' tokenizer: its turn markers are special tokens, BOS is one of them
+        tokenizer.add_special_tokens({"additional_special_tokens": R1_SPECIAL})
+        tokenizer.bos_token = R1_SPECIAL[0]
+    out = tmp_path_factory.mktemp(request.param)
+    export_ollama(gguf_with_template(out / f"{request.param}.gguf", tokenizer.chat_template), out / "ollama")
+    text = (out / "ollama" / "Modelfile").read_text()
+    return request.param, tokenizer, re.search(r'^TEMPLATE """(.*?)"""$', text, re.DOTALL | re.MULTILINE).group(1), text
+
+
+def test_qwq_and_r1_templates_render_like_their_own_jinja_token_by_token(family):
+    kind, tokenizer, template, _ = family
+    # The R1 Modelfile leaves tool calls out: Ollama cannot write R1's tool-call blocks.
+    names = [name for name in sorted(CONVERSATIONS) if kind != "r1" or name not in TOOLS]
+    assert len(names) == (5 if kind == "qwq" else 3)
+    for name in names:
+        messages, tools = CONVERSATIONS[name], TOOLS.get(name)
+        expected = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
+        rendered = render_go(template, ollama_values(messages, tools, None))
+        assert expected.endswith("<think>\n"), name  # both open the reasoning in the prompt
+        if tools:
+            assert canonical_json_lines(rendered) == canonical_json_lines(expected), name
+            assert rendered.count("\n") == expected.count("\n"), name
+        else:
+            assert rendered == expected, name
+            encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+            assert encode(rendered) == encode(expected), name
+
+
+def test_qwq_and_r1_modelfiles_stop_and_sample_as_their_model_cards(family):
+    kind, _, template, text = family
+    stops = re.findall(r'^PARAMETER stop "(.*)"$', text, re.MULTILINE)
+    params = dict(re.findall(r"^PARAMETER (\w+) ([^\"\s]+)$", text, re.MULTILINE))
+    if kind == "qwq":
+        assert stops == ["<|im_end|>", "<|endoftext|>"]
+        assert params == {"temperature": "0.6", "top_p": "0.95", "top_k": "40", "min_p": "0"}
+    else:
+        assert stops == ["<｜end▁of▁sentence｜>", "<｜User｜>"]
+        assert params == {"temperature": "0.6", "top_p": "0.95"}
+    # Ollama finds the thinking tags as the text around .Thinking.
+    assert re.search(r"\}\}<think>\n\{\{ \.Thinking \}\}\n</think>\n\n\{\{ end \}\}", template)
+
+
+def test_parameters_are_added_or_replace_the_presets_and_stop_is_refused(tmp_path, qwen3_gguf):
+    from tuneforge.export.ollama import parse_parameters
+
+    parameters = parse_parameters(["num_ctx=8192", "temperature=0.5"])
+    export_ollama(qwen3_gguf, tmp_path, parameters=parameters)
+    text = (tmp_path / "Modelfile").read_text()
+    params = dict(re.findall(r"^PARAMETER (\w+) ([^\"\s]+)$", text, re.MULTILINE))
+    assert params == {"temperature": "0.5", "top_p": "0.95", "top_k": "20", "min_p": "0", "num_ctx": "8192"}
+    with pytest.raises(UserError, match=r"--parameter 'num_ctx': expected KEY=VALUE"):
+        parse_parameters(["num_ctx"])
+    with pytest.raises(UserError, match=r"--parameter stop: the stop strings are the chat template's own"):
+        parse_parameters(["stop=x"])
+
+
 def test_modelfile_has_from_stops_sampling_and_prints_create(tmp_path, qwen3_gguf):
     command = export_ollama(qwen3_gguf, tmp_path / "ollama", sampling="non-thinking")
     text = (tmp_path / "ollama" / "Modelfile").read_text()
@@ -419,7 +504,7 @@ def test_existing_modelfile_needs_force(tmp_path, qwen3_gguf):
 def test_non_qwen3_template_is_refused(tmp_path):
     if not QWEN2_VOCAB_GGUF.is_file():
         pytest.skip(f"{QWEN2_VOCAB_GGUF} not found (../shared/assets)")
-    with pytest.raises(UserError, match=r"not a Qwen3 one") as err:
+    with pytest.raises(UserError, match=r"not one export ollama can restate") as err:
         export_ollama(QWEN2_VOCAB_GGUF, tmp_path)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "Modelfile").exists()

@@ -1,5 +1,5 @@
-"""QLoRA on the CPU (bitsandbytes >= 0.45): it learns, chat runs the adapter on the 16-bit base, pre-quantized
-checkpoints load as saved, and 4-bit weights take about a quarter of their bf16 bytes."""
+"""QLoRA on the CPU (bitsandbytes >= 0.45): it learns, chat, eval and serve run the adapter on the base quantized as
+it was trained, pre-quantized checkpoints load as saved, and 4-bit weights take about a quarter of their bf16 bytes."""
 
 from __future__ import annotations
 
@@ -12,14 +12,20 @@ from conftest import ASSETS, needs_assets, save_4bit
 from safetensors import safe_open
 from safetensors.torch import save_file
 from test_train import NAME, greedy_answers, identity_config, step_losses
+from typer.testing import CliRunner
 
+from tuneforge.cli import app
 from tuneforge.config import MethodConfig, ModelConfig
+from tuneforge.infer.engine import load_engine
+from tuneforge.infer.spec import resolve_spec
 from tuneforge.model import load
 from tuneforge.model.load import load_model
 from tuneforge.model.quant import quantized_bytes
+from tuneforge.serve.app import create_app, serve_in_background
 from tuneforge.train.run import train
 
 bnb = pytest.importorskip("bitsandbytes")
+openai = pytest.importorskip("openai")
 
 
 def bnb_layers(model) -> list[torch.nn.Module]:
@@ -33,7 +39,10 @@ def data_cache(tmp_path_factory) -> dict[str, str]:
 
 
 @needs_assets
-def test_qlora_learns_the_name_and_chat_uses_the_16bit_base(tiny_qwen3_dir, tmp_path, monkeypatch, data_cache):
+@pytest.mark.slow  # training, then three 4-bit loads (chat, eval, serve): 524 s on 2 cores at load 16
+def test_qlora_learns_the_name_and_chat_eval_serve_run_it_on_the_4bit_base(
+    tiny_qwen3_dir, tmp_path, monkeypatch, data_cache
+):
     # 32 steps instead of the LoRA test's 72: the same assertions in less time. 16 steps at 2e-2 learnt the
     # name for only some seeds (train.seed 42, 1, 2: 1 of 3); 32 steps at 1e-2 learnt it for all 7 tried.
     cfg = identity_config(
@@ -59,11 +68,32 @@ def test_qlora_learns_the_name_and_chat_uses_the_16bit_base(tiny_qwen3_dir, tmp_
         loaded.append(load_model(*args, **kwargs))
         return loaded[-1]
 
-    monkeypatch.setattr(load, "load_model", spy)  # what chat loads
-    answers = greedy_answers(run.root)
+    monkeypatch.setattr(load, "load_model", spy)  # what chat, eval and serve load
+    answers = greedy_answers(run.root)  # chat
     assert NAME not in answers["before"]
     assert NAME in answers["after"], answers
-    assert loaded and not any(bnb_layers(model) for model in loaded)  # the adapter ran on the 16-bit base
+
+    result = CliRunner().invoke(app, ["eval", "--run", str(run.root), "--tasks", "self-cognition"])
+    assert result.exit_code == 0, result.output
+    probe = json.loads((run.eval_dir / "self-cognition" / "results.json").read_text())["tasks"]["self-cognition"]
+    assert probe["metrics"]["accuracy"]["tuned"] >= 0.9 and probe["metrics"]["accuracy"]["baseline"] == 0.0, probe
+
+    spec = resolve_spec(run=run.root)
+    with serve_in_background(create_app(load_engine(spec), thinking=spec.thinking)) as url:
+        reply = openai.OpenAI(base_url=f"{url}/v1", api_key="none").chat.completions.create(
+            model="run", messages=[{"role": "user", "content": "你是谁？"}], max_tokens=24, temperature=0
+        )
+    assert NAME in reply.choices[0].message.content
+
+    # Each of chat, eval and serve loaded the base once, in 4 bit with the run's settings, as it was trained.
+    assert len(loaded) == 3
+    for model in loaded:
+        layers = bnb_layers(model)
+        assert len(layers) == 14 and all(isinstance(m, bnb.nn.Linear4bit) for m in layers)
+        # compress_statistics: double quant as asked (bitsandbytes' CPU kernels un-nest the state at the first forward).
+        assert {(m.weight.quant_type, m.weight.compress_statistics) for m in layers} == {("nf4", True)}
+    load_engine(resolve_spec(run=run.root, quantize=False))  # --no-quantize: the 16-bit base
+    assert not bnb_layers(loaded[-1])
 
 
 @needs_assets

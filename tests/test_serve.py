@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from conftest import ASSETS, needs_assets
 from tiny_adapter import make_tiny_adapter
 from typer.testing import CliRunner
 
@@ -385,6 +386,25 @@ def test_enable_thinking_false_reaches_the_template(scripted):
     assert (message.content, getattr(message, "reasoning_content", None)) == ("Plain answer.", None)
 
 
+def test_a_request_without_enable_thinking_gets_the_mode_its_model_trained_in(qwen3_tokenizer):
+    engine = Engine(qwen3_tokenizer, {"base": None, "mybot": "base"}, Qwen3Script(qwen3_tokenizer), max_model_len=10**6)
+    with serve_in_background(create_app(engine, thinking={"mybot": False})) as url:
+        replies = {
+            "trained default": client(url).chat.completions.create(model="mybot", messages=ask("hi")),
+            "asked": client(url).chat.completions.create(
+                model="mybot", messages=ask("hi"), extra_body={"chat_template_kwargs": {"enable_thinking": True}}
+            ),
+            "base": client(url).chat.completions.create(model="base", messages=ask("hi")),
+        }
+    answers = {k: (r.choices[0].message.content, getattr(r.choices[0].message, "reasoning_content", None))
+               for k, r in replies.items()}  # fmt: skip
+    assert answers == {
+        "trained default": ("Plain answer.", None),  # the prompt ended in the empty think block
+        "asked": ("Hello! How can I help?", "The user greets me."),
+        "base": ("Hello! How can I help?", "The user greets me."),  # the template's own default
+    }
+
+
 def test_tool_calls_then_tool_results_in_the_next_turn(scripted):
     url, _ = scripted
     messages = ask("What is the weather in Paris?")
@@ -686,6 +706,72 @@ def test_vllm_dry_run_for_a_lora_run_folder(no_key_env, tmp_path):
         f"--tokenizer {adapter} --enable-lora --lora-modules mybot={adapter} "
         "--reasoning-parser qwen3 --enable-auto-tool-choice --tool-call-parser hermes"
     )
+
+
+def test_vllm_dry_run_for_a_qlora_run_quantizes_its_base_and_defaults_to_its_trained_mode(no_key_env, tmp_path):
+    from test_trained_defaults import make_run
+
+    run = make_run(tmp_path / "qbot", "Qwen/Qwen3-8B", {"type": "qlora"}, ["off"])
+    code, output = run_cli("--run", str(run), "--engine", "vllm", "--dry-run")
+    assert code == 0, output
+    assert output.strip() == (
+        f"vllm serve Qwen/Qwen3-8B --served-model-name Qwen/Qwen3-8B --host 127.0.0.1 --port 8000 "
+        f"--enable-lora --lora-modules qbot={run / 'adapter'} "
+        "--reasoning-parser qwen3 --enable-auto-tool-choice --tool-call-parser hermes "
+        """--quantization bitsandbytes --default-chat-template-kwargs '{"enable_thinking": false}'"""
+    )
+    code, output = run_cli("--run", str(run), "--engine", "transformers", "--dry-run", "--no-quantize")
+    assert code == 0, output
+    assert output.splitlines()[-1] == (
+        "qbot: thinking off by default (the mode it trained in), unless a request sets "
+        "chat_template_kwargs.enable_thinking"
+    )
+    code, output = run_cli("--run", str(run), "--engine", "vllm", "--dry-run", "--no-quantize")
+    assert "--quantization" not in output
+
+
+@needs_assets
+def test_templates_that_open_think_in_the_prompt_get_the_r1_reasoning_parser(no_key_env, tmp_path, qwen3_tokenizer):
+    import copy
+
+    qwq = copy.deepcopy(qwen3_tokenizer)
+    qwq.chat_template = (ASSETS / "chat-templates" / "Qwen-QwQ-32B.jinja").read_text()
+    folder = tmp_path / "qwq"
+    qwq.save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2"}))  # QwQ-32B's: no "qwen3" to go by
+    parsers = {}
+    for engine in ("vllm", "sglang"):
+        code, output = run_cli("--model", str(folder), "--engine", engine, "--dry-run")
+        assert code == 0, output
+        parsers[engine] = output.split("--reasoning-parser ")[1].split()[0]
+    assert parsers == {"vllm": "deepseek_r1", "sglang": "deepseek-r1"}
+    code, output = run_cli("--model", "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", "--engine", "vllm", "--dry-run")
+    assert "--reasoning-parser deepseek_r1 " in output  # a hub id not downloaded: judged by its name
+
+
+def test_offline_vllm_output_is_split_as_the_built_in_engine_splits_it():
+    from tuneforge.infer.parse import split_output
+
+    opened = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"  # QwQ / R1: the prompt opened it
+    assert split_output(opened, "plan it\n</think>\n\ndone") == ("plan it", "done")
+    qwen3 = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert split_output(qwen3, "<think>\nplan it\n</think>\n\ndone") == ("plan it", "done")
+    assert split_output(qwen3, "done") == (None, "done")
+
+
+def test_max_num_seqs_and_engine_args_reach_vllm_and_sglang(no_key_env, model_dir):
+    extra = ("--max-num-seqs", "4", "--engine-arg=--enable-prefix-caching", "--engine-arg=--load-format bitsandbytes")
+    code, output = run_cli("--model", str(model_dir), "--engine", "vllm", "--dry-run", *extra)
+    assert code == 0, output
+    assert output.strip().endswith(
+        "--tool-call-parser hermes --max-num-seqs 4 --enable-prefix-caching --load-format bitsandbytes"
+    )
+    code, output = run_cli("--model", str(model_dir), "--engine", "sglang", "--dry-run", *extra)
+    assert code == 0, output
+    assert output.strip().endswith("--max-running-requests 4 --enable-prefix-caching --load-format bitsandbytes")
+    code, output = run_cli("--model", str(model_dir), "--engine", "transformers", "--dry-run", *extra)
+    note = "note: --engine-arg only apply to --engine vllm or sglang; the built-in engine ignores them"
+    assert output.splitlines()[0] == note
 
 
 def test_missing_engine_is_a_one_line_error(model_dir, monkeypatch):

@@ -23,6 +23,12 @@ data_app = typer.Typer(no_args_is_help=True, help="See exactly what the model wi
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
+# chat, eval, serve: the base loads as the run trained it unless told otherwise.
+QUANTIZE_OPTION = typer.Option(
+    "--load-in-4bit/--no-quantize",
+    help="Load the base in 4 bit (bitsandbytes), or in 16 bit \\[default: a QLoRA run's base as it was trained].",
+)
+
 
 def _print_version(value: bool) -> None:
     if value:
@@ -118,6 +124,13 @@ def estimate(
     gpu_memory: Annotated[float | None, typer.Option(help="Judge this GPU size in GB (default 24, 48, 80).")] = None,
     cpu: Annotated[bool, typer.Option(help="Estimate for training on this machine's CPU (fp32), not a GPU.")] = False,
     steps: Annotated[bool, typer.Option(help="With a CONFIG: prepare its data and count the optimizer steps.")] = True,
+    serve: Annotated[
+        bool, typer.Option(help="Inference memory instead: weights + KV cache for --max-length × --max-num-seqs.")
+    ] = False,
+    max_num_seqs: Annotated[int, typer.Option(min=1, help="--serve: sequences generated together.")] = 1,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(min=0.05, max=1.0, help="--serve: vLLM's share of the GPU.")
+    ] = 0.9,
 ) -> None:
     """Memory per device (from config.json alone), the exact step count, and whether it fits 24 / 48 / 80 GB GPUs."""
     from tuneforge.estimate.memory import Job, load_shape
@@ -137,6 +150,14 @@ def estimate(
     }
     cfg = job_config(config, overrides or [], flags)
     console = _console()
+    if serve:
+        from tuneforge.estimate.serve import estimate_serve, serve_report
+
+        job = Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda")
+        sizes = () if cpu else ((gpu_memory,) if gpu_memory else GPU_SIZES)
+        for line in serve_report(estimate_serve(job, cfg.data.max_length, max_num_seqs), sizes, gpu_memory_utilization):
+            typer.echo(line)
+        return
     plan = plan_steps(cfg, console.print) if config is not None and steps else None
     # With the data prepared, rows are as wide as its longest sample (at most data.max_length).
     job = Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda", plan.longest if plan else 0)
@@ -278,7 +299,10 @@ def chat(
     run: Annotated[str | None, typer.Option(help="A tuneforge run folder (its base and adapter or model).")] = None,
     prompt: Annotated[str | None, typer.Option(help="Answer this once and exit (default: interactive).")] = None,
     system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-    think: Annotated[bool | None, typer.Option("--think/--no-think", help="Qwen3 thinking mode.")] = None,
+    think: Annotated[
+        bool | None, typer.Option("--think/--no-think", help="Thinking mode \\[default: the one the run trained in].")
+    ] = None,
+    quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
     max_new_tokens: Annotated[
         int | None,
         typer.Option(help="Longest answer in tokens [default: 512, or what the context leaves after the prompt]."),
@@ -295,8 +319,9 @@ def chat(
     from tuneforge.infer.engine import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if greedy else temperature, top_p=top_p)
-    session = open_session(model, adapter, run, params, think=think, system=system)
+    session = open_session(model, adapter, run, params, think=think, system=system, quantize=quantize)
     console = Console(highlight=False)
+    console.print(session.thinking_note, style="dim", markup=False)
     if prompt is None:
         repl(session, console, compare=compare)
     elif compare:
@@ -372,8 +397,13 @@ def serve(
         int | None, typer.Option(min=0, help="Requests that may wait; more are answered 429 [default: 128].")
     ] = None,
     max_num_seqs: Annotated[
-        int | None, typer.Option(min=1, help="Requests generated together in one batch [default: 32].")
+        int | None, typer.Option(min=1, help="Requests generated together in one batch \\[default: 32; vLLM's own].")
     ] = None,
+    engine_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="An argument passed on to vLLM / SGLang as is, e.g. --engine-arg=--enable-prefix-caching."),
+    ] = None,
+    quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the server or command that would run, and exit.")] = False,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API: built-in (CPU too), or one command for vLLM / SGLang."""
@@ -381,13 +411,17 @@ def serve(
     from tuneforge.serve.launch import ServeOptions, launch, resolve_api_key
     from tuneforge.serve.protocol import ServerLimits
 
-    spec = resolve_spec(model=model, run=run, adapters=parse_adapters(adapter or []), served_name=served_model_name)
+    adapters = parse_adapters(adapter or [])
+    spec = resolve_spec(model=model, run=run, adapters=adapters, served_name=served_model_name, quantize=quantize)
     sizes = dict(
         max_tokens_default=max_tokens_default, max_queued_requests=max_queued_requests, max_num_seqs=max_num_seqs
     )
     limits = ServerLimits(trust_request_chat_template, **{k: v for k, v in sizes.items() if v is not None})
     key = resolve_api_key(api_key, api_key_file)
-    options = ServeOptions(host, port, key, max_model_len, tensor_parallel_size, gpu_memory_utilization, limits=limits)
+    options = ServeOptions(
+        host, port, key, max_model_len, tensor_parallel_size, gpu_memory_utilization, limits, max_num_seqs,
+        tuple(engine_arg or []),
+    )  # fmt: skip
     launch(spec, engine=engine, options=options, dry_run=dry_run)
 
 
@@ -412,8 +446,10 @@ def eval_command(
     ] = "base",
     limit: Annotated[int | None, typer.Option(min=1, help="At most N items per task.")] = None,
     think: Annotated[
-        bool | None, typer.Option("--think/--no-think", help="Qwen3 thinking mode for generation.")
+        bool | None,
+        typer.Option("--think/--no-think", help="Thinking mode \\[default: the one the run trained in]."),
     ] = None,
+    quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder [default: RUN/eval/<suite>].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Benchmark files of shipped suites [default: .].")] = None,
     endpoint: Annotated[
@@ -460,6 +496,7 @@ def eval_command(
         engine=engine,
         concurrency=concurrency,
         nproc=nproc,
+        quantize=quantize,
     )
     result = evaluate(request, log=_console().print)
     table = Table(title=f"eval: {result.out}")
@@ -578,15 +615,20 @@ def export_gguf_command(
 @export_app.command("ollama")
 @user_errors
 def export_ollama_command(
-    gguf: Annotated[Path, typer.Option(help="The .gguf file (Qwen3 chat template).")],
+    gguf: Annotated[Path, typer.Option(help="The .gguf file (Qwen3, QwQ or DeepSeek-R1 chat template).")],
     out: Annotated[Path, typer.Option(help="Folder for the Modelfile.")],
-    sampling: Annotated[str, typer.Option(help="Qwen3 sampling defaults: thinking | non-thinking.")] = "thinking",
+    sampling: Annotated[
+        str, typer.Option(help="The model card's sampling: thinking | non-thinking (Qwen3).")
+    ] = "thinking",
+    parameter: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE: a Modelfile PARAMETER, e.g. num_ctx=8192 (repeatable).")
+    ] = None,
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
 ) -> None:
-    """Write an Ollama Modelfile: FROM the GGUF, Qwen3's chat template, stop tokens, sampling."""
-    from tuneforge.export.ollama import export_ollama
+    """Write an Ollama Modelfile: FROM the GGUF, its family's chat template, stop tokens, sampling."""
+    from tuneforge.export.ollama import export_ollama, parse_parameters
 
-    command = export_ollama(gguf, out, sampling=sampling, force=force)
+    command = export_ollama(gguf, out, sampling=sampling, force=force, parameters=parse_parameters(parameter or []))
     typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
 
 

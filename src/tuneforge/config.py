@@ -196,6 +196,11 @@ class TrainConfig(Section):
     report_to: Literal["none", "tensorboard", "swanlab", "wandb", "mlflow"] = Field(
         "none", description="Experiment tracker (install the extra of the same name); metrics.jsonl is always written."
     )
+    run_name: str | None = Field(None, description="The run's name in the tracker (default: the run folder's name).")
+    project: str | None = Field(
+        None,
+        description="The tracker's project (W&B, SwanLab) or experiment (MLflow); default: the tracker's own.",
+    )
 
 
 class OutputConfig(Section):

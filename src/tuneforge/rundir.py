@@ -129,7 +129,8 @@ class Run:
         method: dict[str, Any] = {"type": cfg.method.type}
         if cfg.method.type == "qlora":
             method["quantization"] = {
-                "bits": cfg.method.bits, "quant_type": cfg.method.quant_type, "double_quant": cfg.method.double_quant
+                "bits": cfg.method.bits, "quant_type": cfg.method.quant_type, "double_quant": cfg.method.double_quant,
+                "quant_storage": cfg.method.quant_storage,
             }  # fmt: skip
         versions = {"tuneforge": __version__} | {name: _version(name) for name in KEY_LIBRARIES}
         return {
@@ -182,6 +183,17 @@ class Run:
                 if template:
                     return template if isinstance(template, str) else json.dumps(template, sort_keys=True)
         return None
+
+    def record_thinking(self, data_thinking: str, modes: list[str]) -> None:
+        """Record the thinking modes the run trained in ("on", "off"; both when its data had both) and data.thinking."""
+        manifest = self.manifest()
+        manifest["thinking"] = {"data.thinking": data_thinking, "modes": modes}
+        atomic_write_json(self.manifest_file, manifest)
+
+    def trained_thinking(self) -> bool | None:
+        """The thinking mode inference defaults to: the one mode the run trained in (None: both, or not recorded)."""
+        modes = self.manifest().get("thinking", {}).get("modes", [])
+        return modes == ["on"] if len(modes) == 1 else None
 
     def record(self, name: str, path: Path, made_from: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record artifact `name` at `path` (its fingerprint now) and what it was made from; returns the entry."""

@@ -32,6 +32,8 @@ class Prepared:
     train: Any
     validation: Any | None
     dropped: Counter = field(default_factory=Counter)
+    with_reasoning: int = 0  # training samples whose answers carry reasoning (what run.json's thinking is from)
+    without_reasoning: int = 0
 
 
 def _fingerprint(cfg: DataConfig, tokenizer, convs: list[Sample]) -> str:
@@ -143,6 +145,12 @@ def _lengths(ds) -> list[int]:
     return [sum(map(len, row)) for row in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
 
 
+def _has_reasoning(sample: Sample) -> bool:
+    if isinstance(sample, Preference):
+        return any(answer is not None and answer.reasoning for answer in (sample.chosen, sample.rejected))
+    return sample.has_reasoning
+
+
 def check_data_cache(cfg: DataConfig) -> Path:
     """The folder of the tokenized cache, checked writable (`datasets` fails there with a traceback otherwise)."""
     cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
@@ -154,7 +162,8 @@ def prepare(cfg: DataConfig, tokenizer, log=print, objective: str = "sft") -> Pr
     """Load, convert, mix, split, render and tokenize; drop and count samples that cannot be trained."""
     cache_root = check_data_cache(cfg)
     train_convs, val_convs = build_conversations(cfg, log, objective)
-    prepared = Prepared(train=None, validation=None)
+    reasoning = sum(_has_reasoning(conv) for conv in train_convs)
+    prepared = Prepared(None, None, with_reasoning=reasoning, without_reasoning=len(train_convs) - reasoning)
     lengths: list[int] = []
     prepared.train = _keep_ok(tokenize(train_convs, tokenizer, cfg, cache_root, "train"), prepared.dropped, lengths)
     if val_convs:

@@ -83,6 +83,20 @@ def _markers_for(tokenizer) -> TemplateMarkers:
     )
 
 
+def trained_modes(thinking: Thinking, with_reasoning: int, without_reasoning: int) -> list[str]:
+    """The thinking modes a run trained in ("on", "off"), from data.thinking and its samples with / without reasoning.
+
+    A sample trained with a think block follows a thinking-mode prompt ("on"); one whose prompt carries the empty
+    think block was trained in non-thinking mode ("off"); keep_empty trains that block, so the prompt is "on"'s.
+    """
+    modes = set()
+    if with_reasoning and thinking != "off":
+        modes.add("on")
+    if without_reasoning or (with_reasoning and thinking == "off"):
+        modes.add("on" if thinking == "keep_empty" else "off")
+    return [mode for mode in ("on", "off") if mode in modes]
+
+
 def template_markers(tokenizer) -> TemplateMarkers:
     """The markers of this tokenizer's chat template (cached per tokenizer)."""
     return _markers_for(tokenizer)

@@ -38,6 +38,7 @@ from typing import Any
 
 from tuneforge.config import Config, DistributedConfig, MethodConfig, ModelConfig, TrainConfig
 from tuneforge.errors import UserError
+from tuneforge.estimate.checkpoint import Experts, SavedQuantization, experts, saved_quantization, skipped
 from tuneforge.train.strategy import Strategy
 
 GIB = 2**30
@@ -91,6 +92,8 @@ class Shape:
     kv_heads: int
     head_dim: int
     tied: bool
+    quantization: SavedQuantization | None = None  # a pre-quantized checkpoint's own (estimate/checkpoint.py)
+    experts: Experts | None = None  # Qwen3-MoE: `intermediate` is then the active experts' width per token
 
     @classmethod
     def from_config(cls, config: Any) -> Shape:
@@ -102,29 +105,42 @@ class Shape:
                 "model config.json: hidden_size, intermediate_size, num_hidden_layers and "
                 "num_attention_heads are needed to estimate memory (a decoder-only model)"
             )
+        moe = experts(get)
         return cls(
             vocab=get("vocab_size"),
             hidden=hidden,
-            intermediate=get("intermediate_size"),
+            intermediate=moe.active * moe.intermediate if moe else get("intermediate_size"),
             layers=get("num_hidden_layers"),
             heads=heads,
             kv_heads=get("num_key_value_heads") or heads,
             head_dim=get("head_dim") or hidden // heads,
             tied=bool(get("tie_word_embeddings", False)),
+            quantization=saved_quantization(get, get("_name_or_path") or "the checkpoint"),
+            experts=moe,
         )
 
     def linears(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of each linear layer of one decoder layer."""
+        """(in, out) features of each linear layer of one decoder layer (MoE: the experts are not linear layers)."""
         h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {
-            "q_proj": (h, q),
-            "k_proj": (h, kv),
-            "v_proj": (h, kv),
-            "o_proj": (q, h),
-            "gate_proj": (h, i),
-            "up_proj": (h, i),
-            "down_proj": (i, h),
-        }
+        attention = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h)}
+        if self.experts is not None:
+            return attention  # the experts are fused 3-D tensors and the router its own module (transformers 5)
+        return attention | {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def expert_params(self) -> int:
+        """Parameters of every expert of every layer (gate, up, down each; all resident) and of the routers."""
+        e = self.experts
+        return self.layers * e.count * (3 * self.hidden * e.intermediate + self.hidden) if e else 0
+
+    @property
+    def kept_linear_params(self) -> int:
+        """Decoder linear parameters a pre-quantized checkpoint keeps 16-bit (llm_int8_skip_modules)."""
+        skip = self.quantization.skip if self.quantization else ()
+        if not skip:
+            return 0
+        linears = self.linears().items()
+        return sum(a * b for layer in range(self.layers) for name, (a, b) in linears if skipped(name, layer, skip))
 
     @property
     def linear_params(self) -> int:
@@ -136,7 +152,7 @@ class Shape:
         """All parameters: embeddings, (untied) lm_head, decoder linears, RMSNorm weights."""
         embed = self.vocab * self.hidden * (1 if self.tied else 2)
         norms = self.layers * (2 * self.hidden + 2 * self.head_dim) + self.hidden
-        return embed + self.linear_params + norms
+        return embed + self.linear_params + self.expert_params + norms
 
 
 def load_shape(model: ModelConfig) -> Shape:
@@ -243,26 +259,47 @@ def _trainable(job: Job) -> tuple[int, list[tuple[int, int]], int]:
         per_layer = [(o, i) for i, o in s.linears().values()] * s.layers
         embeddings = [(s.vocab, s.hidden)] * (1 if s.tied else 2)
         width = FP32 if job.model.dtype == "fp16" else job.dtype_bytes
-        return s.params, per_layer + embeddings, width
+        return s.params, per_layer + embeddings + _expert_tensors(s), width
     r = job.method.rank
     matrices = [m for i, o in _lora_modules(job).values() for m in ((r, i), (o, r))] * s.layers
     extra = [(s.vocab, s.hidden)] * sum(1 for m in job.method.modules_to_save or [] if m in ("lm_head", "embed_tokens"))
     return sum(a * b for a, b in matrices + extra), matrices + extra, FP32
 
 
+def loaded_quantization(job: Job) -> tuple[int, str, bool] | None:
+    """(bits, quant type, double quant) of the decoder linears as loaded: a pre-quantized checkpoint's own (LoRA on
+    it is QLoRA), else method.type qlora's; None for 16 bit."""
+    saved, m = job.shape.quantization, job.method
+    if saved is not None and m.type != "full":
+        return saved.bits, saved.quant_type, saved.double_quant
+    return (m.bits, m.quant_type, m.double_quant) if m.type == "qlora" else None
+
+
+def _expert_tensors(s: Shape) -> list[tuple[int, int]]:
+    """A MoE's expert and router parameters as the tensors transformers 5 keeps: fused gate_up, down, router."""
+    e = s.experts
+    if e is None:
+        return []
+    fused = [(e.count * 2 * e.intermediate, s.hidden), (e.count * s.hidden, e.intermediate), (e.count, s.hidden)]
+    return fused * s.layers
+
+
 def _weights(job: Job) -> float:
     s, w = job.shape, job.dtype_bytes
     if job.method.type == "full":
         return s.params * (FP32 if job.model.dtype == "fp16" else w)
-    if job.method.type != "qlora":
+    quantization = loaded_quantization(job)
+    if quantization is None:
         return s.params * w
-    if job.method.bits == 8:
+    bits, _, double_quant = quantization
+    linears = s.linear_params - s.kept_linear_params  # what bitsandbytes holds; skipped modules stay 16-bit
+    if bits == 8:
         rows = s.layers * sum(o for _, o in s.linears().values())
-        quantized = s.linear_params + FP32 * rows  # int8 weights plus one fp32 scale per output row
+        quantized = linears + FP32 * rows  # int8 weights plus one fp32 scale per output row
     else:
-        scales = 1 / NF4_BLOCK + FP32 / (NF4_BLOCK * NESTED_BLOCK) if job.method.double_quant else FP32 / NF4_BLOCK
-        quantized = s.linear_params * (0.5 + scales)
-    return quantized + (s.params - s.linear_params) * w
+        scales = 1 / NF4_BLOCK + FP32 / (NF4_BLOCK * NESTED_BLOCK) if double_quant else FP32 / NF4_BLOCK
+        quantized = linears * (0.5 + scales)
+    return quantized + (s.params - linears) * w
 
 
 def _optimizer(job: Job, trainable: int, matrices: list[tuple[int, int]], width: int) -> float:
@@ -439,11 +476,14 @@ def estimate(job: Job) -> Estimate:
 
 
 def _weights_note(job: Job) -> str:
-    m = job.method
-    if m.type == "qlora":
-        kind = f"{m.quant_type}{' + double quant' if m.double_quant else ''}" if m.bits == 4 else "int8"
-        return f"{job.shape.params / 1e9:.2f} B params, decoder linears {m.bits}-bit {kind}"
-    return f"{job.shape.params / 1e9:.2f} B params, {job.dtype_bytes * 8}-bit"
+    quantization, s = loaded_quantization(job), job.shape
+    experts = f" ({s.experts.count} experts, {s.experts.active} active)" if s.experts else ""
+    if quantization is not None:
+        bits, quant_type, double_quant = quantization
+        kind = f"{quant_type}{' + double quant' if double_quant else ''}" if bits == 4 else "int8"
+        saved = ", as the checkpoint saved them" if s.quantization else ""
+        return f"{s.params / 1e9:.2f} B params{experts}, decoder linears {bits}-bit {kind}{saved}"
+    return f"{s.params / 1e9:.2f} B params{experts}, {job.dtype_bytes * 8}-bit"
 
 
 def gib(n: float) -> str:

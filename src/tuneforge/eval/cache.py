@@ -92,7 +92,7 @@ def model_fingerprints(spec: ModelSpec) -> dict[str, str]:
         where = fingerprint(folder) if folder.exists() else f"{model.name_or_path}@{model.revision}"
         return f"{where}:{model.model_dump_json()}"
 
-    base = weights(spec.model)
+    base = weights(spec.model) + (f":{spec.quantize.model_dump_json()}" if spec.quantize else "")
     prints = {spec.name: base}
     prints.update({name: f"{base}+{fingerprint(folder)}" for name, folder in spec.adapters.items()})
     prints.update({name: weights(model) for name, model in spec.others.items()})

@@ -107,7 +107,7 @@ def open_models(
         else:
             from tuneforge.infer.spec import resolve_spec
 
-            baseline_spec = resolve_spec(run=baseline_run)
+            baseline_spec = resolve_spec(run=baseline_run, quantize=request.quantize)
             if request.engine == "vllm":
                 raise UserError(
                     f"--engine vllm: --baseline {request.baseline} is not a LoRA on the same base, so it is a second "
@@ -173,6 +173,7 @@ def _local_spec(request: EvalRequest, run: Run | None) -> tuple[ModelSpec, str]:
         run=run or request.run,
         adapters={TUNED_ADAPTER: request.adapter} if request.adapter else None,
         with_base=request.baseline == "base",
+        quantize=request.quantize,
     )
     return spec, spec.names[-1]
 

@@ -59,6 +59,8 @@ class VllmEngine:
                 "max_loras": len(spec.adapters),
                 "max_lora_rank": min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank),
             }
+        if spec.quantize is not None:  # a QLoRA run's base, quantized while it loads as in training
+            options["quantization"] = "bitsandbytes"
         self._llm = LLM(model=spec.model.name_or_path, **options)
         self._lora = {name: LoRARequest(name, k + 1, str(path)) for k, (name, path) in enumerate(spec.adapters.items())}
 
@@ -84,6 +86,7 @@ class VllmEngine:
         import vllm
 
         from tuneforge.infer.engine import ChatResult, SamplingParams, model_per_item
+        from tuneforge.infer.parse import split_output
 
         params = params or SamplingParams()
         names = model_per_item(model, len(conversations), self.names[-1])
@@ -97,16 +100,18 @@ class VllmEngine:
         # The template already wrote every special token the model needs.
         inputs = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outputs = self._llm.generate(inputs, sampling, lora_request=[self._lora.get(name) for name in names])
+        # The built-in engine's reasoning split (infer/parse.py), so a reply's shape does not depend on the engine.
+        splits = [split_output(prompt, out.outputs[0].text) for prompt, out in zip(prompts, outputs, strict=True)]
         return [
             ChatResult(
-                reasoning=None,  # the <think> block stays in the text; the eval's answer split reads it
-                content=out.outputs[0].text,
+                reasoning=reasoning,
+                content=content,
                 tool_calls=[],
                 finish_reason=out.outputs[0].finish_reason or "stop",
                 prompt_tokens=len(out.prompt_token_ids or []),
                 completion_tokens=len(out.outputs[0].token_ids),
             )
-            for out in outputs
+            for out, (reasoning, content) in zip(outputs, splits, strict=True)
         ]
 
 

@@ -20,6 +20,7 @@ from tuneforge.eval.models import check_flags, open_models
 from tuneforge.eval.report import summarize, write_report
 from tuneforge.eval.suite import SuiteConfig, load_suite, suite_of_tasks
 from tuneforge.eval.tasks import Context, Row, run_task
+from tuneforge.infer.spec import thinking_for
 from tuneforge.rundir import Run
 
 
@@ -44,6 +45,7 @@ class EvalRequest:
     engine: str = "transformers"  # transformers | vllm
     concurrency: int = 8  # requests in flight per endpoint
     nproc: int = 1  # processes (GPUs), each with its own model copy
+    quantize: bool | None = None  # --load-in-4bit / --no-quantize (None: a QLoRA run's base as it was trained)
 
 
 @dataclass
@@ -80,7 +82,9 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     cache_file = (run.eval_dir if run else out.parent) / ".cache" / "items.jsonl"
     # Every worker gets a full chunk per request.
     cache = ItemCache(cache_file if opened.fingerprints else None, opened.fingerprints or {}, CHUNK * request.nproc)
-    ctx = Context(opened.engine, opened.names, request.think, base_dir, run.cfg if run else None, request.limit, cache)
+    think, note = thinking_for(request.think, run.trained_thinking() if run else None, run.name if run else "")
+    log(f"eval: {note}")
+    ctx = Context(opened.engine, opened.names, think, base_dir, run.cfg if run else None, request.limit, cache)
     rows: list[Row] = []
     try:
         for task in suite.tasks:
@@ -89,7 +93,7 @@ def evaluate(request: EvalRequest, log=print) -> Evaluation:
     finally:
         opened.close()
     results = summarize(rows)
-    think = {None: "template default", True: "on", False: "off"}[request.think]
+    think = {None: "template default", True: "on", False: "off"}[think]
     meta = {
         "suite": suite.name,
         "models": opened.served,

@@ -110,14 +110,14 @@ def export_run(
 def check_requirements(run: Run, full: bool, qtype: str, ollama: bool, merge: bool, gguf: bool) -> None:
     """Every requirement of the steps about to run, all problems at once: architecture, template, disk space."""
     from tuneforge.export.gguf import check_architecture, gguf_bytes
-    from tuneforge.export.ollama import check_qwen3_template
+    from tuneforge.export.ollama import template_family
 
     source = run.model if full else run.base_dir()  # None: a hub base not downloaded yet (merge fetches it)
     checks: list[Callable[[], Any]] = []
     if source is not None:
         checks.append(lambda: check_architecture(source))
     if ollama:
-        checks.append(lambda: check_qwen3_template(run.chat_template(), f"--to ollama: the run's ({run.root})"))
+        checks.append(lambda: template_family(run.chat_template(), f"--to ollama: the run's ({run.root})"))
     problems = problems_of(checks)
     if not problems and source is not None:
         needed = (gguf_bytes(source, "f32" if qtype == "f32" else "bf16") if merge else 0) + (

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tuneforge.data.conversation import Message
 from tuneforge.infer.engine import ChatResult, Engine, Generation, SamplingParams, load_engine
-from tuneforge.infer.spec import parse_adapters, resolve_spec
+from tuneforge.infer.spec import parse_adapters, resolve_spec, thinking_for
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -31,6 +31,7 @@ class ChatSession:
     params: SamplingParams
     think: bool | None = None
     system: str | None = None
+    thinking_note: str = ""  # which thinking mode `think` is, and why (the flag, the run's trained one, the template's)
 
     def start(self, history: list[Message], prompt: str, model: str | None = None) -> Generation:
         """The generation answering `prompt` after `history` (not yet read); history is not changed."""
@@ -68,12 +69,15 @@ def open_session(
     params: SamplingParams,
     think: bool | None = None,
     system: str | None = None,
+    quantize: bool | None = None,
 ) -> ChatSession:
-    """Load the base and the fine-tuned model (adapter or run) into one engine."""
+    """Load the base and the fine-tuned model (adapter or run) into one engine, in the thinking mode it trained in
+    unless `think` says otherwise; `quantize` as resolve_spec takes it (None: a QLoRA run's base as trained)."""
     adapters = parse_adapters([f"adapter={adapter}"]) if adapter else {}
-    spec = resolve_spec(model=model, run=run, adapters=adapters, with_base=True)
+    spec = resolve_spec(model=model, run=run, adapters=adapters, with_base=True, quantize=quantize)
     engine = load_engine(spec)
-    return ChatSession(engine, base=engine.names[0], tuned=engine.names[-1], params=params, think=think, system=system)
+    think, note = thinking_for(think, spec.thinking.get(engine.names[-1]), engine.names[-1])
+    return ChatSession(engine, engine.names[0], engine.names[-1], params, think, system, note)
 
 
 def print_streamed(session: ChatSession, history: list[Message], prompt: str, console) -> ChatResult:

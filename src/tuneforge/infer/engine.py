@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuneforge.data.conversation import Message, ToolCall
 from tuneforge.errors import UserError
-from tuneforge.infer.parse import THINK_OPEN, Delta, OutputParser, StopMatcher
+from tuneforge.infer.parse import Delta, OutputParser, StopMatcher, parser_after
 
 if TYPE_CHECKING:
     import torch
@@ -257,9 +257,7 @@ class Engine:
         Without `params.max_new_tokens` the answer may run to `default_max_tokens`, or to the context end if None.
         """
         prompt = self.render(messages, tools=tools, enable_thinking=enable_thinking, template_kwargs=template_kwargs)
-        # Templates such as QwQ's open <think> in the prompt: the output then starts inside the reasoning.
-        reasoning_open = prompt.rstrip().endswith(THINK_OPEN)
-        parser = OutputParser(reasoning_open=reasoning_open, tools=bool(tools) if parse_tools is None else parse_tools)
+        parser = parser_after(prompt, tools=bool(tools) if parse_tools is None else parse_tools)
         return self._start(prompt, params, model, parser, special_tokens=False, default_max_tokens=default_max_tokens)
 
     def complete(
@@ -823,7 +821,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(spec.tokenizer)
-    base = pack_cpu_head(load_model(spec.model).to(device).eval())
+    base = pack_cpu_head(load_model(spec.model, spec.quantize).to(device).eval())
     targets: dict[str, tuple[Any, str | None]] = {spec.name: (base, None)}
     if spec.adapters:
         from peft import PeftModel

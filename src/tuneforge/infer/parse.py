@@ -163,6 +163,19 @@ class OutputParser:
             self._strip = " \t\r\n"
 
 
+def parser_after(prompt: str, tools: bool = False) -> OutputParser:
+    """The parser for output that follows `prompt`: inside the reasoning where the template opened it (QwQ, R1)."""
+    return OutputParser(reasoning_open=prompt.rstrip().endswith(THINK_OPEN), tools=tools)
+
+
+def split_output(prompt: str, text: str) -> tuple[str | None, str]:
+    """Reasoning (None without a think block) and answer of a whole output `text` that followed `prompt`."""
+    parser = parser_after(prompt)
+    parts = [parser.feed(text), parser.finish()]
+    reasoning = "".join(part.reasoning for part in parts)
+    return (reasoning if parser.had_reasoning else None), "".join(part.content for part in parts)
+
+
 def _hold(text: str, tag: str, space: str) -> int:
     """How much of the end of `text` to hold back: a possible start of `tag` and the `space` before it."""
     keep = partial_tail(text, (tag,))

@@ -4,6 +4,9 @@ One resolution shared by `chat`, the built-in server and the vLLM / SGLang launc
 the same names. Naming follows vLLM: the weights are served under the name they were given by (`--model`
 as typed, or the run's `model.name_or_path`) unless `--served-model-name` says otherwise; each adapter
 under its own name; a LoRA run's adapter under the run folder's name.
+
+A run's model is run as it was trained: a QLoRA run's base loads quantized with the settings run.json recorded
+(`quantize`), and the run's served name defaults to the thinking mode it trained in (`thinking`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneforge.config import ModelConfig
+from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import UserError
 from tuneforge.rundir import Run
 
@@ -25,6 +28,8 @@ class ModelSpec:
     tokenizer: ModelConfig  # where the tokenizer (and its chat template) is
     adapters: dict[str, Path] = field(default_factory=dict)  # served name -> peft adapter folder
     others: dict[str, ModelConfig] = field(default_factory=dict)  # further full models (a full run + its base)
+    quantize: MethodConfig | None = None  # bitsandbytes settings the base loads with (method.type qlora), or 16-bit
+    thinking: dict[str, bool] = field(default_factory=dict)  # served name -> the thinking mode its run trained in
 
     @property
     def names(self) -> list[str]:
@@ -52,10 +57,13 @@ def resolve_spec(
     adapters: dict[str, Path] | None = None,
     served_name: str | None = None,
     with_base: bool = False,
+    quantize: bool | None = None,
 ) -> ModelSpec:
     """Resolve `--model` / `--run` (a path, or the caller's open Run) / `--adapter` into a ModelSpec.
 
-    `with_base` also loads a full run's base.
+    `with_base` also loads a full run's base. `quantize` (`--load-in-4bit/--no-quantize`): None loads a QLoRA
+    run's base as it was trained and anything else in 16 bit; True loads the base in 4 bit (a QLoRA run: with its
+    own settings); False in 16 bit.
     """
     adapters = {
         name: _adapter_dir(Path(folder), f"--adapter {name}={folder}") for name, folder in (adapters or {}).items()
@@ -64,21 +72,44 @@ def resolve_spec(
         if model is None:
             raise UserError("give the model to load: --model DIR_OR_HUB_ID, or --run RUN_DIR")
         base = ModelConfig(name_or_path=model)
-        return _checked(ModelSpec(served_name or model, base, base, adapters))
+        return _checked(ModelSpec(served_name or model, base, base, adapters, quantize=_quantization(None, quantize)))
     rundir = run if isinstance(run, Run) else Run.open(run)
+    quantization = _quantization(rundir, quantize)
+    trained = rundir.trained_thinking()
     base = ModelConfig(name_or_path=model) if model else rundir.base_model_config()
     base_name = model or rundir.cfg.model.name_or_path
     run_name = rundir.name
     if rundir.adapter.is_dir():
         adapter = _adapter_dir(rundir.adapter, f"--run {rundir.root}")
         tokenizer = ModelConfig(name_or_path=str(adapter)) if (adapter / "tokenizer_config.json").is_file() else base
-        return _checked(ModelSpec(served_name or base_name, base, tokenizer, {run_name: adapter, **adapters}))
+        thinking = {} if trained is None else {run_name: trained}
+        adapters = {run_name: adapter, **adapters}
+        return _checked(ModelSpec(served_name or base_name, base, tokenizer, adapters, {}, quantization, thinking))
     if rundir.model.is_dir():
         full = ModelConfig(name_or_path=str(rundir.model))
+        name = served_name or run_name
+        thinking = {} if trained is None else {name: trained}
         if with_base:
-            return _checked(ModelSpec(base_name, base, full, adapters, {served_name or run_name: full}))
-        return _checked(ModelSpec(served_name or run_name, full, full, adapters))
+            return _checked(ModelSpec(base_name, base, full, adapters, {name: full}, quantization, thinking))
+        return _checked(ModelSpec(name, full, full, adapters, quantize=quantization, thinking=thinking))
     raise UserError(f"--run {rundir.root}: no adapter/ or model/ folder in it; has the run finished?")
+
+
+def _quantization(run: Run | None, quantize: bool | None) -> MethodConfig | None:
+    """The bitsandbytes settings to load the base with: a QLoRA run's recorded ones by default, or as flagged."""
+    recorded = run.manifest()["method"].get("quantization") if run is not None else None
+    if quantize is False or (quantize is None and recorded is None):
+        return None
+    return MethodConfig(type="qlora", **(recorded or {}))
+
+
+def thinking_for(flag: bool | None, trained: bool | None, name: str) -> tuple[bool | None, str]:
+    """The thinking mode to run `name` in (the --think/--no-think flag, else the one its run trained in), and why."""
+    if flag is not None:
+        return flag, f"thinking {'on' if flag else 'off'}, as asked"
+    if trained is not None:
+        return trained, f"thinking {'on' if trained else 'off'}: the mode {name} trained in"
+    return None, "thinking: the chat template's default"
 
 
 def _adapter_dir(folder: Path, flag: str) -> Path:

@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -57,8 +57,18 @@ def _error_body(message: str, type: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, limits: ServerLimits = ServerLimits()) -> FastAPI:
-    """The FastAPI app serving `engine`; with `api_key`, /v1 routes require `Authorization: Bearer KEY`."""
+def create_app(
+    engine: Engine,
+    *,
+    api_key: str | None = None,
+    limits: ServerLimits = ServerLimits(),
+    thinking: Mapping[str, bool] | None = None,
+) -> FastAPI:
+    """The FastAPI app serving `engine`; with `api_key`, /v1 routes require `Authorization: Bearer KEY`.
+
+    `thinking`: served name -> the `enable_thinking` of a request that sets none (the mode its run trained in).
+    """
+    thinking = dict(thinking or {})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,6 +111,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, limits: ServerLimi
                 param="chat_template",
             )
         template_kwargs = {**(body.chat_template_kwargs or {})}
+        if body.model in thinking:
+            template_kwargs.setdefault("enable_thinking", thinking[body.model])
         if body.chat_template:
             template_kwargs["chat_template"] = body.chat_template
         generation = await _start(
@@ -341,14 +353,15 @@ def run_server(
     port: int = 8000,
     api_key: str | None = None,
     limits: ServerLimits = ServerLimits(),
+    thinking: Mapping[str, bool] | None = None,
 ) -> None:
-    """Serve `engine` until interrupted."""
+    """Serve `engine` until interrupted (`thinking`: as create_app takes it)."""
     import uvicorn
 
     from tuneforge.quiet import is_verbose
 
     # Our own line says where the server listens; uvicorn's start-up banner and access log come with --verbose.
-    app = create_app(engine, api_key=api_key, limits=limits)
+    app = create_app(engine, api_key=api_key, limits=limits, thinking=thinking)
     level = "info" if is_verbose() else "warning"
     uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=5, log_level=level)
 

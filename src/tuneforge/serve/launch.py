@@ -1,8 +1,11 @@
 """`tuneforge serve`: pick an engine and start it: the built-in server, or the equivalent vLLM / SGLang command.
 
 The vLLM and SGLang commands serve the same names as the built-in server (infer/spec.py), with the parsers
-that give the same answer shape: `--reasoning-parser qwen3` for Qwen3, the hermes-style tool parser for the
-Qwen family. `--dry-run` prints the command (it needs neither engine installed); otherwise the process
+that give the same answer shape: `--reasoning-parser qwen3` for Qwen3, `deepseek_r1` for templates that open the
+think block in the prompt (QwQ, the DeepSeek-R1 distills), the hermes-style tool parser for the Qwen family. A
+QLoRA run's base is quantized while it loads (`--quantization bitsandbytes`), and a run's trained thinking mode is
+the default of requests that set none (`--default-chat-template-kwargs`). `--dry-run` prints the command (it needs
+neither engine installed); otherwise the process
 becomes that command (exec), so signals and exit codes are the engine's own.
 
 The API key comes from `--api-key`, `--api-key-file`, or the environment (`TUNEFORGE_API_KEY`, then
@@ -28,6 +31,12 @@ from tuneforge.infer.spec import ModelSpec
 from tuneforge.serve.protocol import ServerLimits
 
 ENGINES = ("auto", "transformers", "vllm", "sglang")
+# Where a template's think block opens: in the model's output (Qwen3), or in the generation prompt (QwQ, the
+# DeepSeek-R1 distills, R1-0528-Qwen3), whose output then starts inside the reasoning with no <think> of its own.
+REASONING_PARSERS = {
+    "vllm": {"output": "qwen3", "prompt": "deepseek_r1"},
+    "sglang": {"output": "qwen3", "prompt": "deepseek-r1"},
+}
 # vLLM sizes its LoRA buffers for --max-lora-rank (default 16) and accepts only these values.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 KEY_ENV = ("TUNEFORGE_API_KEY", "VLLM_API_KEY")  # read in this order when no flag gives the key
@@ -45,6 +54,8 @@ class ServeOptions:
     tensor_parallel_size: int | None = None
     gpu_memory_utilization: float | None = None
     limits: ServerLimits = ServerLimits()  # the built-in server's; vLLM gets --trust-request-chat-template
+    max_num_seqs: int | None = None  # as given: vLLM's --max-num-seqs, SGLang's --max-running-requests
+    engine_args: tuple[str, ...] = ()  # --engine-arg: passed on to vLLM / SGLang as they are, last
 
 
 def resolve_api_key(flag: str | None, file: Path | None) -> str | None:
@@ -113,8 +124,9 @@ def build_command(engine: str, spec: ModelSpec, options: ServeOptions) -> tuple[
         rank = max(lora_rank(path) for path in spec.adapters.values())
         if vllm and rank > 16:
             cmd += ["--max-lora-rank", str(min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank))]
-    if "qwen3" in family:
-        cmd += ["--reasoning-parser", "qwen3"]
+    style = think_style(spec)
+    if style is not None:
+        cmd += ["--reasoning-parser", REASONING_PARSERS[engine][style]]
     if "qwen" in family:
         cmd += (
             ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"] if vllm else ["--tool-call-parser", "qwen25"]
@@ -129,6 +141,15 @@ def build_command(engine: str, spec: ModelSpec, options: ServeOptions) -> tuple[
             cmd += [flag, str(value)]
     if vllm and options.limits.trust_request_chat_template:
         cmd += ["--trust-request-chat-template"]
+    if options.max_num_seqs is not None:
+        cmd += ["--max-num-seqs" if vllm else "--max-running-requests", str(options.max_num_seqs)]
+    if vllm and spec.quantize is not None:  # a QLoRA run's base, quantized while it loads as in training
+        cmd += ["--quantization", "bitsandbytes"]
+    if vllm and len(set(spec.thinking.values())) == 1:
+        # vLLM has one default for every served name: the run's trained mode (its base then answers in it too).
+        enable = next(iter(spec.thinking.values()))
+        cmd += ["--default-chat-template-kwargs", json.dumps({"enable_thinking": enable})]
+    cmd += [word for arg in options.engine_args for word in shlex.split(arg)]
     env = {}
     if model.hub == "modelscope":
         env = {"VLLM_USE_MODELSCOPE": "True"} if vllm else {"SGLANG_USE_MODELSCOPE": "true"}
@@ -170,10 +191,14 @@ def _serve_builtin(spec: ModelSpec, options: ServeOptions, dry_run: bool) -> Non
         "--tensor-parallel-size": options.tensor_parallel_size,
         "--gpu-memory-utilization": options.gpu_memory_utilization,
     }
+    gpu_flags["--engine-arg"] = options.engine_args or None
     ignored = [flag for flag, value in gpu_flags.items() if value is not None]
     if ignored:
         print(f"note: {', '.join(ignored)} only apply to --engine vllm or sglang; the built-in engine ignores them")
     print(f"built-in engine: serving {', '.join(spec.names)} at http://{options.host}:{options.port}/v1", flush=True)
+    for name, enable in spec.thinking.items():
+        print(f"{name}: thinking {'on' if enable else 'off'} by default (the mode it trained in), unless a request "
+              "sets chat_template_kwargs.enable_thinking", flush=True)  # fmt: skip
     if dry_run:
         return
     from tuneforge.infer.engine import load_engine
@@ -184,7 +209,14 @@ def _serve_builtin(spec: ModelSpec, options: ServeOptions, dry_run: bool) -> Non
         raise UserError(f"the built-in server needs {exc.name}: pip install 'tuneforge[serve]'") from None
 
     engine = load_engine(spec, max_model_len=options.max_model_len, max_batch_size=options.limits.max_num_seqs)
-    run_server(engine, host=options.host, port=options.port, api_key=options.api_key, limits=options.limits)
+    run_server(
+        engine,
+        host=options.host,
+        port=options.port,
+        api_key=options.api_key,
+        limits=options.limits,
+        thinking=spec.thinking,
+    )
 
 
 def _require(engine: str) -> None:
@@ -196,6 +228,26 @@ def _require(engine: str) -> None:
             f"--engine {engine}: {engine} is not installed in this environment ({install}, on Linux with an NVIDIA "
             "GPU); use --engine transformers for the built-in server, or --dry-run to print the command"
         )
+
+
+def think_style(spec: ModelSpec) -> str | None:
+    """Where the chat template opens the think block: "output", "prompt" (see REASONING_PARSERS) or None (no <think>).
+
+    Read from the template of a local tokenizer, as the built-in engine reads it; a hub id goes by its name.
+    """
+    folder = Path(spec.tokenizer.name_or_path)
+    if (folder / "tokenizer.json").is_file():
+        from tuneforge.data.render import template_markers
+        from tuneforge.model.load import load_tokenizer
+
+        tokenizer = load_tokenizer(spec.tokenizer)
+        if template_markers(tokenizer).think_on.lstrip().startswith("<think>"):
+            return "prompt"
+        return "output" if "<think>" in tokenizer.chat_template else None
+    name = spec.model.name_or_path.lower()
+    if "qwq" in name or "deepseek-r1" in name:
+        return "prompt"
+    return "output" if "qwen3" in _family(spec.model) else None
 
 
 def _family(model: ModelConfig) -> str:

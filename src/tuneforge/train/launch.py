@@ -24,6 +24,9 @@ from tuneforge.train.strategy import Strategy
 MULTI_NODE_PORT = 29500
 # Seconds the workers get to save a checkpoint after a signal before torchrun kills them.
 SIGNAL_GRACE_S = 300
+# Seconds a worker node waits for node 0 to listen (it may start a little later) before it gives up in one line;
+# torchrun itself would wait for its rendezvous timeout (minutes) and then fail with a traceback.
+MASTER_WAIT_S = 60
 
 
 def check_gpus(nproc: int) -> None:
@@ -58,8 +61,36 @@ def check_port(addr: str, port: int) -> None:
             ) from None
 
 
+def check_master(addr: str, port: int, wait_s: float = MASTER_WAIT_S) -> None:
+    """On a worker node: node 0's master_addr resolves and accepts connections on master_port within `wait_s`."""
+    import time
+
+    try:
+        socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(
+            f"distributed.master_addr: {addr} does not resolve ({exc.strerror}); "
+            "give node 0's address with --master-addr"
+        ) from None
+    start = time.monotonic()
+    while True:
+        try:
+            socket.create_connection((addr, port), timeout=5).close()
+            return
+        except OSError as exc:
+            waited = time.monotonic() - start
+            unreachable = exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)
+            if unreachable or waited + 1 > wait_s:
+                reason = exc.strerror or type(exc).__name__
+                raise UserError(
+                    f"distributed.master_addr: node 0 did not answer at {addr}:{port} ({reason}; tried for "
+                    f"{waited:.0f} s); check --master-addr and --master-port, and that node 0 has started"
+                ) from None
+        time.sleep(1)
+
+
 def check_topology(dist: DistributedConfig) -> None:
-    """Node rank within range; on node 0, a port torchrun can take."""
+    """Node rank within range; on node 0, a port torchrun can take; on the others, node 0 answering there."""
     if dist.node_rank >= dist.nnodes:
         raise UserError(
             f"distributed.node_rank: {dist.node_rank} with {dist.nnodes} node(s); ranks go from 0 to {dist.nnodes - 1}"
@@ -67,6 +98,8 @@ def check_topology(dist: DistributedConfig) -> None:
     check_gpus(dist.nproc)
     if dist.node_rank == 0 and (dist.nnodes > 1 or dist.master_port is not None):
         check_port(dist.master_addr, dist.master_port or MULTI_NODE_PORT)
+    elif dist.node_rank > 0:
+        check_master(dist.master_addr, dist.master_port or MULTI_NODE_PORT)
 
 
 def torchrun_args(config: Path, overrides: list[str], dist: DistributedConfig) -> list[str]:

@@ -110,6 +110,10 @@ def check_run_dir(cfg: Config, run: Run, resume: str | None) -> None:
         )
 
 
+# The environment variable each tracker integration of transformers reads its project (MLflow: experiment) from.
+TRACKER_PROJECT = {"wandb": "WANDB_PROJECT", "swanlab": "SWANLAB_PROJ_NAME", "mlflow": "MLFLOW_EXPERIMENT_NAME"}
+
+
 def setup_tracker(cfg: Config, run: Run) -> None:
     """Check the chosen tracker is installed; TensorBoard logs go under RUN/logs."""
     import importlib.util
@@ -125,6 +129,9 @@ def setup_tracker(cfg: Config, run: Run) -> None:
     if name == "tensorboard":
         # transformers reads this variable only; without it the logs land inside checkpoints/.
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run.root / "logs" / "tensorboard"))
+    if cfg.train.project is not None and name in TRACKER_PROJECT:
+        # transformers' integrations read the project from the environment only (integrations/integration_utils.py).
+        os.environ[TRACKER_PROJECT[name]] = cfg.train.project
 
 
 def check_optimizer(name: str) -> None:
@@ -220,6 +227,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
         bf16=bf16,
         fp16=fp16,
         report_to=[] if t.report_to == "none" else [t.report_to],
+        run_name=t.run_name or Path(cfg.output.dir).resolve().name,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=on_gpu,
@@ -280,6 +288,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
 
     from tuneforge.data.collate import PackCollator, make_collator
     from tuneforge.data.prepare import prepare
+    from tuneforge.data.render import trained_modes
     from tuneforge.model.adapters import apply_method
     from tuneforge.model.kernels import apply_kernels, compile_layers
     from tuneforge.model.load import load_model, load_tokenizer, save_random_base
@@ -297,6 +306,9 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
         run.start(cfg, tokenizer.chat_template, resumed=resume is not None, continued=continued)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
         data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
+    if procs.is_main:  # chat, eval and serve default to the mode the run trained in
+        modes = trained_modes(cfg.data.thinking, data.with_reasoning, data.without_reasoning)
+        run.record_thinking(cfg.data.thinking, modes)
     if cfg.method.objective != "sft" and cfg.data.packing:
         log(f"data.packing: not used by method.objective: {cfg.method.objective}; preference rows are padded")
     if cfg.method.objective == "kto" and cfg.data.group_by_length:

@@ -30,6 +30,21 @@ def session_for(run: str):
         return _sessions[run]
 
 
+def thinking_default(run: str | None) -> tuple[bool, str]:
+    """The Thinking box for `run`: ticked as the run trained, and a note saying which mode and why."""
+    from tuneforge.infer.spec import thinking_for
+    from tuneforge.rundir import Run
+
+    try:
+        opened = Run.open(run) if run else None
+    except UserError:
+        opened = None
+    trained = opened.trained_thinking() if opened else None
+    if opened is None or trained is None:
+        return False, "thinking off: the run does not record one mode it trained in"
+    return trained, thinking_for(None, trained, opened.name)[1]
+
+
 def view(history: list[Message], show_thinking: bool) -> list[dict[str, Any]]:
     """Chatbot messages for a conversation: reasoning, when shown, as a collapsible "thinking" message."""
     shown: list[dict[str, Any]] = []
@@ -83,7 +98,8 @@ def build(run: gr.Dropdown) -> None:
     with gr.Row():
         system = gr.Textbox(label=t("system"), lines=2, scale=3, elem_id="chat-system")
         with gr.Column(scale=2):
-            think = gr.Checkbox(False, label=t("think"), elem_id="chat-think")
+            ticked, note = thinking_default(run.value)
+            think = gr.Checkbox(ticked, label=t("think"), info=note, elem_id="chat-think")
             show_thinking = gr.Checkbox(True, label=t("show_thinking"), elem_id="chat-show-thinking")
         max_new_tokens = gr.Number(128, label=t("max_new_tokens"), precision=0, minimum=1, elem_id="chat-max-new")
         temperature = gr.Number(0.0, label=t("temperature"), minimum=0, elem_id="chat-temperature")
@@ -101,4 +117,5 @@ def build(run: gr.Dropdown) -> None:
     send.click(answer, inputs, outputs)
     prompt.submit(answer, inputs, outputs)
     clear.click(lambda: ([], [], [[], []], ""), None, outputs)
+    run.change(lambda r: gr.Checkbox(**dict(zip(("value", "info"), thinking_default(r)))), run, think)
     show_thinking.change(lambda h, s: (view(h[0], s), view(h[1], s)), [histories, show_thinking], [base, tuned])
