@@ -590,6 +590,11 @@ def export_ollama_command(
     typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
 
 
+from tuneforge.commands.synth import synth_command  # noqa: E402  (commands use user_errors above)
+
+app.command("synth")(user_errors(synth_command))
+
+
 def main() -> None:
     """Console entry point."""
     app()
