@@ -174,7 +174,10 @@ class ScriptedServer:
 
     def _questions(self, chunk: str, count: int, origin: str) -> dict[str, Any]:
         sentences = _sentences(chunk)
-        asked = [f"Q{i + 1} ({origin[:6]}): what does it say about {sentences[i % len(sentences)][:80]}?" for i in range(count)]
+        asked = [
+            f"Q{i + 1} ({origin[:6]}): what does it say about {sentences[i % len(sentences)][:80]}?"
+            for i in range(count)
+        ]
         if count >= 2 and unit(origin, "dup") < 0.2:
             asked[1] = asked[0].upper()  # the same question in other case: removed as a near-duplicate
             with self._lock:

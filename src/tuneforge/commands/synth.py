@@ -9,8 +9,12 @@ import typer
 
 
 def synth_command(
-    config: Annotated[Path | None, typer.Argument(help="Synth YAML (docs/synth.md); flags and KEY=VALUE override it.")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. chunk.tokens=256.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="Synth YAML (docs/synth.md); flags and KEY=VALUE override it.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. chunk.tokens=256.")
+    ] = None,
     docs: Annotated[str | None, typer.Option(help="Document file or folder (recursive).")] = None,
     endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible server, e.g. http://localhost:8000.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name on that server.")] = None,
@@ -30,7 +34,13 @@ def synth_command(
 
     if config is not None and "=" in str(config) and not config.exists():
         overrides, config = [str(config), *(overrides or [])], None  # only overrides were given
-    flags = {"docs": docs, "out": out, "model.endpoint": endpoint, "model.name": model, "model.concurrency": concurrency}
+    flags = {
+        "docs": docs,
+        "out": out,
+        "model.endpoint": endpoint,
+        "model.name": model,
+        "model.concurrency": concurrency,
+    }
     cfg = load_synth_config(config, [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)])
     if api_key_file is not None and cfg.model.api_key_file is not None:
         raise UserError("give the API key file once: --api-key-file or model.api_key_file, not both")
@@ -53,7 +63,8 @@ def synth_command(
     if report["failure_rate"] > cfg.budget.max_failure_rate:
         typer.secho(
             f"error: {report['failure_rate']:.1%} of the pairs failed (budget.max_failure_rate "
-            f"{cfg.budget.max_failure_rate:.1%}); see {cfg.out}/report.json, run again to retry what a server error stopped (received replies are not asked again)",
+            f"{cfg.budget.max_failure_rate:.1%}); see {cfg.out}/report.json; run again to retry what a server "
+            "error stopped (received replies are not asked again)",
             fg="red",
             err=True,
         )

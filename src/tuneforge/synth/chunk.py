@@ -20,7 +20,9 @@ HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 # Without a tokenizer: one token per CJK character, one per run of up to 4 other non-space characters (about what
 # BPE vocabularies like Qwen's average on English prose).
-ROUGH_TOKEN = re.compile(rf"{CJK.pattern}|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]{{1,4}}")
+ROUGH_TOKEN = re.compile(
+    rf"{CJK.pattern}|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]{{1,4}}"
+)
 
 TokenStarts = Callable[[str], list[int]]  # character offset where each token of the text starts
 

@@ -137,7 +137,7 @@ class Client:
         if entry is None:
             budget = self.cfg.budget.max_tokens
             if budget is not None and self.meter.tokens_in + self.meter.tokens_out >= budget:
-                raise Failed("token budget reached (budget.max_tokens)")
+                raise Failed(f"{step}: token budget reached (budget.max_tokens)")
             entry = await self._send(key, step, model, messages, schema, temperature)
             self.journal.append(entry)
             self.meter.sent += 1
@@ -146,7 +146,9 @@ class Client:
             self.meter.cached += 1
         self.meter.tokens_in += entry["tokens_in"]
         self.meter.tokens_out += entry["tokens_out"]
-        return Reply(entry["content"], entry["reasoning"], entry["finish_reason"], entry["tokens_in"], entry["tokens_out"])
+        return Reply(
+            entry["content"], entry["reasoning"], entry["finish_reason"], entry["tokens_in"], entry["tokens_out"]
+        )
 
     async def _send(
         self,

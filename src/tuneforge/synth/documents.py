@@ -144,9 +144,13 @@ def _csv(path: Path) -> list[str]:
 
 
 def _html(path: Path) -> list[str]:
-    from markdownify import markdownify
+    from bs4 import BeautifulSoup
+    from markdownify import MarkdownConverter
 
-    return [markdownify(_text(path), heading_style="ATX", strip=["script", "style"]).strip()]
+    soup = BeautifulSoup(_text(path), "html.parser")
+    for tag in soup(["script", "style", "noscript"]):  # markdownify keeps their text; it is code, not content
+        tag.decompose()
+    return [MarkdownConverter(heading_style="ATX").convert_soup(soup).strip()]
 
 
 def _plain(path: Path) -> list[str]:
@@ -157,7 +161,9 @@ def _text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _Unusable(f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}); save it as UTF-8") from None
+        raise _Unusable(
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start}); save it as UTF-8"
+        ) from None
 
 
 CONVERTERS: dict[str, Callable[[Path], list[str]]] = {

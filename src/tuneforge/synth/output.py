@@ -1,10 +1,10 @@
 """The output folder: training set, eval split held out by chunk (and its suite), preview; all written atomically.
 
-    OUT/train.jsonl       the pairs of training chunks, in the chosen format, each with its provenance
-    OUT/eval.jsonl        the pairs of held-out chunks (messages format: the eval suite's generation task)
-    OUT/eval_suite.yaml   a suite `tuneforge eval --suite OUT/eval_suite.yaml` runs
-    OUT/preview.md        a few pairs to read
-    OUT/report.json       the accounting (run.py)
+OUT/train.jsonl       the pairs of training chunks, in the chosen format, each with its provenance
+OUT/eval.jsonl        the pairs of held-out chunks (messages format: the eval suite's generation task)
+OUT/eval_suite.yaml   a suite `tuneforge eval --suite OUT/eval_suite.yaml` runs
+OUT/preview.md        a few pairs to read
+OUT/report.json       the accounting (run.py)
 """
 
 from __future__ import annotations
@@ -99,7 +99,11 @@ def preview(pairs: list[Pair]) -> str:
     for pair in pairs:
         assert pair.answer is not None
         chunk = pair.chunk
-        where = f"{chunk.doc}" + (f", page {chunk.page}" if chunk.page else "") + (f", {chunk.section}" if chunk.section else "")
+        where = (
+            f"{chunk.doc}"
+            + (f", page {chunk.page}" if chunk.page else "")
+            + (f", {chunk.section}" if chunk.section else "")
+        )
         parts.append(f"## {pair.question}\n\n*{where} (chunk {chunk.id}, characters {chunk.start}-{chunk.end})*\n")
         if pair.answer.reasoning:
             parts.append("<details><summary>reasoning</summary>\n\n" + pair.answer.reasoning + "\n\n</details>\n")

@@ -102,9 +102,7 @@ def _report(cfg, files, problems, chunks, pairs: list[Pair], meter, split, elaps
     budget, holdout = cfg.budget, (cfg.output.eval_fraction, cfg.output.seed)
     cost = None
     if budget.price_in is not None or budget.price_out is not None:
-        cost = round(
-            (meter.tokens_in * (budget.price_in or 0) + meter.tokens_out * (budget.price_out or 0)) / 1e6, 6
-        )
+        cost = round((meter.tokens_in * (budget.price_in or 0) + meter.tokens_out * (budget.price_out or 0)) / 1e6, 6)
     return {
         "documents": {"found": len(files), "without_text": problems},
         "chunks": len(chunks),
@@ -124,4 +122,3 @@ def _report(cfg, files, problems, chunks, pairs: list[Pair], meter, split, elaps
         },
         "elapsed_s": round(elapsed, 2),
     }
-
