@@ -71,10 +71,14 @@ class Meter:
         self.last = now
 
     @property
+    def span(self) -> float:
+        """Seconds from the first send to the last reply of this run."""
+        return self.last - (self.first or self.last)
+
+    @property
     def mean_in_flight(self) -> float:
         """Mean requests in flight from the first send to the last reply."""
-        span = self.last - (self.first or self.last)
-        return self.busy_area / span if span > 0 else 0.0
+        return self.busy_area / self.span if self.span > 0 else 0.0
 
 
 class Client:
@@ -139,7 +143,7 @@ class Client:
             if budget is not None and self.meter.tokens_in + self.meter.tokens_out >= budget:
                 raise Failed(f"{step}: token budget reached (budget.max_tokens)")
             entry = await self._send(key, step, model, messages, schema, temperature)
-            self.journal.append(entry)
+            await self.journal.append(entry)
             self.meter.sent += 1
             self.meter.by_step[step] = self.meter.by_step.get(step, 0) + 1
         else:

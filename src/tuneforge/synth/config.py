@@ -66,8 +66,11 @@ class QualityConfig(Section):
     judge: bool = Field(True, description="Rate each pair 1-10 and check that the chunk supports the answer.")
     judge_model: str | None = Field(None, description="The judge's model name on the same endpoint [default: model].")
     min_score: int = Field(7, ge=1, le=10, description="Pairs rated lower are filtered.")
-    dedup_threshold: float = Field(
-        0.8, gt=0, le=1, description="Questions with estimated Jaccard similarity at least this are near-duplicates."
+    dedup_threshold: float | None = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Questions with estimated Jaccard similarity at least this are near-duplicates; null: keep all.",
     )
 
 

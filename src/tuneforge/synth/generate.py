@@ -47,7 +47,8 @@ async def generate(
     """Every pair requested from `chunks` ((chunk, question count) each), each with its fate."""
     slots = await asyncio.gather(*(_questions(c, n, cfg, client, templates) for c, n in chunks))
     pairs = [pair for group in slots for pair in group]
-    remove_near_duplicates([p for p in pairs if p.fate == "pending"], cfg.quality.dedup_threshold)
+    if cfg.quality.dedup_threshold is not None:
+        remove_near_duplicates([p for p in pairs if p.fate == "pending"], cfg.quality.dedup_threshold)
     await _each(pairs, lambda p: _answer(p, cfg, client, templates))
     if cfg.quality.judge:
         await _each(pairs, lambda p: _judge(p, cfg, client, templates))

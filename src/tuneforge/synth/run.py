@@ -120,5 +120,6 @@ def _report(cfg, files, problems, chunks, pairs: list[Pair], meter, split, elaps
             "mean_in_flight": round(meter.mean_in_flight, 2),
             "peak_in_flight": meter.peak,
         },
+        "generation_s": round(meter.span, 3),
         "elapsed_s": round(elapsed, 2),
     }
