@@ -60,7 +60,7 @@ def _config(url: str, docs: Path, out: Path, concurrency: int, questions: int, j
             "model": {"endpoint": url, "name": "scripted", "concurrency": concurrency, "timeout": 30},
             "generate": {"questions_per_chunk": questions},
             "quality": {"judge": judge, "min_score": 1, "dedup_threshold": None},
-            "chunk": {"tokens": 128, "overlap": 0},
+            "chunk": {"tokens": 512, "overlap": 0},
         },
         "bench",
     )
@@ -134,23 +134,25 @@ def pdf_run(tmp: Path) -> dict:
     }
 
 
-def _memory_child(docs: Path, out: Path, url: str, only_imports: bool) -> None:
+def _memory_child(peaks: multiprocessing.Queue, docs: Path, out: Path, url: str, only_imports: bool) -> None:
     import openai  # noqa: F401  (the floor: what every run loads)
 
     from tuneforge.synth.run import synth
 
     if not only_imports:
         synth(_config(url, docs, out, 16, 1, judge=False), "EMPTY", log=lambda *_: None)
+    peaks.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB → MiB
 
 
-def _peak_rss_mib(target, *args) -> float:
-    """Peak RSS of `target(*args)` run in a fresh process."""
+def _peak_rss_mib(*args: object) -> float:
+    """Peak RSS of a fresh process running `_memory_child(*args)`."""
     context = multiprocessing.get_context("spawn")
-    process = context.Process(target=target, args=args)
+    peaks = context.Queue()
+    process = context.Process(target=_memory_child, args=(peaks, *args))
     process.start()
+    peak = peaks.get(timeout=3600)
     process.join()
-    assert process.exitcode == 0
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far (KiB → MiB)
+    return peak
 
 
 def memory_run(count: int, tmp: Path) -> dict:
@@ -176,14 +178,19 @@ def memory_run(count: int, tmp: Path) -> dict:
             (docs / f"d{i:05d}.md").write_text(f"# Manual {i}\n\n{text}\n", encoding="utf-8")
     url, stop = served(0.0)
     try:
-        floor = _peak_rss_mib(_memory_child, docs, tmp / "mem-out", url, True)
+        floor = _peak_rss_mib(docs, tmp / "mem-out", url, True)
         start = time.perf_counter()
-        peak = _peak_rss_mib(_memory_child, docs, tmp / "mem-out", url, False)
+        peak = _peak_rss_mib(docs, tmp / "mem-out", url, False)
         seconds = time.perf_counter() - start
     finally:
         stop()
-    return {"documents": count, "peak_rss_mib": round(peak, 1), "imports_only_rss_mib": round(floor, 1),
-            "ratio": round(peak / floor, 2), "seconds": round(seconds, 1)}
+    return {
+        "documents": count,
+        "peak_rss_mib": round(peak, 1),
+        "imports_only_rss_mib": round(floor, 1),
+        "ratio": round(peak / floor, 2),
+        "seconds": round(seconds, 1),
+    }
 
 
 def main() -> None:
