@@ -116,6 +116,8 @@ class ScriptedServer:
                 if delay:
                     await asyncio.sleep(delay)
                 message = self._reply(body["messages"], key)
+                if await request.is_disconnected():  # the client gave up (its timeout): not a delivered reply
+                    return JSONResponse({"error": {"message": "gone"}}, 499)
                 with self._lock:
                     self.ledger.delivered.append(key)
                 usage = {"prompt_tokens": len(json.dumps(body["messages"])) // 4, "completion_tokens": 20}

@@ -50,7 +50,7 @@ def _config(url: str, docs: Path, out: Path, **extra: object) -> dict:
     return {
         "docs": str(docs),
         "out": str(out),
-        "model": {"endpoint": url, "name": "scripted", "concurrency": 8, "timeout": 1.0, "max_retries": 3},
+        "model": {"endpoint": url, "name": "scripted", "concurrency": 8, "timeout": 3.0, "max_retries": 3},
         "chunk": {"tokens": 200, "overlap": 20},
         "generate": {"questions_per_chunk": 3},
         "output": {"eval_fraction": 0.2},
@@ -67,7 +67,7 @@ def _records(out: Path) -> tuple[list[dict], list[dict]]:
 def test_faults_exact_accounting_and_valid_items_only(tmp_path):
     """10 % HTTP faults, 5 % malformed JSON, reasoning both ways, slow tail: the counts and the dataset are exact."""
     docs = _docs(tmp_path / "docs")
-    with ScriptedServer() as server:
+    with ScriptedServer(timeout_sleep=3.5) as server:
         cfg = validate_synth(_config(server.url, docs, tmp_path / "out"), "test")
         report = synth(cfg, "EMPTY", log=lambda *_: None)
         ledger = server.ledger
@@ -175,7 +175,7 @@ def test_kill9_at_five_moments_then_resume(tmp_path):
     """kill -9 five times mid-run, then finish: the same dataset as an unbroken run, no finished request re-sent."""
     docs = _docs(tmp_path / "docs")
     rng = random.Random(23)
-    with ScriptedServer(latency=0.05) as server:
+    with ScriptedServer(latency=0.05, timeout_sleep=3.5) as server:
         config = tmp_path / "synth.yaml"
         config.write_text(yaml.safe_dump(_config(server.url, docs, tmp_path / "out")), encoding="utf-8")
         journal = tmp_path / "out/journal/journal.jsonl"
@@ -201,7 +201,7 @@ def test_kill9_at_five_moments_then_resume(tmp_path):
         resumed_files = _records(tmp_path / "out")
         report = json.loads((tmp_path / "out/report.json").read_text())
 
-    with ScriptedServer(latency=0.0) as server:
+    with ScriptedServer(latency=0.0, timeout_sleep=3.5) as server:
         unbroken = validate_synth(_config(server.url, docs, tmp_path / "unbroken"), "test")
         reference = synth(unbroken, "EMPTY", log=lambda *_: None)
     assert resumed_files == _records(tmp_path / "unbroken")  # nothing lost, nothing duplicated

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -68,16 +67,13 @@ class Journal:
         """Wait until line number `line` is on disk. Group commit: one fsync, off the event loop, covers every
         line written before it started, so 64 replies arriving together cost one disk flush, not 64 in a row."""
         while self._synced < line:
-            if self._syncing is None:
-                self._syncing = asyncio.ensure_future(asyncio.to_thread(os.fsync, self._file.fileno()))
-                # Registered before anyone awaits it, so it runs first: waiters wake to an updated count.
-                self._syncing.add_done_callback(functools.partial(self._synced_upto, self._written))
-            await self._syncing
-
-    def _synced_upto(self, upto: int, future: asyncio.Future) -> None:
-        self._syncing = None
-        if not future.cancelled() and future.exception() is None:
-            self._synced = max(self._synced, upto)
+            if self._syncing is not None and self._syncing.done():
+                self._synced = max(self._synced, self._syncing.result())  # an fsync error is raised here
+                self._syncing = None
+            elif self._syncing is None:
+                self._syncing = asyncio.ensure_future(asyncio.to_thread(_fsync, self._file.fileno(), self._written))
+            else:
+                await self._syncing  # every pass either waits or changes the state: no busy loop
 
     def close(self) -> None:
         """Release the file (and its lock)."""
@@ -91,3 +87,9 @@ def _cut_torn_tail(file: Any) -> None:
     if end != len(data):
         file.truncate(end)
     file.seek(end)
+
+
+def _fsync(fd: int, upto: int) -> int:
+    """fsync `fd` and return `upto`, the count of lines this call makes durable."""
+    os.fsync(fd)
+    return upto
