@@ -20,6 +20,7 @@ from test_synth_documents import DEBIAN_PDFS, _docx
 
 from tuneforge.config import DatasetConfig
 from tuneforge.data.sources import load_conversations
+from tuneforge.errors import UserError
 from tuneforge.eval.suite import load_suite
 from tuneforge.synth.chunk import chunk_document, token_counter
 from tuneforge.synth.config import ChunkConfig, validate_synth
@@ -243,3 +244,29 @@ def test_failure_threshold_exit_status_and_key_from_environment(tmp_path):
     }
     assert process.returncode == 1 and "budget.max_failure_rate 0.0%" in output
     assert report["requests"]["sent"] == 1 and (tmp_path / "out/train.jsonl").read_text() == ""
+
+
+def test_shards_merge_through_their_journals(tmp_path):
+    """--shard 0/2 and 1/2 split the documents; a run without --shard then sends nothing and writes them all."""
+    from tuneforge.synth.run import parse_shard
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(6):
+        (docs / f"d{i}.md").write_text(f"# Doc {i}\n\nPart {i} of the manual says rule {i} applies.\n", "utf-8")
+    with ScriptedServer(faults=False) as server:
+        cfg = validate_synth(_config(server.url, docs, tmp_path / "out"), "test")
+        shards = [synth(cfg, "EMPTY", parse_shard(s), log=lambda *_: None) for s in ("0/2", "1/2")]
+        sent = len(server.ledger.delivered)
+        merged = synth(cfg, "EMPTY", log=lambda *_: None)
+        assert len(server.ledger.delivered) == sent and merged["requests"]["sent"] == 0
+        alone = synth(validate_synth(_config(server.url, docs, tmp_path / "alone"), "test"), "EMPTY", log=print)
+    journals = sorted(p.name for p in (tmp_path / "out/journal").iterdir())
+    assert journals == ["journal.jsonl", "shard-0-of-2.jsonl", "shard-1-of-2.jsonl"]
+    assert (tmp_path / "out/journal/journal.jsonl").read_text() == ""  # the merged run had nothing to ask
+    assert [s["documents"]["found"] for s in shards] == [2, 4]  # a hash of each name picks its shard
+    assert merged["requested"] == sum(s["requested"] for s in shards) == alone["requested"]
+    assert _records(tmp_path / "out") == _records(tmp_path / "alone")
+    assert (tmp_path / "out/shards/0-of-2/train.jsonl").is_file()
+    with pytest.raises(UserError, match="--shard 2/2: expected I/N with 0 <= I < N"):
+        parse_shard("2/2")
