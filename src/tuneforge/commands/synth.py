@@ -22,7 +22,8 @@ def synth_command(
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
     shard: Annotated[str, typer.Option(help="I/N: this machine's share of the documents (journals merge).")] = "0/1",
     api_key_file: Annotated[
-        Path | None, typer.Option(help="File holding the API key [default: model.api_key_env, TUNEFORGE_API_KEY, ...].")
+        Path | None,
+        typer.Option(help="File holding the API key (else model.api_key_env, TUNEFORGE_API_KEY, OPENAI_API_KEY)."),
     ] = None,
 ) -> None:
     """Build SFT data (with reasoning), a held-out eval suite and a report from documents."""
