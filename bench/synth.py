@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import sys
 import tempfile
 import time
@@ -141,7 +140,9 @@ def _memory_child(peaks: multiprocessing.Queue, docs: Path, out: Path, url: str,
 
     if not only_imports:
         synth(_config(url, docs, out, 16, 1, judge=False), "EMPTY", log=lambda *_: None)
-    peaks.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB → MiB
+    # VmHWM (KiB), not ru_maxrss: Linux carries ru_maxrss over exec, so a spawned child would report its parent's peak.
+    status = Path("/proc/self/status").read_text()
+    peaks.put(int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024)
 
 
 def _peak_rss_mib(*args: object) -> float:
