@@ -632,13 +632,15 @@ def export_ollama_command(
     typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
 
 
+# Command groups in tuneforge/commands/, registered here (after user_errors, which they are wrapped in).
 from tuneforge.commands.config_import import config_export, config_import  # noqa: E402
+from tuneforge.commands.download import download_command  # noqa: E402
+from tuneforge.commands.synth import synth_command  # noqa: E402
 
 config_app.command("import")(user_errors(config_import))
 config_app.command("export")(user_errors(config_export))
-from tuneforge.commands.download import download_command  # noqa: E402
-
 app.command("download")(user_errors(download_command))
+app.command("synth")(user_errors(synth_command))
 
 
 def main() -> None:

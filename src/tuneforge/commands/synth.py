@@ -1,0 +1,72 @@
+"""`tuneforge synth`: documents → training data, eval split and report through any OpenAI-compatible model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def synth_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="Synth YAML (docs/synth.md); flags and KEY=VALUE override it.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. chunk.tokens=256.")
+    ] = None,
+    docs: Annotated[str | None, typer.Option(help="Document file or folder (recursive).")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible server, e.g. http://localhost:8000.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name on that server.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
+    shard: Annotated[str, typer.Option(help="I/N: this machine's share of the documents (journals merge).")] = "0/1",
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the API key (else model.api_key_env, TUNEFORGE_API_KEY, OPENAI_API_KEY)."),
+    ] = None,
+) -> None:
+    """Build SFT data (with reasoning), a held-out eval suite and a report from documents."""
+    from tuneforge.errors import UserError
+    from tuneforge.eval.remote import api_key
+    from tuneforge.synth.config import load_synth_config
+    from tuneforge.synth.output import train_snippet
+    from tuneforge.synth.run import parse_shard, synth
+
+    if config is not None and "=" in str(config) and not config.exists():
+        overrides, config = [str(config), *(overrides or [])], None  # only overrides were given
+    flags = {
+        "docs": docs,
+        "out": out,
+        "model.endpoint": endpoint,
+        "model.name": model,
+        "model.concurrency": concurrency,
+    }
+    cfg = load_synth_config(config, [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)])
+    if api_key_file is not None and cfg.model.api_key_file is not None:
+        raise UserError("give the API key file once: --api-key-file or model.api_key_file, not both")
+    key_file = api_key_file or (Path(cfg.model.api_key_file).expanduser() if cfg.model.api_key_file else None)
+    report = synth(cfg, api_key(key_file, cfg.model.api_key_env), parse_shard(shard), log=typer.echo)
+    written, failed, filtered = report["written"], report["failed"], report["filtered"]
+    typer.echo(
+        f"requested {report['requested']} pairs: written {written['total']} (train {written['train']}, eval "
+        f"{written['eval']}), failed {failed['total']}, filtered {filtered['total']}; requests sent "
+        f"{report['requests']['sent']}, from the journal {report['requests']['from_journal']}; tokens in "
+        f"{report['tokens']['in']}, out {report['tokens']['out']}"
+    )
+    for what in (failed, filtered):
+        for reason, count in what["by_reason"].items():
+            typer.echo(f"  {count:6d}  {reason}")
+    for problem in report["documents"]["without_text"]:
+        typer.echo(f"  skipped {problem['file']}: {problem['problem']}")
+    if parse_shard(shard)[1] == 1:
+        typer.echo(f"train on it with this data section:\n{train_snippet(Path(cfg.out), cfg.output.format)}")
+    if report["failure_rate"] > cfg.budget.max_failure_rate:
+        typer.secho(
+            f"error: {report['failure_rate']:.1%} of the pairs failed (budget.max_failure_rate "
+            f"{cfg.budget.max_failure_rate:.1%}); see {cfg.out}/report.json; run again to retry what a server "
+            "error stopped (received replies are not asked again)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)

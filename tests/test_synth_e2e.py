@@ -1,0 +1,91 @@
+"""synth end to end: its dataset trains with `tuneforge train` and its eval split runs with `tuneforge eval`; and
+a run against the real `tuneforge serve` (a tiny random Qwen3: replies are never valid JSON) accounts for it all."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from synth_server import ScriptedServer
+from typer.testing import CliRunner
+
+from tuneforge.cli import app
+from tuneforge.synth.config import validate_synth
+from tuneforge.synth.run import synth
+
+
+def _docs(folder):
+    folder.mkdir()
+    for i, topic in enumerate(["filters", "badges", "反应堆"]):
+        text = f"# {topic}\n\n" + " ".join(
+            f"Rule {i}.{j}: the {topic} are checked every {j + 2} days." for j in range(12)
+        )
+        (folder / f"doc{i}.md").write_text(text + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.mark.slow  # trains a tiny model and evaluates it (~1-2 min on 2 CPU cores)
+def test_synth_data_trains_and_its_eval_split_runs(tiny_qwen3_dir, tmp_path):
+    out = tmp_path / "out"
+    with ScriptedServer(faults=False) as server:
+        raw = {
+            "docs": str(_docs(tmp_path / "docs")),
+            "out": str(out),
+            "model": {"endpoint": server.url, "name": "scripted"},
+            "generate": {"questions_per_chunk": 3},
+            "quality": {"judge": False},
+            "output": {"eval_fraction": 0.34, "seed": 1},
+        }
+        report = synth(validate_synth(raw, "test"), "EMPTY", log=lambda *_: None)
+    assert report["written"]["train"] > 0 and report["written"]["eval"] > 0
+    config = {
+        "model": {"name_or_path": str(tiny_qwen3_dir), "init": "random"},
+        "data": {
+            **yaml.safe_load(_snippet(out))["data"],
+            "max_length": 256,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "method": {"type": "lora", "rank": 4, "alpha": 8},
+        "train": {"max_steps": 2, "per_device_batch_size": 4, "save_steps": 1000, "logging_steps": 1},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "train.yaml")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        app, ["eval", "--run", str(tmp_path / "run"), "--suite", str(out / "eval_suite.yaml"), "--no-think"]
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "run/eval/synth/results.json").read_text())
+    assert results["tasks"]["synth-heldout"]["n"] == report["written"]["eval"]
+
+
+def _snippet(out):
+    from tuneforge.synth.output import train_snippet
+
+    return train_snippet(out, "messages")
+
+
+@pytest.mark.slow  # a real server over a tiny model
+def test_synth_against_tuneforge_serve_accounts_for_every_pair(tiny_qwen3_dir, tmp_path):
+    """The tiny random model never writes valid JSON: every pair fails with that reason, two requests per chunk."""
+    from tuneforge.infer.engine import load_engine
+    from tuneforge.infer.spec import resolve_spec
+    from tuneforge.serve.app import create_app, serve_in_background
+
+    engine = load_engine(resolve_spec(model=str(tiny_qwen3_dir)))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nThe filter is replaced every spring by the night shift.\n", encoding="utf-8")
+    with serve_in_background(create_app(engine)) as url:
+        raw = {
+            "docs": str(docs),
+            "out": str(tmp_path / "out"),
+            "model": {"endpoint": url, "name": str(tiny_qwen3_dir), "max_tokens": 8, "temperature": 0},
+            "generate": {"questions_per_chunk": 2},
+        }
+        report = synth(validate_synth(raw, "test"), "EMPTY", log=lambda *_: None)
+    assert report["requested"] == 2 and report["written"]["total"] == 0
+    assert report["failed"]["by_reason"] == {"questions: invalid JSON after one retry (not JSON)": 2}
+    assert report["requests"]["sent"] == 2 and report["tokens"]["out"] > 0
