@@ -24,13 +24,12 @@ from pathlib import Path
 
 from tuneforge.config import ModelConfig
 from tuneforge.errors import UserError
+from tuneforge.infer.offline_vllm import DEFAULT_MAX_LORA_RANK, max_lora_rank
+from tuneforge.infer.remote import KEY_ENV
 from tuneforge.infer.spec import ModelSpec
 from tuneforge.serve.protocol import ServerLimits
 
 ENGINES = ("auto", "transformers", "vllm", "sglang")
-# vLLM sizes its LoRA buffers for --max-lora-rank (default 16) and accepts only these values.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-KEY_ENV = ("TUNEFORGE_API_KEY", "VLLM_API_KEY")  # read in this order when no flag gives the key
 HIDDEN = "***"
 
 
@@ -45,23 +44,6 @@ class ServeOptions:
     tensor_parallel_size: int | None = None
     gpu_memory_utilization: float | None = None
     limits: ServerLimits = ServerLimits()  # the built-in server's; vLLM gets --trust-request-chat-template
-
-
-def resolve_api_key(flag: str | None, file: Path | None) -> str | None:
-    """The API key from --api-key, --api-key-file, or TUNEFORGE_API_KEY / VLLM_API_KEY (None: no key)."""
-    if flag is not None and file is not None:
-        raise UserError("give the API key once: --api-key or --api-key-file, not both")
-    if file is not None:
-        try:
-            key = file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UserError(f"--api-key-file {file}: cannot read it ({exc.strerror})") from None
-        if not key:
-            raise UserError(f"--api-key-file {file}: the file is empty; write the key on its first line")
-        return key
-    if flag is not None:
-        return flag
-    return next((os.environ[name] for name in KEY_ENV if os.environ.get(name)), None)
 
 
 def open_without_key_warning(host: str, api_key: str | None) -> str | None:
@@ -110,9 +92,9 @@ def build_command(engine: str, spec: ModelSpec, options: ServeOptions) -> tuple[
     if spec.adapters:
         modules = [f"{name}={path}" for name, path in spec.adapters.items()]
         cmd += ["--enable-lora", "--lora-modules" if vllm else "--lora-paths", *modules]
-        rank = max(lora_rank(path) for path in spec.adapters.values())
-        if vllm and rank > 16:
-            cmd += ["--max-lora-rank", str(min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank))]
+        rank = max_lora_rank(spec.adapters.values())
+        if vllm and rank > DEFAULT_MAX_LORA_RANK:
+            cmd += ["--max-lora-rank", str(rank)]
     if "qwen3" in family:
         cmd += ["--reasoning-parser", "qwen3"]
     if "qwen" in family:
@@ -204,9 +186,3 @@ def _family(model: ModelConfig) -> str:
     if config.is_file():
         return str(json.loads(config.read_text(encoding="utf-8")).get("model_type", "")).lower()
     return model.name_or_path.lower()
-
-
-def lora_rank(adapter: Path) -> int:
-    """The largest LoRA rank in an adapter (its `r`, or a larger one from `rank_pattern`)."""
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    return max([int(config.get("r") or 8), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
