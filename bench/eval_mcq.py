@@ -28,8 +28,9 @@ def main() -> None:
 
     from conftest import make_tiny_qwen3
 
+    from tuneforge.eval.run import run_task
     from tuneforge.eval.suite import TaskConfig
-    from tuneforge.eval.tasks import LETTERS, Context, run_task
+    from tuneforge.eval.tasks import LETTERS, Context
     from tuneforge.infer.engine import load_engine
     from tuneforge.infer.spec import resolve_spec
     from tuneforge.io import atomic_write_json

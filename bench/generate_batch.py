@@ -40,7 +40,8 @@ def main() -> None:
     from conftest import make_tiny_qwen3
 
     from tuneforge.data.conversation import Message
-    from tuneforge.infer.engine import SamplingParams, load_engine
+    from tuneforge.infer.backend import SamplingParams
+    from tuneforge.infer.engine import load_engine
     from tuneforge.infer.spec import resolve_spec
     from tuneforge.io import atomic_write_json
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,10 @@ def data_copy(tmp_path):
         return Path(shutil.copy(DATA_DIR / name, tmp_path / name))
 
     return copy
+
+
+def loaded_by(imports: str, candidates: tuple[str, ...]) -> list[str]:
+    """Which of the `candidates` modules a fresh interpreter has loaded after `import {imports}`."""
+    code = f"import json, sys, {imports}; print(json.dumps(sorted(m for m in {candidates!r} if m in sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)

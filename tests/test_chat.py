@@ -9,8 +9,8 @@ from conftest import make_tiny_qwen3, needs_assets
 from rich.console import Console
 from tiny_adapter import make_tiny_adapter
 
+from tuneforge.infer.backend import SamplingParams
 from tuneforge.infer.chat import open_session, print_compare, print_streamed, repl
-from tuneforge.infer.engine import SamplingParams
 
 
 @needs_assets

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 
 from tuneforge.cli import app
 from tuneforge.config import load_config
+from tuneforge.infer.backend import SamplingParams
 from tuneforge.infer.chat import open_session
-from tuneforge.infer.engine import SamplingParams
 from tuneforge.train.run import train
 
 pytestmark = needs_assets

@@ -51,8 +51,9 @@ def assert_same_samples(got: list[dict], want: list[dict]) -> None:
 @needs_assets
 @needs_benchmarks
 def test_mcq_letters_from_one_forward_equal_scoring_each_letter_alone(tiny_qwen3_dir):
+    from tuneforge.eval.run import run_task
     from tuneforge.eval.suite import TaskConfig
-    from tuneforge.eval.tasks import LETTERS, Context, _mcq_messages, load_questions, run_task
+    from tuneforge.eval.tasks import LETTERS, Context, _mcq_messages, load_questions
     from tuneforge.infer.engine import load_engine
     from tuneforge.infer.spec import resolve_spec
 

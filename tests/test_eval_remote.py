@@ -6,12 +6,11 @@ baseline, the LLM judge (against a fake judge with canned verdicts for exact cou
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import loaded_by
 from fastapi import FastAPI
 from tiny_adapter import make_tiny_adapter
 from typer.testing import CliRunner
@@ -19,9 +18,10 @@ from typer.testing import CliRunner
 from tuneforge.cli import app
 from tuneforge.eval.judge import wilson
 from tuneforge.eval.report import summarize, table_rows
+from tuneforge.eval.run import run_task
 from tuneforge.eval.suite import TaskConfig
-from tuneforge.eval.tasks import Context, run_task
-from tuneforge.infer.engine import ChatResult
+from tuneforge.eval.tasks import Context
+from tuneforge.infer.backend import ChatResult
 
 KEY = "sk-eval-test"
 QUESTIONS = ["What is 2+2?", "Name a colour.", "你好吗？"]
@@ -184,7 +184,7 @@ def test_endpoint_problems_are_one_line_each(served, suite, key_file, tmp_path, 
 
 
 def test_engine_vllm_without_vllm_is_one_line(tmp_path, monkeypatch):
-    import tuneforge.eval.offline_vllm as offline_vllm
+    import tuneforge.infer.offline_vllm as offline_vllm
 
     monkeypatch.setattr(offline_vllm.importlib.util, "find_spec", lambda name: None)
     code, out = invoke("--model", "m", "--engine", "vllm", "--out", str(tmp_path / "o"))
@@ -396,9 +396,5 @@ def test_judge_task_through_the_cli_against_tuneforge_serve(served, key_file, ti
 
 
 def test_a_local_eval_loads_no_network_client():
-    code = (
-        "import sys, tuneforge.cli, tuneforge.eval.run, tuneforge.eval.report, tuneforge.eval.judge; "
-        "print(sorted(m for m in ('openai', 'httpx', 'httpx2', 'vllm') if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    imports = "tuneforge.cli, tuneforge.eval.run, tuneforge.eval.report, tuneforge.eval.judge"
+    assert loaded_by(imports, ("openai", "httpx", "httpx2", "vllm")) == []

@@ -14,7 +14,8 @@ from tiny_adapter import make_tiny_adapter
 
 from tuneforge.data.conversation import Message, ToolCall, split_think
 from tuneforge.errors import UserError
-from tuneforge.infer.engine import Engine, IncrementalDecoder, SamplingParams, load_engine
+from tuneforge.infer.backend import SamplingParams
+from tuneforge.infer.engine import Engine, IncrementalDecoder, load_engine
 from tuneforge.infer.parse import OutputParser, StopMatcher
 from tuneforge.infer.spec import parse_adapters, resolve_spec
 
@@ -279,7 +280,7 @@ def test_cpu_engine_head_gives_each_row_its_logits_in_any_batch_and_keeps_the_gi
 
     import torch
 
-    from tuneforge.infer.engine import SWITCH_INTERVAL_S
+    from tuneforge.infer.batcher import SWITCH_INTERVAL_S
 
     model = tiny_engine.source.__self__.targets["tuned"][0].get_base_model()
     head = model.get_output_embeddings()
@@ -463,7 +464,7 @@ def test_a_cancelled_member_leaves_the_batch_and_the_others_are_unchanged(two_ad
 def test_batches_group_similar_lengths_keep_the_token_budget_and_halve_on_out_of_memory():
     import torch
 
-    from tuneforge.infer.engine import _batched
+    from tuneforge.infer.batcher import batched
 
     seen: list[list[int]] = []
 
@@ -474,13 +475,13 @@ def test_batches_group_similar_lengths_keep_the_token_budget_and_halve_on_out_of
         return [f"item {i}" for i in batch]
 
     sizes = [5, 1, 9, 3, 7]
-    assert _batched(sizes, run, max_batch_size=4, max_batch_tokens=None) == [f"item {i}" for i in range(5)]
+    assert batched(sizes, run, max_batch_size=4, max_batch_tokens=None) == [f"item {i}" for i in range(5)]
     assert seen == [[2, 4, 0, 3], [2, 4], [0, 3], [1]]  # longest first; the first batch halved once
     seen.clear()
-    assert _batched(sizes, run, max_batch_size=4, max_batch_tokens=16) == [f"item {i}" for i in range(5)]
+    assert batched(sizes, run, max_batch_size=4, max_batch_tokens=16) == [f"item {i}" for i in range(5)]
     assert seen == [[2], [4, 0], [3, 1]]  # 9 alone (9 x 2 > 16); 7 x 2 = 14; 3 x 2 = 6
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        _batched([1], lambda batch: run(batch * 3), max_batch_size=1, max_batch_tokens=None)
+        batched([1], lambda batch: run(batch * 3), max_batch_size=1, max_batch_tokens=None)
 
 
 def test_score_matches_a_full_forward_pass_per_pair_in_input_order(two_adapters, tiny_with_adapter):

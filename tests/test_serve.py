@@ -28,10 +28,11 @@ from typer.testing import CliRunner
 from tuneforge.cli import app as cli
 from tuneforge.data.conversation import Message
 from tuneforge.errors import UserError
-from tuneforge.infer.engine import Engine, SamplingParams, load_engine
+from tuneforge.infer.backend import SamplingParams
+from tuneforge.infer.engine import Engine, load_engine
+from tuneforge.infer.remote import resolve_api_key
 from tuneforge.infer.spec import resolve_spec
 from tuneforge.serve.app import create_app, serve_in_background
-from tuneforge.serve.launch import resolve_api_key
 from tuneforge.serve.protocol import ServerLimits
 
 KEY = "sk-test-key"

@@ -16,8 +16,8 @@ from conftest import DATA_DIR, needs_assets
 from safetensors.torch import load_file
 
 from tuneforge.config import save_config, validate
+from tuneforge.infer.backend import SamplingParams
 from tuneforge.infer.chat import open_session
-from tuneforge.infer.engine import SamplingParams
 from tuneforge.rundir import Run
 from tuneforge.train.run import train
 

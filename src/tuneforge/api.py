@@ -65,7 +65,7 @@ class NotebookRun:
     def chat(self, prompt: str, think: bool | None = False, max_new_tokens: int = 256, base: bool = False) -> str:
         """The fine-tuned model's answer (the base model's with base=True); the model stays loaded between calls."""
         from tuneforge.infer.chat import open_session
-        from tuneforge.infer.engine import SamplingParams
+        from tuneforge.infer.backend import SamplingParams
 
         if self._session is None:
             params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
@@ -75,7 +75,8 @@ class NotebookRun:
 
     def eval(self, tasks: str | list[str] | None = None, suite: str | None = None, **request: Any):
         """`tuneforge eval --run RUN`: the fine-tuned model against its base; returns the Evaluation."""
-        from tuneforge.eval.run import EvalRequest, evaluate
+        from tuneforge.eval.request import EvalRequest
+        from tuneforge.eval.run import evaluate
 
         names = tasks.split(",") if isinstance(tasks, str) else tasks
         return evaluate(EvalRequest(run=self.path, tasks=names, suite=suite, **request))

@@ -315,8 +315,8 @@ def chat(
     """Chat with a base model, an adapter on it, or a run's result; --compare shows base vs fine-tuned."""
     from rich.console import Console
 
+    from tuneforge.infer.backend import SamplingParams
     from tuneforge.infer.chat import open_session, print_compare, print_streamed, repl
-    from tuneforge.infer.engine import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if greedy else temperature, top_p=top_p)
     session = open_session(model, adapter, run, params, think=think, system=system, quantize=quantize)
@@ -407,8 +407,9 @@ def serve(
     dry_run: Annotated[bool, typer.Option(help="Print the server or command that would run, and exit.")] = False,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API: built-in (CPU too), or one command for vLLM / SGLang."""
+    from tuneforge.infer.remote import resolve_api_key
     from tuneforge.infer.spec import parse_adapters, resolve_spec
-    from tuneforge.serve.launch import ServeOptions, launch, resolve_api_key
+    from tuneforge.serve.launch import ServeOptions, launch
     from tuneforge.serve.protocol import ServerLimits
 
     adapters = parse_adapters(adapter or [])
@@ -475,7 +476,8 @@ def eval_command(
     from rich.table import Table
 
     from tuneforge.eval.report import HEADER, table_rows
-    from tuneforge.eval.run import EvalRequest, evaluate
+    from tuneforge.eval.request import EvalRequest
+    from tuneforge.eval.run import evaluate
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     request = EvalRequest(

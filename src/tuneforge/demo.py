@@ -164,8 +164,8 @@ def demo_config(workdir: Path, name: str, author: str) -> Config:
 
 def run_demo(workdir: Path, name: str, author: str, log=print) -> dict[str, dict[str, str]]:
     """Build, train and compare; returns {question: {"before": ..., "after": ...}}."""
+    from tuneforge.infer.backend import SamplingParams
     from tuneforge.infer.chat import open_session
-    from tuneforge.infer.engine import SamplingParams
     from tuneforge.train.run import train
 
     write_data(workdir)

@@ -28,7 +28,7 @@ def synth_command(
 ) -> None:
     """Build SFT data (with reasoning), a held-out eval suite and a report from documents."""
     from tuneforge.errors import UserError
-    from tuneforge.eval.remote import api_key
+    from tuneforge.infer.remote import client_api_key
     from tuneforge.synth.config import load_synth_config
     from tuneforge.synth.output import train_snippet
     from tuneforge.synth.run import parse_shard, synth
@@ -46,7 +46,7 @@ def synth_command(
     if api_key_file is not None and cfg.model.api_key_file is not None:
         raise UserError("give the API key file once: --api-key-file or model.api_key_file, not both")
     key_file = api_key_file or (Path(cfg.model.api_key_file).expanduser() if cfg.model.api_key_file else None)
-    report = synth(cfg, api_key(key_file, cfg.model.api_key_env), parse_shard(shard), log=typer.echo)
+    report = synth(cfg, client_api_key(key_file, cfg.model.api_key_env), parse_shard(shard), log=typer.echo)
     written, failed, filtered = report["written"], report["failed"], report["filtered"]
     typer.echo(
         f"requested {report['requested']} pairs: written {written['total']} (train {written['train']}, eval "

@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
 from tuneforge.eval.extract import TRUNCATED, split_answer
+from tuneforge.eval.tasks import Context, Row, answered, conversations_of, generate_answers, limited, task_path
+from tuneforge.infer.backend import SamplingParams
 
 if TYPE_CHECKING:
     from tuneforge.data.conversation import Message
-    from tuneforge.eval.remote import RemoteEngine
     from tuneforge.eval.suite import TaskConfig
-    from tuneforge.eval.tasks import Context, Row
+    from tuneforge.infer.remote import RemoteEngine
 
 WIN, LOSS, TIE, UNPARSABLE = "win", "loss", "tie", "unparsable"
 RATED, ANSWERED = "rated", "answered"
@@ -133,9 +134,6 @@ def check_baseline(tasks: list[TaskConfig], has_baseline: bool) -> None:
 
 def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
     """The models' answers to the task's prompts, judged pairwise (with position swap) or by rubric."""
-    from tuneforge.eval.tasks import answered, generate_answers, limited
-    from tuneforge.infer.engine import SamplingParams
-
     check_baseline([task], "baseline" in ctx.models)
     judge = _judge_engine(task)
     prompts = limited(_prompts(task, ctx), task, ctx)
@@ -160,7 +158,6 @@ def run_judge(task: TaskConfig, ctx: Context) -> list[Row]:
 def _prompts(task: TaskConfig, ctx: Context) -> list[list[Message]]:
     """The prompts: `{"prompt": text}` records, or held-out data of any training format (its answers dropped)."""
     from tuneforge.data.sources import read_file
-    from tuneforge.eval.tasks import conversations_of, task_path
 
     records = [located.record for located in read_file(task_path(task, ctx))]
     if records and all(isinstance(r, dict) and isinstance(r.get("prompt"), str) for r in records):
@@ -229,14 +226,15 @@ def check_judges(tasks: list[TaskConfig]) -> None:
 
 def _judge_engine(task: TaskConfig) -> RemoteEngine:
     """The judge's endpoint, checked (reachable, key accepted, model served) before any answer is generated."""
-    from tuneforge.eval.remote import RemoteEngine, api_key
+    from tuneforge.infer.remote import RemoteEngine, client_api_key
 
     judge = task.judge
     if judge is None or task.path is None:
         raise UserError(
             f"task {task.name}: a judge task needs path: (the prompts) and judge: {{endpoint: URL, model: NAME}}"
         )
-    engine = RemoteEngine(judge.endpoint, [judge.model], api_key(env=judge.api_key_env), concurrency=judge.concurrency)
+    key = client_api_key(env=judge.api_key_env)
+    engine = RemoteEngine(judge.endpoint, [judge.model], key, concurrency=judge.concurrency)
     try:
         engine.check()
     except UserError as exc:

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
-from tuneforge.eval.cache import model_fingerprints
 from tuneforge.eval.judge import check_baseline, check_judges
-from tuneforge.eval.remote import RemoteEngine, Router, api_key, check_generation_only, is_url
+from tuneforge.infer.cache import model_fingerprints
+from tuneforge.infer.offline_vllm import VllmEngine
+from tuneforge.infer.remote import RemoteEngine, Router, client_api_key, is_url
 from tuneforge.rundir import Run
 
 if TYPE_CHECKING:
-    from tuneforge.eval.run import EvalRequest
+    from tuneforge.eval.request import EvalRequest
     from tuneforge.eval.suite import TaskConfig
+    from tuneforge.infer.backend import ChatBackend
     from tuneforge.infer.spec import ModelSpec
 
 TUNED_ADAPTER = "tuned"  # served name of an --adapter given with --model
@@ -32,18 +34,16 @@ BASELINE_ADAPTER = "baseline-run"  # served name of a --baseline run's adapter l
 class Models:
     """The engine the tasks use, the name it knows each role by, and each role's served model name (the report's)."""
 
-    engine: Any  # Engine | RemoteEngine | Router | VllmEngine | ShardedEngine
+    engine: ChatBackend
     names: dict[str, str]  # role (baseline / tuned) -> name to pass to the engine
     served: dict[str, str]  # role -> served model name
-    # name passed to the engine -> fingerprint of the weights behind it, for the item cache (eval/cache.py); None
+    # name passed to the engine -> fingerprint of the weights behind it, for the item cache (infer/cache.py); None
     # when a side is behind an endpoint, whose weights cannot be known from here (nothing is cached then)
     fingerprints: dict[str, str] | None = None
-    engines: list[Any] = dataclasses.field(default_factory=list)  # each engine once (the router's own included)
 
     def close(self) -> None:
-        """Stop what the engines started (the worker processes of --nproc)."""
-        for engine in self.engines:
-            getattr(engine, "close", lambda: None)()
+        """Stop what the backends started (the worker processes of --nproc, the clients' connections)."""
+        self.engine.close()
 
 
 def check_flags(request: EvalRequest) -> None:
@@ -78,9 +78,28 @@ def check_flags(request: EvalRequest) -> None:
             "--baseline URL or --engine vllm"
         )
     if request.engine == "vllm":
-        from tuneforge.eval.offline_vllm import require_vllm
+        from tuneforge.infer.offline_vllm import require_vllm
 
         require_vllm()
+
+
+def needs_likelihood(task: TaskConfig) -> bool:
+    """Whether the task scores given tokens (loss, multiple choice by likelihood) instead of generating."""
+    return task.type == "loss" or (task.type == "mcq" and task.method == "likelihood")
+
+
+def check_scoring(tasks: Sequence[TaskConfig], backend: type[ChatBackend], where: str) -> None:
+    """Refuse, all in one message, the tasks that need log-probabilities when the backend (its class) cannot score."""
+    refused = [task for task in tasks if needs_likelihood(task)]
+    if refused and not backend.can_score:
+        raise UserError(
+            "\n".join(
+                f"task {task.name} ({task.type}{', method: likelihood' if task.type == 'mcq' else ''}) needs token "
+                f"log-probabilities, which {where} cannot give; "
+                + ("set method: generate on it" if task.type == "mcq" else "leave it out (--tasks or the suite)")
+                for task in refused
+            )
+        )
 
 
 def open_models(
@@ -118,11 +137,11 @@ def open_models(
     has_baseline = request.baseline != "none" and (request.baseline != "base" or spec is None or len(spec.names) > 1)
     check_baseline(list(tasks), has_baseline)
     for url in remotes:
-        check_generation_only(tasks, f"the endpoint {url}")
+        check_scoring(tasks, RemoteEngine, f"the endpoint {url}")
     if request.engine == "vllm":
-        check_generation_only(tasks, "--engine vllm")
+        check_scoring(tasks, VllmEngine, "--engine vllm")
     check_judges(list(tasks))  # then the endpoints, the judges' first
-    key = api_key(request.api_key_file) if remotes else None
+    key = client_api_key(request.api_key_file) if remotes else None
     for url, names in remotes.items():
         engine = RemoteEngine(url, names, key, concurrency=request.concurrency)
         engine.check()
@@ -151,7 +170,7 @@ def open_models(
     # The engine kind is part of the fingerprint: vLLM's answers are not the built-in engine's.
     fingerprints = {names[r]: f"{request.engine}:{prints[r]}" for r in roles} if prints.keys() == roles.keys() else None
     engine = roles["tuned"][0] if len(engines) == 1 else Router(roles, render_with="tuned")
-    return Models(engine, names, served, fingerprints, list({id(e): e for e, _ in roles.values()}.values()))
+    return Models(engine, names, served, fingerprints)
 
 
 def _baseline_run(baseline: str) -> Run | None:
@@ -187,16 +206,16 @@ def _served(role: str, name: str, baseline_run: Run | None) -> str:
     return baseline_run.name if role == "baseline" and name == BASELINE_ADAPTER and baseline_run else name
 
 
-def _load(spec: ModelSpec, request: EvalRequest, log: Callable[..., Any]) -> Any:
+def _load(spec: ModelSpec, request: EvalRequest, log: Callable[..., Any]) -> ChatBackend:
     vllm = request.engine == "vllm"
     copies = f" in {request.nproc} processes" if request.nproc > 1 else ""
     log(f"eval: loading {', '.join(spec.names)}" + (" with vLLM" if vllm else "") + copies)
     if vllm:
-        from tuneforge.eval.offline_vllm import load_vllm
+        from tuneforge.infer.offline_vllm import load_vllm
 
         return load_vllm(spec)
     if request.nproc > 1:
-        from tuneforge.eval.shard import start_sharded
+        from tuneforge.infer.shard import start_sharded
 
         return start_sharded(spec, request.nproc)
     from tuneforge.infer.engine import load_engine

@@ -5,7 +5,7 @@
 For a LoRA run (or --model with --adapter) the baseline is the same loaded model with the adapter off; for a
 full fine-tune the run's base is loaded beside it. Models behind an OpenAI-compatible endpoint, another run as
 the baseline, and vLLM are opened by eval/models.py. Finished items are cached in RUN/eval/.cache
-(eval/cache.py); `nproc` > 1 spreads the items over that many processes, each with its own model (eval/shard.py).
+(infer/cache.py); `nproc` > 1 spreads the items over that many processes, each with its own model (infer/shard.py).
 """
 
 from __future__ import annotations
@@ -15,37 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
-from tuneforge.eval.cache import CHUNK, ItemCache
+from tuneforge.eval.judge import run_judge
 from tuneforge.eval.models import check_flags, open_models
 from tuneforge.eval.report import summarize, write_report
-from tuneforge.eval.suite import SuiteConfig, load_suite, suite_of_tasks
-from tuneforge.eval.tasks import Context, Row, run_task
+from tuneforge.eval.request import EvalRequest
+from tuneforge.eval.suite import SuiteConfig, TaskConfig, load_suite, suite_of_tasks
+from tuneforge.eval.tasks import RUNNERS, Context, Row
+from tuneforge.infer.cache import CHUNK, ItemCache
 from tuneforge.infer.spec import thinking_for
 from tuneforge.rundir import Run
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """The flags of `tuneforge eval`."""
-
-    run: Path | None = None
-    model: str | None = None
-    adapter: Path | None = None
-    tasks: list[str] | None = None
-    suite: str | None = None
-    baseline: str = "base"  # base | none | a run folder | an endpoint URL
-    limit: int | None = None
-    think: bool | None = None
-    out: Path | None = None
-    data_dir: Path | None = None
-    endpoint: str | None = None
-    served_model: str | None = None
-    api_key_file: Path | None = None
-    baseline_model: str | None = None
-    engine: str = "transformers"  # transformers | vllm
-    concurrency: int = 8  # requests in flight per endpoint
-    nproc: int = 1  # processes (GPUs), each with its own model copy
-    quantize: bool | None = None  # --load-in-4bit / --no-quantize (None: a QLoRA run's base as it was trained)
 
 
 @dataclass
@@ -55,6 +33,11 @@ class Evaluation:
     out: Path
     results: dict[str, Any]
     rows: list[Row]
+
+
+def run_task(task: TaskConfig, ctx: Context) -> list[Row]:
+    """All rows of one task, for every model in ctx.models."""
+    return run_judge(task, ctx) if task.type == "judge" else RUNNERS[task.type](task, ctx)
 
 
 def _suite(request: EvalRequest) -> tuple[SuiteConfig, Path]:

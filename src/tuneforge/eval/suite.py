@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError
 
 from tuneforge.config import Section, describe_validation
 from tuneforge.errors import UserError
+from tuneforge.infer.remote import CLIENT_KEY_ENV
 
 PROBE_QUESTIONS = {
     "name": [
@@ -41,7 +42,7 @@ class JudgeConfig(Section):
     endpoint: str = Field(description="The judge's OpenAI-compatible server, e.g. http://host:8000 (/v1 is added).")
     model: str = Field(description="The judge's model name on that server.")
     api_key_env: str | None = Field(
-        None, description="Environment variable holding its API key [default: TUNEFORGE_API_KEY, OPENAI_API_KEY]."
+        None, description=f"Environment variable holding its API key [default: {', '.join(CLIENT_KEY_ENV)}]."
     )
     max_tokens: int = Field(1024, ge=1, description="Longest judgement (thinking included).")
     concurrency: int = Field(8, ge=1, description="Judge requests in flight at once.")

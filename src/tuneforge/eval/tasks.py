@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 from tuneforge.data.conversation import Conversation, Message, ToolCall
 from tuneforge.errors import UserError
 from tuneforge.eval import metrics
-from tuneforge.eval.cache import ItemCache
 from tuneforge.eval.extract import CORRECT, TRUNCATED, extract_choice, gsm8k_gold, outcome, split_answer
 from tuneforge.eval.suite import TaskConfig
+from tuneforge.infer.backend import ChatResult, SamplingParams
+from tuneforge.infer.cache import ItemCache
 
 if TYPE_CHECKING:
     from tuneforge.config import Config
-    from tuneforge.infer.engine import ChatResult, Engine
+    from tuneforge.infer.backend import ChatBackend
 
 LETTERS = "ABCD"
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -35,15 +36,15 @@ MATH_INSTRUCTION = "Please reason step by step, and put your final answer within
 
 @dataclass
 class Context:
-    """What every task needs: the engine, which served name plays which role, and the run's settings."""
+    """What every task needs: the backend, which served name plays which role, and the run's settings."""
 
-    engine: Engine
+    engine: ChatBackend
     models: dict[str, str]  # role (baseline / tuned) -> served model name
     think: bool | None  # enable_thinking for generation (None: the template's default)
     base_dir: Path  # relative task paths are read from here
     run_config: Config | None = None
     limit: int | None = None  # --limit: overrides each task's own
-    cache: ItemCache = field(default_factory=lambda: ItemCache(None, {}))  # finished items (eval/cache.py)
+    cache: ItemCache = field(default_factory=lambda: ItemCache(None, {}))  # finished items (infer/cache.py)
 
 
 @dataclass
@@ -63,25 +64,6 @@ class Row:
     weight: float = 1.0
     choices: list[str] | None = None
     subject: str | None = None
-
-
-def run_task(task: TaskConfig, ctx: Context) -> list[Row]:
-    """All rows of one task, for every model in ctx.models."""
-    runner: Callable[[TaskConfig, Context], list[Row]] = {
-        "loss": _loss,
-        "probe": _probe,
-        "generation": _generation,
-        "mcq": _mcq,
-        "math": _math,
-        "judge": _judge,
-    }[task.type]
-    return runner(task, ctx)
-
-
-def _judge(task: TaskConfig, ctx: Context) -> list[Row]:
-    from tuneforge.eval.judge import run_judge
-
-    return run_judge(task, ctx)
 
 
 def limited(items: list, task: TaskConfig, ctx: Context) -> list:
@@ -164,8 +146,6 @@ def generate_answers(
     task: TaskConfig, ctx: Context, prompts: list[list[Message]]
 ) -> dict[str, list[tuple[str, ChatResult]]]:
     """Greedy answers of every model to the same prompts, in one batched call: {role: [(rendered prompt, result)]}."""
-    from tuneforge.infer.engine import SamplingParams
-
     params = SamplingParams(max_new_tokens=task.max_new_tokens, temperature=0.0)
     roles = list(ctx.models)
     convs = [p for _ in roles for p in prompts]
@@ -189,8 +169,6 @@ def generate_answers(
 
 def _chat_result(value: dict[str, Any]) -> ChatResult:
     """A ChatResult from its cached dict."""
-    from tuneforge.infer.engine import ChatResult
-
     return ChatResult(**{**value, "tool_calls": [ToolCall(**call) for call in value["tool_calls"]]})
 
 
@@ -406,3 +384,13 @@ def _mcq_likelihood(
             row.score = {"accuracy": float(correct)}
             rows.append(row)
     return rows
+
+
+# The runner of each task type but judge (eval/judge.py); eval/run.py's run_task picks one.
+RUNNERS: dict[str, Callable[[TaskConfig, Context], list[Row]]] = {
+    "loss": _loss,
+    "probe": _probe,
+    "generation": _generation,
+    "mcq": _mcq,
+    "math": _math,
+}

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tuneforge.data.conversation import Message
-from tuneforge.infer.engine import ChatResult, Engine, Generation, SamplingParams, load_engine
+from tuneforge.infer.backend import ChatResult, SamplingParams
+from tuneforge.infer.engine import Engine, Generation, load_engine
 from tuneforge.infer.spec import parse_adapters, resolve_spec, thinking_for
 
 if TYPE_CHECKING:

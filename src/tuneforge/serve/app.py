@@ -29,7 +29,8 @@ from starlette.exceptions import HTTPException
 
 from tuneforge.data.conversation import ToolCall
 from tuneforge.errors import UserError
-from tuneforge.infer.engine import ChatResult, Engine, Generation
+from tuneforge.infer.backend import ChatResult
+from tuneforge.infer.engine import Engine, Generation
 from tuneforge.serve.protocol import ChatRequest, CompletionRequest, ServerLimits
 from tuneforge.serve.worker import Job, QueueFull, Worker
 

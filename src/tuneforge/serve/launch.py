@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tuneforge.config import ModelConfig
 from tuneforge.errors import UserError
+from tuneforge.infer.offline_vllm import DEFAULT_MAX_LORA_RANK, max_lora_rank
+from tuneforge.infer.remote import KEY_ENV
 from tuneforge.infer.spec import ModelSpec
 from tuneforge.serve.protocol import ServerLimits
 
@@ -37,9 +39,6 @@ REASONING_PARSERS = {
     "vllm": {"output": "qwen3", "prompt": "deepseek_r1"},
     "sglang": {"output": "qwen3", "prompt": "deepseek-r1"},
 }
-# vLLM sizes its LoRA buffers for --max-lora-rank (default 16) and accepts only these values.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-KEY_ENV = ("TUNEFORGE_API_KEY", "VLLM_API_KEY")  # read in this order when no flag gives the key
 HIDDEN = "***"
 
 
@@ -56,23 +55,6 @@ class ServeOptions:
     limits: ServerLimits = ServerLimits()  # the built-in server's; vLLM gets --trust-request-chat-template
     max_num_seqs: int | None = None  # as given: vLLM's --max-num-seqs, SGLang's --max-running-requests
     engine_args: tuple[str, ...] = ()  # --engine-arg: passed on to vLLM / SGLang as they are, last
-
-
-def resolve_api_key(flag: str | None, file: Path | None) -> str | None:
-    """The API key from --api-key, --api-key-file, or TUNEFORGE_API_KEY / VLLM_API_KEY (None: no key)."""
-    if flag is not None and file is not None:
-        raise UserError("give the API key once: --api-key or --api-key-file, not both")
-    if file is not None:
-        try:
-            key = file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UserError(f"--api-key-file {file}: cannot read it ({exc.strerror})") from None
-        if not key:
-            raise UserError(f"--api-key-file {file}: the file is empty; write the key on its first line")
-        return key
-    if flag is not None:
-        return flag
-    return next((os.environ[name] for name in KEY_ENV if os.environ.get(name)), None)
 
 
 def open_without_key_warning(host: str, api_key: str | None) -> str | None:
@@ -121,9 +103,9 @@ def build_command(engine: str, spec: ModelSpec, options: ServeOptions) -> tuple[
     if spec.adapters:
         modules = [f"{name}={path}" for name, path in spec.adapters.items()]
         cmd += ["--enable-lora", "--lora-modules" if vllm else "--lora-paths", *modules]
-        rank = max(lora_rank(path) for path in spec.adapters.values())
-        if vllm and rank > 16:
-            cmd += ["--max-lora-rank", str(min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank))]
+        rank = max_lora_rank(spec.adapters.values())
+        if vllm and rank > DEFAULT_MAX_LORA_RANK:
+            cmd += ["--max-lora-rank", str(rank)]
     style = think_style(spec)
     if style is not None:
         cmd += ["--reasoning-parser", REASONING_PARSERS[engine][style]]
@@ -256,9 +238,3 @@ def _family(model: ModelConfig) -> str:
     if config.is_file():
         return str(json.loads(config.read_text(encoding="utf-8")).get("model_type", "")).lower()
     return model.name_or_path.lower()
-
-
-def lora_rank(adapter: Path) -> int:
-    """The largest LoRA rank in an adapter (its `r`, or a larger one from `rank_pattern`)."""
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    return max([int(config.get("r") or 8), *(int(r) for r in (config.get("rank_pattern") or {}).values())])

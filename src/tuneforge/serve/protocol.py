@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.data.conversation import Message, ToolCall
-from tuneforge.infer.engine import SamplingParams
+from tuneforge.infer.backend import SamplingParams
 
 # torch.Generator.manual_seed takes a 64-bit integer; vLLM bounds `seed` the same way.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1

@@ -22,8 +22,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tuneforge.errors import UserError
-from tuneforge.eval.remote import api_base
 from tuneforge.infer.parse import OutputParser
+from tuneforge.infer.remote import api_base
 from tuneforge.synth.config import SynthConfig
 from tuneforge.synth.journal import Journal, request_key
 

@@ -20,8 +20,8 @@ _lock = threading.Lock()
 
 def session_for(run: str):
     """The ChatSession of `run` (loaded once, as `tuneforge chat --run RUN --compare` loads it)."""
+    from tuneforge.infer.backend import SamplingParams
     from tuneforge.infer.chat import open_session
-    from tuneforge.infer.engine import SamplingParams
 
     with _lock:
         if run not in _sessions:
@@ -67,8 +67,8 @@ def answer(
     histories: list[list[Message]],
 ) -> Iterator[tuple[Any, Any, Any, str]]:
     """Stream both answers to `prompt`; yields (base view, fine-tuned view, histories, message)."""
+    from tuneforge.infer.backend import SamplingParams
     from tuneforge.infer.chat import interleave, start_compare
-    from tuneforge.infer.engine import SamplingParams
 
     if not run or not prompt.strip():
         yield gr.skip(), gr.skip(), histories, "❌ choose a finished run and type a message"

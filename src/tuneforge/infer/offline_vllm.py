@@ -1,23 +1,42 @@
 """`tuneforge eval --engine vllm`: generation through vLLM's offline `LLM`, LoRA adapters through `enable_lora`.
 
-Only what generation tasks use (`generate_batch`, `render`); likelihood tasks are refused before they run, as for
-an endpoint. Prompts are rendered by the same chat template code as the built-in engine (`Engine.render`), so
-samples.jsonl shows the exact text vLLM was given. Not run by the test suite (no vLLM, no GPU there); only its
-missing-vLLM error is tested.
+A `ChatBackend` that only generates (`can_score` is False: likelihood tasks are refused before it loads, as for
+an endpoint). Prompts are rendered by the same chat template code as the built-in engine (`Engine.render`), so
+samples.jsonl shows the exact text vLLM was given. Also the LoRA rank vLLM is asked to hold, for this engine and
+`tuneforge serve --engine vllm`. Not run by the test suite (no vLLM, no GPU there); only its missing-vLLM error
+is tested.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
+from tuneforge.infer.backend import ChatResult, GenerationOnly, SamplingParams, model_per_item
 
 if TYPE_CHECKING:
     from tuneforge.data.conversation import Message
-    from tuneforge.infer.engine import ChatResult, SamplingParams
     from tuneforge.infer.spec import ModelSpec
+
+# vLLM sizes its LoRA buffers for --max-lora-rank (default 16) and accepts only these values.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_MAX_LORA_RANK = 16
+
+
+def lora_rank(adapter: Path) -> int:
+    """The largest LoRA rank in an adapter (its `r`, or a larger one from `rank_pattern`)."""
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    return max([int(config.get("r") or 8), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+
+
+def max_lora_rank(adapters: Iterable[Path]) -> int:
+    """vLLM's max LoRA rank for these adapters: their largest rank, rounded up to a value vLLM accepts."""
+    rank = max(lora_rank(path) for path in adapters)
+    return min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank)
 
 
 def require_vllm() -> None:
@@ -29,10 +48,10 @@ def require_vllm() -> None:
         )
 
 
-class VllmEngine:
-    """A vLLM `LLM` serving a base and its LoRA adapters under the spec's names."""
+class VllmEngine(GenerationOnly):
+    """A vLLM `LLM` serving a base and its LoRA adapters under the spec's names (generation only)."""
 
-    scorer = None  # likelihood tasks are refused (check_generation_only)
+    no_scores = "--engine vllm: only generation runs through vLLM here; use --engine transformers to score"
 
     def __init__(self, spec: ModelSpec) -> None:
         from vllm import LLM
@@ -40,7 +59,6 @@ class VllmEngine:
 
         from tuneforge.infer.engine import Engine
         from tuneforge.model.load import load_tokenizer
-        from tuneforge.serve.launch import VLLM_LORA_RANKS, lora_rank
 
         if spec.others:
             raise UserError(
@@ -53,11 +71,10 @@ class VllmEngine:
         self._templates = Engine(self.tokenizer, self.models, source=None, max_model_len=0)  # type: ignore[arg-type]
         options: dict[str, Any] = {"tokenizer": spec.tokenizer.name_or_path, "revision": spec.model.revision}
         if spec.adapters:
-            rank = max(lora_rank(path) for path in spec.adapters.values())
             options |= {
                 "enable_lora": True,
                 "max_loras": len(spec.adapters),
-                "max_lora_rank": min((r for r in VLLM_LORA_RANKS if r >= rank), default=rank),
+                "max_lora_rank": max_lora_rank(spec.adapters.values()),
             }
         if spec.quantize is not None:  # a QLoRA run's base, quantized while it loads as in training
             options["quantization"] = "bitsandbytes"
@@ -69,9 +86,9 @@ class VllmEngine:
         """Served names: the base first, then its adapters."""
         return list(self.models)
 
-    def render(self, messages: Sequence[Message], **kwargs: Any) -> str:
+    def render(self, messages: Sequence[Message], *, enable_thinking: bool | None = None) -> str:
         """The prompt text, from the tokenizer's own chat template."""
-        return self._templates.render(messages, **kwargs)
+        return self._templates.render(messages, enable_thinking=enable_thinking)
 
     def generate_batch(
         self,
@@ -80,12 +97,10 @@ class VllmEngine:
         *,
         model: str | Sequence[str] | None = None,
         enable_thinking: bool | None = None,
-        **_: Any,
     ) -> list[ChatResult]:
         """Answer every conversation in one vLLM call (it batches and schedules); input order."""
         import vllm
 
-        from tuneforge.infer.engine import ChatResult, SamplingParams, model_per_item
         from tuneforge.infer.parse import split_output
 
         params = params or SamplingParams()
@@ -113,6 +128,9 @@ class VllmEngine:
             )
             for out, (reasoning, content) in zip(outputs, splits, strict=True)
         ]
+
+    def close(self) -> None:
+        """Nothing to stop here: vLLM's engine goes with this object."""
 
 
 def load_vllm(spec: ModelSpec) -> VllmEngine:

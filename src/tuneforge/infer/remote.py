@@ -1,13 +1,13 @@
-"""Models behind an OpenAI-compatible server (`tuneforge serve`, vLLM, SGLang, a hosted API), for `tuneforge eval`.
+"""Models behind an OpenAI-compatible server (`tuneforge serve`, vLLM, SGLang, a hosted API), and the API key.
 
-`RemoteEngine` answers the part of the engine interface that generation tasks use (`generate_batch`, `render`)
-through the official `openai` client, with at most `concurrency` requests in flight; `Router` puts the models of
-several engines (a local run and an endpoint, two runs) behind that one interface, so the tasks stay unaware of
-where a model runs.
+`RemoteEngine` is a `ChatBackend` (infer/backend.py) through the official `openai` client, with at most
+`concurrency` requests in flight; `Router` puts the models of several backends (a local run and an endpoint, two
+runs) behind that one interface, so its callers stay unaware of where a model runs.
 
-An OpenAI-compatible server returns text, not the log-probabilities of given tokens, so tasks that need them
-(held-out loss, multiple choice by likelihood) are refused before anything runs (`check_generation_only`).
-The `openai` client is imported only when an endpoint is used: a local eval loads no network code.
+An OpenAI-compatible server returns text, not the log-probabilities of given tokens: `RemoteEngine.can_score` is
+False, so callers refuse what needs them before anything runs. The `openai` client is imported only when an
+endpoint is used: a local eval loads no network code. `resolve_api_key` is the one reading of the key, for the
+server (`tuneforge serve`) and for clients (`client_api_key`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tuneforge.errors import UserError
+from tuneforge.infer.backend import ChatBackend, ChatResult, GenerationOnly, SamplingParams, model_per_item
 
 if TYPE_CHECKING:
     from tuneforge.data.conversation import Message
-    from tuneforge.eval.suite import TaskConfig
-    from tuneforge.infer.engine import ChatResult, Engine, SamplingParams
 
-KEY_ENV_FALLBACK = "OPENAI_API_KEY"  # read after TUNEFORGE_API_KEY / VLLM_API_KEY, as the openai client would
+KEY_ENV = ("TUNEFORGE_API_KEY", "VLLM_API_KEY")  # read in this order when no flag gives the key (vLLM reads the 2nd)
+OPENAI_KEY_ENV = "OPENAI_API_KEY"  # a client reads it last, as the openai client would
+CLIENT_KEY_ENV = (*KEY_ENV, OPENAI_KEY_ENV)
 NO_KEY = "EMPTY"  # what vLLM's examples send to a server without a key (the client refuses an empty one)
 
 
@@ -41,40 +42,35 @@ def api_base(url: str) -> str:
     return url.rstrip("/") if urlparse(url).path.strip("/") else url.rstrip("/") + "/v1"
 
 
-def api_key(file: Path | None = None, env: str | None = None) -> str:
-    """The key from `file`, else the variable `env`, else TUNEFORGE_API_KEY / VLLM_API_KEY / OPENAI_API_KEY."""
-    from tuneforge.serve.launch import resolve_api_key
+def resolve_api_key(flag: str | None, file: Path | None) -> str | None:
+    """The API key from --api-key, --api-key-file, or TUNEFORGE_API_KEY / VLLM_API_KEY (None: no key)."""
+    if flag is not None and file is not None:
+        raise UserError("give the API key once: --api-key or --api-key-file, not both")
+    if file is not None:
+        try:
+            key = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(f"--api-key-file {file}: cannot read it ({exc.strerror})") from None
+        if not key:
+            raise UserError(f"--api-key-file {file}: the file is empty; write the key on its first line")
+        return key
+    if flag is not None:
+        return flag
+    return next((os.environ[name] for name in KEY_ENV if os.environ.get(name)), None)
 
+
+def client_api_key(file: Path | None = None, env: str | None = None) -> str:
+    """A client's key: the variable `env` where one is named, else `file`, else the first of CLIENT_KEY_ENV set."""
     if env is not None:
         if not os.environ.get(env):
             raise UserError(f"api_key_env: the environment variable {env} is not set; export it with the key")
         return os.environ[env]
-    return resolve_api_key(None, file) or os.environ.get(KEY_ENV_FALLBACK) or NO_KEY
+    return resolve_api_key(None, file) or os.environ.get(OPENAI_KEY_ENV) or NO_KEY
 
 
-def needs_likelihood(task: TaskConfig) -> bool:
-    """Whether the task scores given tokens (loss, multiple choice by likelihood) instead of generating."""
-    return task.type == "loss" or (task.type == "mcq" and task.method == "likelihood")
-
-
-def check_generation_only(tasks: Sequence[TaskConfig], where: str) -> None:
-    """Refuse, all in one message, the tasks that need log-probabilities an OpenAI-compatible server cannot give."""
-    refused = [task for task in tasks if needs_likelihood(task)]
-    if refused:
-        raise UserError(
-            "\n".join(
-                f"task {task.name} ({task.type}{', method: likelihood' if task.type == 'mcq' else ''}) needs token "
-                f"log-probabilities, which {where} cannot give; "
-                + ("set method: generate on it" if task.type == "mcq" else "leave it out (--tasks or the suite)")
-                for task in refused
-            )
-        )
-
-
-class RemoteEngine:
+class RemoteEngine(GenerationOnly):
     """Chat answers from served models of one OpenAI-compatible server, `concurrency` requests at a time."""
 
-    scorer = None  # no log-probabilities of given tokens over this API
     tokenizer = None  # the server renders the prompt
 
     def __init__(
@@ -85,6 +81,7 @@ class RemoteEngine:
         if concurrency < 1:
             raise UserError(f"--concurrency {concurrency}: must be at least 1")
         self.url, self.models, self.concurrency = url, dict.fromkeys(models), concurrency
+        self.no_scores = f"{url}: an OpenAI-compatible server gives no log-probabilities of given tokens"
         # Retries: the client's own (429 and 5xx with backoff, Retry-After honoured), so a busy server slows the
         # eval down rather than failing it.
         self._client = openai.OpenAI(base_url=api_base(url), api_key=key, timeout=timeout, max_retries=5)
@@ -104,7 +101,7 @@ class RemoteEngine:
                     f"{self.url}: no model '{model}' is served there; served: {', '.join(served) or 'none'}"
                 )
 
-    def render(self, messages: Sequence[Message], *, enable_thinking: bool | None = None, **_: Any) -> str:
+    def render(self, messages: Sequence[Message], *, enable_thinking: bool | None = None) -> str:
         """The messages as sent, in JSON (the server applies its own chat template; the exact text stays there)."""
         return json.dumps(_openai_messages(messages), ensure_ascii=False)
 
@@ -115,11 +112,8 @@ class RemoteEngine:
         *,
         model: str | Sequence[str] | None = None,
         enable_thinking: bool | None = None,
-        **_: Any,
     ) -> list[ChatResult]:
         """Answer every conversation through the server, `concurrency` at a time; results in input order."""
-        from tuneforge.infer.engine import SamplingParams, model_per_item
-
         params = params or SamplingParams()
         names = model_per_item(model, len(conversations))
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tuneforge-eval-remote")
@@ -130,17 +124,13 @@ class RemoteEngine:
         finally:
             pool.shutdown(cancel_futures=True)  # after a failure, the requests not yet sent are dropped
 
-    def score(self, *args: Any, **kwargs: Any) -> list[list[float]]:
-        """Not available over this API (tasks that need it are refused before they run)."""
-        raise UserError(f"{self.url}: an OpenAI-compatible server gives no log-probabilities of given tokens")
-
-    score_ids = score
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
 
     def _chat(
         self, messages: Sequence[Message], params: SamplingParams, model: str | None, think: bool | None
     ) -> ChatResult:
-        from tuneforge.infer.engine import ChatResult
-
         request: dict[str, Any] = {
             "model": model or self.names[-1],
             "messages": _openai_messages(messages),
@@ -204,10 +194,10 @@ def _openai_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
 
 
 class Router:
-    """The engine interface over several engines: each name is routed to (its engine, the name it serves it as)."""
+    """One backend over several: each name is routed to (its backend, the name it serves it as)."""
 
-    def __init__(self, routes: dict[str, tuple[Engine | RemoteEngine, str]], render_with: str) -> None:
-        # Names of their own (the roles), since two engines may serve models under the same name.
+    def __init__(self, routes: dict[str, tuple[ChatBackend, str]], render_with: str) -> None:
+        # Names of their own (the roles), since two backends may serve models under the same name.
         self.routes = routes
         self.models = {name: None for name in routes}
         self._render = routes[render_with][0]
@@ -218,13 +208,18 @@ class Router:
         return list(self.routes)
 
     @property
+    def can_score(self) -> bool:
+        """Whether every backend behind it can score."""
+        return all(backend.can_score for backend, _ in self.routes.values())
+
+    @property
     def tokenizer(self) -> Any:
-        """The tokenizer of the engine that renders the prompts (None for an endpoint)."""
+        """The tokenizer of the backend that renders the prompts (None for an endpoint)."""
         return self._render.tokenizer
 
-    def render(self, messages: Sequence[Message], **kwargs: Any) -> str:
-        """The prompt as the fine-tuned model's engine renders it (the text the report shows)."""
-        return self._render.render(messages, **kwargs)
+    def render(self, messages: Sequence[Message], *, enable_thinking: bool | None = None) -> str:
+        """The prompt as the fine-tuned model's backend renders it (the text the report shows)."""
+        return self._render.render(messages, enable_thinking=enable_thinking)
 
     def generate_batch(
         self,
@@ -232,32 +227,40 @@ class Router:
         params: SamplingParams | None = None,
         *,
         model: str | Sequence[str] | None = None,
-        **kwargs: Any,
+        enable_thinking: bool | None = None,
     ) -> list[ChatResult]:
-        """Each conversation answered by its model's engine (one batched call per engine); input order."""
-        from tuneforge.infer.engine import model_per_item
-
+        """Each conversation answered by its model's backend (one batched call per backend); input order."""
         names = model_per_item(model, len(conversations), self.names[-1])
         results: list[Any] = [None] * len(conversations)
-        for name, (engine, served) in self.routes.items():
+        for name, (backend, served) in self.routes.items():
             picked = [i for i, n in enumerate(names) if n == name]
             if picked:
-                answers = engine.generate_batch([conversations[i] for i in picked], params, model=served, **kwargs)
+                answers = backend.generate_batch(
+                    [conversations[i] for i in picked], params, model=served, enable_thinking=enable_thinking
+                )
                 for i, answer in zip(picked, answers):
                     results[i] = answer
         return results
 
-    def score(self, prompts: Sequence[str], continuations: Sequence[str], *, model: str, **kwargs: Any) -> Any:
-        """Log-probabilities from the engine serving `model`."""
-        engine, served = self.routes[model]
-        return engine.score(prompts, continuations, model=served, **kwargs)
+    def score_ids(self, pairs: Sequence[tuple[list[int], list[int]]], *, model: str | None = None) -> list[list[float]]:
+        """Log-probabilities of token ids from the backend serving `model` (default: the last name)."""
+        backend, served = self._route(model)
+        return backend.score_ids(pairs, model=served)
 
-    def score_ids(self, pairs: Sequence[tuple[list[int], list[int]]], *, model: str, **kwargs: Any) -> Any:
-        """Log-probabilities of token ids from the engine serving `model`."""
-        engine, served = self.routes[model]
-        return engine.score_ids(pairs, model=served, **kwargs)
+    def next_token_logprobs(
+        self, prompts: Sequence[str], candidates: Sequence[str], *, model: str | None = None
+    ) -> list[list[float]]:
+        """Next-token log-probabilities of the candidates from the backend serving `model` (default: the last)."""
+        backend, served = self._route(model)
+        return backend.next_token_logprobs(prompts, candidates, model=served)
 
-    def next_token_logprobs(self, prompts: Sequence[str], candidates: Sequence[str], *, model: str) -> Any:
-        """Next-token log-probabilities of the candidates from the engine serving `model` (likelihood MCQ)."""
-        engine, served = self.routes[model]
-        return engine.next_token_logprobs(prompts, candidates, model=served)
+    def close(self) -> None:
+        """Close every backend behind it, once each."""
+        for backend in {id(b): b for b, _ in self.routes.values()}.values():
+            backend.close()
+
+    def _route(self, model: str | None) -> tuple[ChatBackend, str]:
+        name = self.names[-1] if model is None else model
+        if name not in self.routes:
+            raise UserError(f"model '{name}' is not served here; choose one of: {', '.join(self.names)}")
+        return self.routes[name]

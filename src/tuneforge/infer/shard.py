@@ -5,7 +5,7 @@ cores), and every batched request (`generate_batch`, `score_ids`, `next_token_lo
 slices, one per worker, run at the same time and put back together in input order. The tasks, the cache and the
 report run in this process, which holds only the tokenizer (prompts are rendered here).
 
-    engine = start_sharded(spec, nproc=2)   # an Engine stand-in for eval's tasks
+    engine = start_sharded(spec, nproc=2)   # a ChatBackend, as the Engine it shards
     engine.next_token_logprobs(prompts, ["A", "B", "C", "D"])
     engine.close()
 """
@@ -18,12 +18,13 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
+from tuneforge.infer.backend import ChatResult, SamplingParams, model_per_item
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from tuneforge.data.conversation import Message
-    from tuneforge.infer.engine import ChatResult, Engine, SamplingParams
+    from tuneforge.infer.engine import Engine
     from tuneforge.infer.spec import ModelSpec
 
 
@@ -69,7 +70,9 @@ def _devices(nproc: int) -> list[str | None]:
 
 
 class ShardedEngine:
-    """The part of the Engine that eval's tasks use, with batched requests spread over worker processes."""
+    """The Engine's batched requests (a `ChatBackend`) spread over worker processes."""
+
+    can_score = True  # every worker holds the weights
 
     def __init__(self, local: Engine, conns: list[Connection], processes: list[Any]) -> None:
         self.local = local  # tokenizer and chat template only: rendering happens here
@@ -77,13 +80,18 @@ class ShardedEngine:
         self.conns = conns
         self.processes = processes
 
+    @property
+    def names(self) -> list[str]:
+        """Served model names, as each worker's engine serves them."""
+        return self.local.names
+
     def close(self) -> None:
         """Ask every worker to stop, and wait for it (killed after 30 s)."""
         _stop(self.conns, self.processes)
 
-    def render(self, messages: Sequence[Message], **kwargs: Any) -> str:
+    def render(self, messages: Sequence[Message], *, enable_thinking: bool | None = None) -> str:
         """The prompt text, as `Engine.render`."""
-        return self.local.render(messages, **kwargs)
+        return self.local.render(messages, enable_thinking=enable_thinking)
 
     def generate_batch(
         self,
@@ -94,8 +102,6 @@ class ShardedEngine:
         enable_thinking: bool | None = None,
     ) -> list[ChatResult]:
         """As `Engine.generate_batch`, each worker answering a slice."""
-        from tuneforge.infer.engine import model_per_item
-
         names = model_per_item(model, len(conversations))
         items = list(zip(conversations, names))
         return self._map("generate_batch", items, params=params, enable_thinking=enable_thinking)
@@ -158,7 +164,7 @@ def start_sharded(spec: ModelSpec, nproc: int) -> ShardedEngine:
             error = _receive(conn)
             if error is not None:
                 raise error
-        local = Engine(load_tokenizer(spec.tokenizer), {}, _no_generation, max_model_len=0)
+        local = Engine(load_tokenizer(spec.tokenizer), dict.fromkeys(spec.names), _no_generation, max_model_len=0)
     except BaseException:
         _stop(conns, processes)
         raise
