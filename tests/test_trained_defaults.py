@@ -86,8 +86,8 @@ def test_a_qlora_run_loads_its_base_with_the_recorded_settings_unless_told_other
 
 @needs_assets
 def test_chat_defaults_to_the_mode_the_run_trained_in_and_the_flag_overrides(tiny_qwen3_dir, tmp_path):
-    from tuneforge.infer.chat import open_session
     from tuneforge.infer.backend import SamplingParams
+    from tuneforge.infer.chat import open_session
 
     run = make_run(tmp_path / "mybot", str(tiny_qwen3_dir), {"type": "lora"}, ["off"], adapter_from=tiny_qwen3_dir)
     greedy = SamplingParams(max_new_tokens=2, temperature=0)

@@ -64,8 +64,8 @@ class NotebookRun:
 
     def chat(self, prompt: str, think: bool | None = False, max_new_tokens: int = 256, base: bool = False) -> str:
         """The fine-tuned model's answer (the base model's with base=True); the model stays loaded between calls."""
-        from tuneforge.infer.chat import open_session
         from tuneforge.infer.backend import SamplingParams
+        from tuneforge.infer.chat import open_session
 
         if self._session is None:
             params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0)
