@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tuneforge.commands import bundle as bundle_commands
 from tuneforge.errors import UserError
 
 app = typer.Typer(
@@ -588,6 +589,8 @@ def export_ollama_command(
 
     command = export_ollama(gguf, out, sampling=sampling, force=force)
     typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
+
+bundle_commands.register(app, user_errors)
 
 
 def main() -> None:
