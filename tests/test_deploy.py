@@ -4,6 +4,7 @@ headless browser, training into a mounted runs folder). One bundle serves both (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -60,8 +61,9 @@ def bundle(tmp_path_factory) -> Path:
     data.write_text(json.dumps(json.loads((DATA_DIR / "alpaca_en_demo.json").read_text())[:16], ensure_ascii=False))
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     started = time.monotonic()
-    done = tuneforge("bundle", "--out", str(work / "b"), "--extras", EXTRAS, "--model", MODEL_ID,
-                     "--dataset", str(data), env=env)  # fmt: skip
+    done = tuneforge(
+        "bundle", "--out", str(work / "b"), "--extras", EXTRAS, "--model", MODEL_ID, "--dataset", str(data), env=env
+    )
     assert done.returncode == 0, done.stderr
     record("bundle_build_s", round(time.monotonic() - started, 1))
     record("bundle_mib", round(sum(p.stat().st_size for p in (work / "b").rglob("*") if p.is_file()) / 2**20))
@@ -90,19 +92,29 @@ def test_bundle_holds_what_it_lists_and_resolves_alone(bundle):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 @needs_assets
 def test_bundle_installs_and_trains_in_a_network_namespace_without_network(bundle, tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("unshare -n (a network namespace) is not available here: needs root or user namespaces")
     config = {
         "model": {"name_or_path": MODEL_ID},  # found through the bundle's hub cache, as on the offline machine
-        "data": {"datasets": [{"path": str(bundle / "data" / "identity.json"), "format": "alpaca"}],
-                 "max_length": 128, "val_size": 0},
+        "data": {
+            "datasets": [{"path": str(bundle / "data" / "identity.json"), "format": "alpaca"}],
+            "max_length": 128,
+            "val_size": 0,
+        },
         "method": {"type": "lora", "rank": 4, "alpha": 8},
-        "train": {"max_steps": 2, "per_device_batch_size": 2, "gradient_accumulation": 1, "logging_steps": 1,
-                  "save_steps": 100, "gradient_checkpointing": False},
+        "train": {
+            "max_steps": 2,
+            "per_device_batch_size": 2,
+            "gradient_accumulation": 1,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "gradient_checkpointing": False,
+        },
         "output": {"dir": str(tmp_path / "runs" / "offline")},
-    }  # fmt: skip
+    }
     (tmp_path / "train.yaml").write_text(json.dumps(config))  # JSON is YAML
     script = f"""set -e
 python3 -c "import socket; socket.create_connection(('pypi.org', 443), timeout=5)" 2>/dev/null && exit 99
@@ -113,8 +125,14 @@ tuneforge demo --workdir {tmp_path}/demo
 tuneforge train {tmp_path}/train.yaml
 """
     started = time.monotonic()
-    done = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True,
-                          env=offline_env(PYTHON=shutil.which("python3.11") or "python3"), cwd=tmp_path, timeout=1500)  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "-n", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        env=offline_env(PYTHON=shutil.which("python3.11") or "python3"),
+        cwd=tmp_path,
+        timeout=1500,
+    )
     assert done.returncode != 99, "the network namespace reached pypi.org"
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     record("offline_install_demo_train_s", round(time.monotonic() - started, 1))
@@ -134,21 +152,27 @@ CACHE = Path(os.environ.get("TUNEFORGE_TEST_CACHE", Path.home() / ".cache" / "tu
 DEBOOTSTRAP = ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm"]
 # The base image's tag names its recipe, so a changed recipe builds a new one; dockerd's data root (under CACHE) keeps
 # it between runs (debootstrap takes about 1.5 min).
-BASE = f"tuneforge-base:bookworm-{abs(hash(tuple(DEBOOTSTRAP))) % 10**8:08d}"
+BASE = f"tuneforge-base:bookworm-{hashlib.sha256(' '.join(DEBOOTSTRAP).encode()).hexdigest()[:8]}"
 IMAGE = "tuneforge-test:cpu"
 LABEL = "tuneforge-test"  # every container the tests start, removed at the end
 
 
 def _install_docker() -> str | None:
     """Debian's docker.io and debootstrap, installed where absent (as scripts/setup.sh installs chromium)."""
-    missing = [package for package, exe in (("docker.io", "dockerd"), ("debootstrap", "debootstrap"))
-               if shutil.which(exe) is None]  # fmt: skip
+    missing = [
+        package
+        for package, exe in (("docker.io", "dockerd"), ("debootstrap", "debootstrap"))
+        if shutil.which(exe) is None
+    ]
     if not missing:
         return None
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return f"{' and '.join(missing)} not installed, and apt-get as root is not available to install them"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+    ):
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
         if done.returncode != 0:
             return f"{' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}"
@@ -157,7 +181,7 @@ def _install_docker() -> str | None:
 
 @pytest.fixture(scope="module")
 def docker():
-    """A dockerd of the tests' own (its socket in a fresh folder, its images under CACHE); `docker(*args)` runs the CLI."""
+    """A dockerd of the tests' own (socket in a fresh folder, images kept under CACHE); `docker(*args)` runs the CLI."""
     reason = _install_docker()
     if reason:
         pytest.skip(reason)
@@ -166,8 +190,21 @@ def docker():
     run = Path(tempfile.mkdtemp(prefix="tfd-", dir="/tmp"))  # a socket path must stay under 108 characters
     socket = f"unix://{run}/docker.sock"
     log = (run / "dockerd.log").open("w")
-    daemon = subprocess.Popen(["dockerd", "--host", socket, "--data-root", str(CACHE / "docker"), "--exec-root",
-                               str(run / "exec"), "--pidfile", str(run / "dockerd.pid")], stdout=log, stderr=log)  # fmt: skip
+    daemon = subprocess.Popen(
+        [
+            "dockerd",
+            "--host",
+            socket,
+            "--data-root",
+            str(CACHE / "docker"),
+            "--exec-root",
+            str(run / "exec"),
+            "--pidfile",
+            str(run / "dockerd.pid"),
+        ],
+        stdout=log,
+        stderr=log,
+    )
 
     def cli(*args: str, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
         env = {**os.environ, "DOCKER_HOST": socket, "DOCKER_BUILDKIT": "0"}
@@ -202,8 +239,9 @@ def base_image(docker) -> str:
     CACHE.mkdir(parents=True, exist_ok=True)
     rootfs = CACHE / "rootfs.tmp"
     shutil.rmtree(rootfs, ignore_errors=True)
-    done = subprocess.run([*DEBOOTSTRAP, str(rootfs), "http://deb.debian.org/debian"], capture_output=True, text=True,
-                          timeout=1200)  # fmt: skip
+    done = subprocess.run(
+        [*DEBOOTSTRAP, str(rootfs), "http://deb.debian.org/debian"], capture_output=True, text=True, timeout=1200
+    )
     if done.returncode != 0:
         shutil.rmtree(rootfs, ignore_errors=True)
         pytest.skip(f"debootstrap could not build the base image (no Debian mirror?): {done.stderr[-300:]}")
@@ -219,8 +257,16 @@ def base_image(docker) -> str:
 def image(docker, base_image, bundle) -> str:
     """The project's image, FROM the Debian base (a build argument), installed from the bundle with no index."""
     started = time.monotonic()
-    built = docker("build", "-f", str(ROOT / "docker" / "Dockerfile"), "--build-arg", f"BASE={base_image}",
-                   "-t", IMAGE, str(bundle))  # fmt: skip
+    built = docker(
+        "build",
+        "-f",
+        str(ROOT / "docker" / "Dockerfile"),
+        "--build-arg",
+        f"BASE={base_image}",
+        "-t",
+        IMAGE,
+        str(bundle),
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     record("docker_build_s", round(time.monotonic() - started, 1))
     record("image_cpu_mib", round(int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout) / 2**20))
@@ -267,8 +313,22 @@ def test_docker_demo_and_offline_check_without_network(docker, image, bundle):
     demo = docker("run", "--rm", "--label", LABEL, "--network", "none", image, "demo", "--workdir", "/tmp/demo")
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "the model should now say it is" in demo.stdout
-    check = docker("run", "--rm", "--label", LABEL, "--network", "none", "--shm-size", "1g", *_mounts(bundle), image,
-                   "env", "--offline-check", "--model", MODEL_ID)  # fmt: skip
+    check = docker(
+        "run",
+        "--rm",
+        "--label",
+        LABEL,
+        "--network",
+        "none",
+        "--shm-size",
+        "1g",
+        *_mounts(bundle),
+        image,
+        "env",
+        "--offline-check",
+        "--model",
+        MODEL_ID,
+    )
     assert check.returncode == 0, check.stderr
     assert "offline check: ok" in check.stdout
     user = docker("run", "--rm", "--entrypoint", "id", image, "-un")
@@ -279,8 +339,20 @@ def test_docker_demo_and_offline_check_without_network(docker, image, bundle):
 @needs_assets
 def test_docker_serve_answers_the_openai_client(docker, image, bundle):
     openai = pytest.importorskip("openai", reason="the openai client is not installed (the [test] extra)")
-    container, url = _started(docker, "-p", "127.0.0.1::8000", *_mounts(bundle), image, "serve", "--model", MODEL_ID,
-                              "--host", "0.0.0.0", "--port", "8000")  # fmt: skip
+    container, url = _started(
+        docker,
+        "-p",
+        "127.0.0.1::8000",
+        *_mounts(bundle),
+        image,
+        "serve",
+        "--model",
+        MODEL_ID,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    )
     _wait_http(docker, container, f"{url}/health")
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     name = client.models.list().data[0].id
@@ -325,9 +397,24 @@ def test_docker_training_writes_the_run_to_the_host_as_the_host_user(docker, ima
         "output": {"dir": "/workspace/runs/docker"},
     }
     (runs / "train.yaml").write_text(json.dumps(config))
-    trained = docker("run", "--rm", "--label", LABEL, "--network", "none", "--shm-size", "1g",
-                     "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{runs}:/workspace/runs", *_mounts(bundle),
-                     image, "train", "/workspace/runs/train.yaml")  # fmt: skip
+    trained = docker(
+        "run",
+        "--rm",
+        "--label",
+        LABEL,
+        "--network",
+        "none",
+        "--shm-size",
+        "1g",
+        "--user",
+        f"{os.getuid()}:{os.getgid()}",
+        "-v",
+        f"{runs}:/workspace/runs",
+        *_mounts(bundle),
+        image,
+        "train",
+        "/workspace/runs/train.yaml",
+    )
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     run = runs / "docker"
     assert json.loads((run / "summary.json").read_text())["steps"] == 2

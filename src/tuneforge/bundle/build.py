@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 from tuneforge.bundle import content, wheels
@@ -77,7 +77,8 @@ def build_bundle(
         wheels.download([torch], constraints, target, folder, [*torch_flags, "--no-deps"])
         extra = f"[{','.join(extras)}]" if extras else ""
         wheels.download([f"{own}{extra}", torch], constraints, target, folder, ["--find-links", str(folder)])
-        log(f"{len(list(folder.glob('*.whl')))} wheels downloaded for {target.platform} ({time.monotonic() - started:.0f} s)")
+        count = len(list(folder.glob("*.whl")))
+        log(f"{count} wheels downloaded for {target.platform} ({time.monotonic() - started:.0f} s)")
         shutil.copy2(constraints, tmp / "constraints.txt")
         version = own.name.split("-")[1]
         (tmp / "requirements.txt").write_text(f"tuneforge{extra}=={version}\n{torch}\n", encoding="utf-8")
@@ -85,6 +86,7 @@ def build_bundle(
         script = INSTALL_SH.format(python=target.python, hf_cache=content.HF_CACHE, models=checks)
         (tmp / "install.sh").write_text(script, encoding="utf-8")
         (tmp / "install.sh").chmod(0o755)
+        _readable_by_all(tmp)
         manifest = {
             "tuneforge": version,
             "target": asdict(target),
@@ -96,6 +98,13 @@ def build_bundle(
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def _readable_by_all(bundle: Path) -> None:
+    # Some writers save weights as 0600 (safetensors through an atomic write); the bundle is read by another user on
+    # the target (an image's non-root user, a colleague's account), so everything in it is made readable.
+    for path in [bundle, *bundle.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
 def _check_disk(out: Path, target: Target, sources: list[str]) -> None:

@@ -63,9 +63,26 @@ def unresolved(bundle: Path, manifest: dict) -> tuple[list[str], int]:
     target = Target(**manifest["target"])
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q", "--report",
-                   str(report), "--find-links", str(bundle / "wheels"), "--target", str(Path(tmp) / "site"),
-                   *target.pip_flags(), "-c", str(bundle / "constraints.txt"), "-r", str(bundle / "requirements.txt")]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "-q",
+            "--report",
+            str(report),
+            "--find-links",
+            str(bundle / "wheels"),
+            "--target",
+            str(Path(tmp) / "site"),
+            *target.pip_flags(),
+            "-c",
+            str(bundle / "constraints.txt"),
+            "-r",
+            str(bundle / "requirements.txt"),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, env=_isolated_env())
         if result.returncode != 0:
             errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]

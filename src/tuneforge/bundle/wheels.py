@@ -43,6 +43,15 @@ class Target:
                 tags.append(f"{LEGACY[minor]}_{arch}")
         return tags
 
+    def takes(self, interpreter: str, abi: str, platform: str) -> bool:
+        """Whether a wheel tagged interpreter-abi-platform installs on the target."""
+        if platform != "any" and platform not in self.platform_tags():
+            return False
+        version = self.python.replace(".", "")
+        if abi == "abi3":  # the stable ABI: built for cp3X, runs on every later CPython 3
+            return interpreter.startswith("cp3") and int(interpreter[3:]) <= int(version[1:])
+        return interpreter in (f"cp{version}", "py3", f"py{version}", "py2.py3")
+
     def pip_flags(self) -> list[str]:
         """pip's options that make it pick wheels for the target rather than for this machine."""
         flags = ["--only-binary=:all:", "--implementation", "cp", "--python-version", self.python]
@@ -98,33 +107,41 @@ def torch_requirement(constraints: Path, target: Target) -> tuple[str, list[str]
 
 def download(requirements: list[str], constraints: Path, target: Target, out: Path, extra: list[str]) -> None:
     """pip's download of `requirements` and all they need, through `constraints`, as wheels for the target."""
-    args = ["download", "-q", "-d", str(out), "-c", str(constraints), *target.pip_flags(), *extra, *requirements]
+    args = ["download", "-d", str(out), "-c", str(constraints), *target.pip_flags(), *extra, *requirements]
     result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
     if result.returncode == 0:
         return
-    missing = re.search(r"No matching distribution found for ([^\s]+)", result.stderr)
-    if missing:
-        raise UserError(no_wheel_message(missing[1], constraints, target))
+    # pip names the culprit as "No matching distribution found for X" or, where a pin is involved, as a conflict
+    # with "The user requested (constraint) X==V": the first one without a wheel for the target is the refusal.
+    names = re.findall(r"No matching distribution found for ([A-Za-z0-9._-]+)", result.stderr)
+    names += re.findall(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)", result.stdout + result.stderr)
+    names += re.findall(r"Cannot install ([A-Za-z0-9._-]+)", result.stderr)
+    for name in dict.fromkeys(names):
+        message = no_wheel_message(name, constraints, target)
+        if message:
+            raise UserError(message)
     raise UserError(f"pip download failed for the bundle: {_last_error(result.stderr)}")
 
 
-def no_wheel_message(spec: str, constraints: Path, target: Target) -> str:
-    """One line: which requirement has no wheel for the target, and which platforms have one."""
-    name = re.split(r"[=<>!~\[;]", spec, maxsplit=1)[0]
+def no_wheel_message(name: str, constraints: Path, target: Target) -> str | None:
+    """One line naming `name`'s missing wheel for the target and the platforms that have one; None if it has one."""
     version = pin(constraints, name, required=False)
-    where = platforms_with_wheels(name, version) if version else []
-    if where is None:
-        others = "the package index could not be asked which platforms have one"
-    elif where:
-        others = f"wheels exist for: {', '.join(where[:6])}"
-    else:
-        others = "the index has no wheel for any platform (source only): build one with `pip wheel` on the target"
+    found = platforms_with_wheels(name, version) if version else None
     wanted = f"CPython {target.python} on {target.platform}"
-    return f"no wheel of {name}{'==' + version if version else ''} for {wanted}; {others}"
+    spec = f"{name}=={version}" if version else name
+    if found is None:
+        return f"no wheel of {spec} for {wanted} (the package index could not be asked which platforms have one)"
+    if any(target.takes(*tag) for tag in found):
+        return None
+    if not found:
+        return f"no wheel of {spec} for {wanted}; the index has only its source: build a wheel on the target"
+    others = sorted({f"{interpreter} {platform}" for interpreter, _, platform in found})
+    more = f" and {len(others) - 6} more" if len(others) > 6 else ""
+    return f"no wheel of {spec} for {wanted}; wheels exist for: {', '.join(others[:6])}{more}"
 
 
-def platforms_with_wheels(name: str, version: str) -> list[str] | None:
-    """The (python, platform) tags of the wheels the index holds for name==version; None if it cannot be asked."""
+def platforms_with_wheels(name: str, version: str) -> list[tuple[str, str, str]] | None:
+    """The (interpreter, abi, platform) tags of the index's wheels of name==version; None if it cannot be asked."""
     from packaging.utils import canonicalize_name, parse_wheel_filename
 
     index = os.environ.get("PIP_INDEX_URL", INDEX).rstrip("/")
@@ -141,7 +158,7 @@ def platforms_with_wheels(name: str, version: str) -> list[str] | None:
         if filename.endswith(".whl"):
             _, found, _, wheel_tags = parse_wheel_filename(filename)
             if str(found) == version:
-                tags |= {f"{tag.interpreter} {tag.platform}" for tag in wheel_tags}
+                tags |= {(tag.interpreter, tag.abi, tag.platform) for tag in wheel_tags}
     return sorted(tags)
 
 

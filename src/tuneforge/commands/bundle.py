@@ -41,7 +41,8 @@ def bundle(
     names = [name.strip() for name in extras.split(",") if name.strip()]
     manifest = build_bundle(out, target, names, model or [], dataset or [], files, log=typer.echo)
     size = sum(entry["size"] for entry in manifest["files"].values())
-    typer.echo(f"wrote {out}: {len(manifest['files'])} files, {size / 2**20:.0f} MiB; on the target: sh {out}/install.sh")
+    count = len(manifest["files"])
+    typer.echo(f"wrote {out}: {count} files, {size / 2**20:.0f} MiB; on the target: sh {out}/install.sh")
 
 
 def verify(bundle_dir: Annotated[Path, typer.Argument(help="A folder made by `tuneforge bundle`.")]) -> None:
