@@ -18,6 +18,8 @@ from conftest import DATA_DIR, ROOT, make_tiny_qwen3, needs_assets
 
 MODEL_ID = "tuneforge-test/tiny-qwen3"  # lives in a Hugging Face cache the test writes, as a downloaded model does
 EXTRAS = "serve,webui"  # the smallest set that runs demo, train, serve and webui
+# The first test to use a fixture pays for it (bundle ~3 min, base image ~1.5 min, image build ~3-5 min on 2 cores).
+pytestmark = pytest.mark.timeout(2400)
 TIMINGS = Path(os.environ.get("TUNEFORGE_ARTIFACTS", ROOT / "tests" / "artifacts")) / "deploy" / "timings.json"
 
 
@@ -92,7 +94,6 @@ def test_bundle_holds_what_it_lists_and_resolves_alone(bundle):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
 @needs_assets
 def test_bundle_installs_and_trains_in_a_network_namespace_without_network(bundle, tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
