@@ -76,7 +76,9 @@ def build_bundle(
         # answer (a mirror-only network) would cost its retries on each of the ~80 requirements.
         wheels.download([torch], constraints, target, folder, [*torch_flags, "--no-deps"])
         extra = f"[{','.join(extras)}]" if extras else ""
-        wheels.download([f"{own}{extra}", torch], constraints, target, folder, ["--find-links", str(folder)])
+        # That very file is the requirement from here on: no other index's torch of the same version replaces it.
+        torch_wheel = str(next(folder.glob("torch-*.whl")))
+        wheels.download([f"{own}{extra}", torch_wheel], constraints, target, folder, [])
         count = len(list(folder.glob("*.whl")))
         log(f"{count} wheels downloaded for {target.platform} ({time.monotonic() - started:.0f} s)")
         shutil.copy2(constraints, tmp / "constraints.txt")

@@ -100,7 +100,9 @@ def torch_requirement(constraints: Path, target: Target) -> tuple[str, list[str]
     """The torch requirement for the target's build and the pip options that find it."""
     pinned = pin(constraints, "torch")
     if target.torch == "pypi":
-        return f"torch=={pinned}", []
+        # Isolated from pip's configuration: a find-links folder holding torch==X+cpu would otherwise win over
+        # PyPI's torch==X, as a local version label sorts higher.
+        return f"torch=={pinned}", ["--isolated", "--index-url", target.torch_index or INDEX]
     where = target.torch_index or TORCH_INDEX.format(variant=target.torch)
     return f"torch=={pinned}+{target.torch}", ["--find-links" if Path(where).is_dir() else "--extra-index-url", where]
 
