@@ -31,6 +31,8 @@ if [ "$have" != "{python}" ]; then
   exit 2
 fi
 "$PYTHON" -m venv "$VENV"
+# No PIP_* variable of this shell (a PIP_FIND_LINKS folder with torch+cpu would win over the bundle's CUDA torch).
+for variable in $(env | sed -n 's/^\\(PIP_[A-Z_]*\\)=.*/\\1/p'); do unset "$variable"; done
 PIP_CONFIG_FILE=/dev/null PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q \\
   --no-compile --find-links "$HERE/wheels" -c "$HERE/constraints.txt" -r "$HERE/requirements.txt"
 # Every session in this venv is offline, and finds the bundle's models and datasets by their hub ids.
