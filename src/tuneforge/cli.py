@@ -590,6 +590,7 @@ def export_ollama_command(
     command = export_ollama(gguf, out, sampling=sampling, force=force)
     typer.echo(f"wrote {out / 'Modelfile'}; create the Ollama model with:\n  {command}")
 
+
 bundle_commands.register(app, user_errors)
 
 
