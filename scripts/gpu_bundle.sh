@@ -24,10 +24,12 @@ rm -rf .gpu && mv .gpu.tmp .gpu
 # pandas, pyarrow (>= 24 for datasets: not known, too large to carry), safetensors, tokenizers, typer, rich, pyyaml,
 # psutil, xxhash, requests, tqdm, filelock, httpx, packaging: not carried.
 pin() { grep -i "^$1==" constraints.txt | head -1; }
+# pip's flags for the device (CPython 3.12, manylinux_2_28 x86_64 and every older manylinux tag), as `tuneforge bundle`
+# makes them for a target.
+read -r -a TARGET <<< "$(PYTHONPATH=src "$PY" -c 'from tuneforge.bundle.wheels import Target
+print(" ".join(Target("3.12", "manylinux_2_28_x86_64", "cpu").pip_flags()))')"
 fetch() {  # fetch DIR SPEC: the CPython 3.12 manylinux x86_64 wheel of SPEC, alone
-  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$1" "$2"
+  "$PY" -m pip download -q --no-deps "${TARGET[@]}" -d "$1" "$2"
 }
 WHEELS=(pydantic pydantic_core annotated-types typing-inspection typing_extensions datasets dill multiprocess
         trl transformers peft accelerate huggingface_hub hf-xet httpx2 httpcore2 truststore fsspec)

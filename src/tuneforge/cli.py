@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from tuneforge.commands import bundle as bundle_commands
 from tuneforge.errors import UserError
 
 app = typer.Typer(
@@ -643,6 +644,7 @@ config_app.command("import")(user_errors(config_import))
 config_app.command("export")(user_errors(config_export))
 app.command("download")(user_errors(download_command))
 app.command("synth")(user_errors(synth_command))
+bundle_commands.register(app, user_errors)
 
 
 def main() -> None:

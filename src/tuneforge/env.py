@@ -78,7 +78,8 @@ def paths() -> dict[str, str]:
     }
 
 
-def _model_problems(model: str) -> list[str]:
+def model_problems(model: str) -> list[str]:
+    """What a model folder or hub id lacks to load offline: one line each, with the fix."""
     folder = Path(model)
     if not folder.is_dir():
         from huggingface_hub import try_to_load_from_cache
@@ -118,7 +119,7 @@ def offline_problems(model: str | None = None) -> list[str]:
         if value and not Path(value).is_dir():
             problems.append(f"{variable}={value} is not a folder: create it or point {variable} at the cache")
     if model:
-        problems += _model_problems(model)
+        problems += model_problems(model)
     shm = Path("/dev/shm")
     if shm.is_dir() and shutil.disk_usage(shm).total < MIN_SHM:
         size = shutil.disk_usage(shm).total / 2**20
