@@ -5,7 +5,7 @@
 #
 #   bash scripts/setup.sh demo     # torch + tuneforge's core libraries: all that `tuneforge demo` imports (.venv)
 #   bash scripts/setup.sh test     # + every extra the tests exercise, llama-cpp-python built from source, and Debian's
-#                                  # chromium for the web UI's browser test (.venv)
+#                                  # chromium and fonts-noto-cjk for the web UI's browser test (.venv)
 #   bash scripts/setup.sh latest   # the test profile at the newest releases pyproject allows (.venv-latest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,19 +21,21 @@ case "$PROFILE" in
 esac
 say() { echo "setup ($PROFILE, ${SECONDS}s): $*"; }
 
-# The web UI's browser test drives Debian's chromium through Playwright (no `playwright install` download).
-if [ "$PROFILE" != demo ] && [ ! -x /usr/bin/chromium ]; then
+# The web UI's browser test drives Debian's chromium through Playwright (no `playwright install` download), and
+# its Chinese page and screenshots need a CJK font (fonts-noto-cjk: without it the glyphs render as boxes).
+if [ "$PROFILE" != demo ] && { [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi "Noto Sans CJK"; }; then
   SUDO=()
   [ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)
   if command -v apt-get >/dev/null 2>&1 && "${SUDO[@]}" true 2>/dev/null; then
-    say "installing chromium from Debian's packages (the web UI's browser test), 1-2 min"
-    # A failed install must not fail the set-up: only the browser test needs chromium, and it skips without it.
+    say "installing chromium and fonts-noto-cjk from Debian's packages (the web UI's browser test), 1-2 min"
+    # A failed install must not fail the set-up: only the browser test needs them, and it skips without chromium.
     if ! { "${SUDO[@]}" apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
-      say "installing chromium failed: the browser test will skip"
+      DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium \
+        fonts-noto-cjk >/dev/null; }; then
+      say "installing chromium or fonts-noto-cjk failed: the browser test will skip or draw Chinese as boxes"
     fi
   else
-    say "chromium is absent and apt-get (as root or through sudo) is not available: the browser test will skip"
+    say "chromium or fonts-noto-cjk is absent and apt-get (as root or through sudo) is not available"
   fi
 fi
 

@@ -11,11 +11,12 @@ import gradio as gr
 from tuneforge.errors import UserError
 from tuneforge.eval.report import HEADER, table_rows
 from tuneforge.eval.suite import shipped_suites
+from tuneforge.export.gguf import GGUF_TYPES, RUN_TYPE
+from tuneforge.rundir import Run
 from tuneforge.webui import jobs
 from tuneforge.webui.i18n import t
 
 REFRESH_S = 2.0
-GGUF_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_k_m", "q5_k_m", "q6_k")  # as `tuneforge export --type` takes
 
 
 def _state_line(run: Path, kind: str) -> str:
@@ -36,7 +37,7 @@ def _start(selected: str | None, kind: str, args: list[str]) -> str:
 
 def latest_report(run: Path) -> tuple[list[list[str]], str | None]:
     """The table rows and chart of the newest eval report in RUN/eval/*/ (none yet: no rows, no chart)."""
-    reports = sorted((run / "eval").glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+    reports = sorted(Run(run).eval_dir.glob("*/results.json"), key=lambda p: p.stat().st_mtime)
     if not reports:
         return [], None
     results = json.loads(reports[-1].read_text(encoding="utf-8"))
@@ -47,8 +48,9 @@ def latest_report(run: Path) -> tuple[list[list[str]], str | None]:
 def exported(run: Path) -> str:
     """The export outputs in the run (merged model, GGUF files, Modelfiles) with their sizes."""
     lines = []
-    for folder in ("merged", "gguf", "ollama"):
-        for path in sorted((run / folder).rglob("*")) if (run / folder).is_dir() else []:
+    layout = Run(run)
+    for folder in (layout.merged, layout.gguf_dir, layout.ollama_dir):
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
             if path.is_file() and not path.name.startswith("."):
                 lines.append(f"{path.relative_to(run)}  {path.stat().st_size / 2**20:.1f} MiB")
     return "\n".join(lines)
@@ -88,7 +90,7 @@ def build_export(run: gr.Dropdown) -> None:
     """The Export tab (inside a gr.Tab)."""
     with gr.Row():
         targets = gr.CheckboxGroup(["gguf", "ollama"], value=["gguf"], label=t("targets"), elem_id="export-targets")
-        qtype = gr.Dropdown(list(GGUF_TYPES), value="f16", label=t("gguf_type"), elem_id="export-type")
+        qtype = gr.Dropdown(list(GGUF_TYPES), value=RUN_TYPE, label=t("gguf_type"), elem_id="export-type")
         force = gr.Checkbox(False, label=t("force"))
         start = gr.Button(t("start_export"), variant="primary", elem_id="export-start")
     status = gr.Markdown(elem_id="export-status")
