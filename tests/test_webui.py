@@ -355,7 +355,7 @@ def test_runs_compared_curves_final_metrics_differing_keys_and_eval_reports(tmp_
     ]
     assert compare_tab.eval_table([a, b]) == [["quick", "heldout-loss", "loss", "3.0000 → 1.4000", "3.0000 → 0.9000"]]
     log = watch_tab.stepped(curves, log=True)
-    assert log.value["data"][0][log.value["columns"].index("value")] == pytest.approx(math.log10(2.0))
+    assert log["value"].value.iloc[0] == pytest.approx(math.log10(2.0)) and log["x_lim"] == [0, 30]
 
 
 def tiny_config_text(model_dir: Path, tmp_path: Path) -> str:
@@ -675,9 +675,13 @@ def test_browser_compares_two_finished_runs(tmp_path):
             for name in ("lr-1e-4", "lr-3e-4"):
                 _choose(page, "compare-runs", name)
             lines = page.locator("#compare-loss svg [aria-roledescription='line mark'][stroke]")
-            _wait("both runs' curves", lambda: lines.count() >= 2, 60)  # noqa: B023
-            drawn = sorted((line.get_attribute("d") or "").count("L") + 1 for line in lines.all())
-            assert drawn[-2:] == [36, 40]  # each run's 36 and 40 training steps
+
+            def drawn() -> list[int]:
+                return sorted((line.get_attribute("d") or "").count("L") + 1 for line in lines.all())  # noqa: B023
+
+            # Each run's training curve, 40 and 36 steps, each with its own colour (and its one validation point).
+            _wait("both runs' curves", lambda: drawn()[-2:] == [36, 40], 60)
+            assert len({line.get_attribute("stroke") for line in lines.all()}) == 4
             diff = page.locator("#compare-diff")
             sync_api.expect(diff).to_contain_text("train.learning_rate")
             sync_api.expect(diff).to_contain_text("train.max_steps")

@@ -83,29 +83,23 @@ def build(runs_dir: Path) -> None:
     with gr.Row():
         picked = gr.Dropdown(choices(), multiselect=True, label=t("runs"), elem_id="compare-runs", scale=4)
         log_scale = gr.Checkbox(False, label=t("log_scale"), elem_id="compare-log", scale=1)
-    plot = watch_tab.loss_plot("compare-loss", color_map=None)
-    metrics = gr.Dataframe(
-        headers=["run", *FINAL], label=t("final_metrics"), interactive=False, elem_id="compare-final"
-    )
-    diff = gr.Dataframe(headers=["key"], label=t("config_diff"), interactive=False, elem_id="compare-diff")
-    evals = gr.Dataframe(headers=["suite", "task", "metric"], label=t("eval_reports"), interactive=False,
-                         elem_id="compare-eval")  # fmt: skip
+    picked.focus(lambda: gr.Dropdown(choices=choices()), None, picked)
 
-    def refresh(selected: list[str] | None, log: bool) -> list[Any]:
+    # Drawn afresh (a new plot, by its key) for each choice: Gradio 6.31's line plot, given new data and colours at
+    # once, redraws with the data it had before (remove once a newer Gradio redraws in place).
+    @gr.render(inputs=[picked, log_scale])
+    def show(selected: list[str] | None, log: bool) -> None:
         runs = [Path(p) for p in selected or []]
         names = [run.name for run in runs]
         try:
             differing = config_diff(runs)
         except UserError as exc:  # a run without config.yaml yet (launched, still preparing its data)
             differing = [[str(exc), *("" for _ in runs)]]
-        return [
-            watch_tab.stepped(curves(runs), log=log),
-            final_metrics(runs),
-            pd.DataFrame(differing, columns=["key", *names]),
-            pd.DataFrame(eval_table(runs), columns=["suite", "task", "metric", *names]),
-        ]
-
-    outputs = [plot, metrics, diff, evals]
-    picked.change(refresh, [picked, log_scale], outputs)
-    log_scale.change(refresh, [picked, log_scale], outputs)
-    picked.focus(lambda: gr.Dropdown(choices=choices()), None, picked)
+        plotted = watch_tab.stepped(curves(runs), log=log)
+        watch_tab.loss_plot("compare-loss", key=f"compare-loss:{':'.join(names)}:{log}", **plotted)
+        gr.Dataframe(final_metrics(runs), headers=["run", *FINAL], label=t("final_metrics"), interactive=False,
+                     elem_id="compare-final")  # fmt: skip
+        gr.Dataframe(pd.DataFrame(differing, columns=["key", *names]), label=t("config_diff"), interactive=False,
+                     elem_id="compare-diff")  # fmt: skip
+        gr.Dataframe(pd.DataFrame(eval_table(runs), columns=["suite", "task", "metric", *names]),
+                     label=t("eval_reports"), interactive=False, elem_id="compare-eval")  # fmt: skip

@@ -26,6 +26,7 @@ CURVES = {
 }
 PLOTS = ("loss", "lr", "grad_norm", "tokens_s", "memory")
 COLORS = {"train": "#ea580c", "validation": "#2563eb"}
+PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
 MAX_POINTS = 1000  # per series (see frames)
 # The step axis spans at least this many steps: Vega-Lite puts a tick every ~40 px, so a shorter span on a wide plot
 # would be ticked at half steps; a step is a whole number.
@@ -84,14 +85,20 @@ def progress_html(progress: dict[str, Any] | None) -> str:
     )
 
 
-def stepped(frame: pd.DataFrame | None, last_step: int = 0, log: bool = False) -> Any:
-    """A plot's update: its frame (log10 of the values on a log scale) on a whole-step axis reaching `last_step`."""
+def stepped(frame: pd.DataFrame | None, last_step: int = 0, log: bool = False) -> dict[str, Any]:
+    """A plot's value and axes: its frame (log10 of the values on a log scale), a whole-step axis to `last_step`."""
     if frame is None:
-        return None
+        return {"value": None}
     if log:
         frame = frame[frame.value > 0].assign(value=lambda f: f.value.map(math.log10))
     span = max(int(frame.step.max()), last_step, MIN_STEP_SPAN)
-    return gr.LinePlot(frame, x_lim=[0, span], y_title="log10(value)" if log else "value")
+    shown = {"value": frame, "x_lim": [0, span], "y_title": "log10(value)" if log else "value"}
+    if "series" in frame.columns:
+        # Gradio 6.31 redraws a plot whose data changed with the colour domain of its first drawing (a series added
+        # later has no colour, no line) unless an axis or the colour map changed: one colour per series present.
+        names = list(dict.fromkeys(frame.series))
+        shown["color_map"] = {n: COLORS.get(n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names)}
+    return shown
 
 
 def build(run: gr.Dropdown) -> None:
@@ -101,7 +108,7 @@ def build(run: gr.Dropdown) -> None:
     plots = {}
     with gr.Row():
         with gr.Column(scale=2):
-            plots["loss"] = loss_plot("plot-loss", COLORS)
+            plots["loss"] = loss_plot("plot-loss")
             log_scale = gr.Checkbox(False, label=t("log_scale"), elem_id="watch-log-scale")
         for plot in PLOTS[1:3]:
             plots[plot] = _plot(plot)
@@ -118,7 +125,7 @@ def build(run: gr.Dropdown) -> None:
         progress = jobs.progress(path)
         shown = frames(entries)
         total = progress["max_steps"] if progress else 0
-        curves = [stepped(shown["loss"], total, log_loss), *(stepped(shown[p], total) for p in PLOTS[1:])]
+        curves = [gr.LinePlot(**stepped(shown[p], total, log_loss and p == "loss")) for p in PLOTS]
         return [summary(path, entries), progress_html(progress), *curves, jobs.log_tail(path, "train")]
 
     outputs = [status, bar, *plots.values(), log]
@@ -127,14 +134,11 @@ def build(run: gr.Dropdown) -> None:
     log_scale.change(refresh, [run, log_scale], outputs, show_progress="hidden")
 
 
-def loss_plot(elem_id: str, color_map: dict[str, str] | None) -> gr.LinePlot:
-    """A plot of loss against step, one line per `series` (train and validation, or per run)."""
-    # No value until the first refresh: a plot first drawn from an empty frame keeps an empty colour domain and draws
-    # its later lines without a stroke, invisible (Gradio 6.31; remove this note once a newer Gradio draws them).
-    return gr.LinePlot(None, x="step", y="value", color="series", color_map=color_map, label=t("loss"), height=240,
-                       elem_id=elem_id)  # fmt: skip
+def loss_plot(elem_id: str, **shown: Any) -> gr.LinePlot:
+    """A plot of loss against step, one line per `series` (train and validation, or per run); `shown`: stepped()'s
+    value and axes (and the component's key)."""
+    return gr.LinePlot(x="step", y="value", color="series", label=t("loss"), height=240, elem_id=elem_id, **shown)
 
 
 def _plot(plot: str) -> gr.LinePlot:
-    # No value until the first refresh (see loss_plot).
     return gr.LinePlot(None, x="step", y="value", label=t(plot), height=240, elem_id=f"plot-{plot}")
