@@ -516,6 +516,7 @@ def _choose(page, component: str, option: str) -> None:
     """Pick `option` (its shown text, or a part of it) in a dropdown: one interaction, as a user clicks it."""
     page.locator(f"#{component} input").first.click()
     page.get_by_role("option", name=option).first.click()
+    page.keyboard.press("Escape")  # a multiselect stays open
 
 
 def _screenshots(page, language: int, tabs: list[str]) -> None:
@@ -556,25 +557,53 @@ def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_e
         sync_api.expect(page.locator("#stop")).to_be_disabled()  # no job: nothing to stop
         sync_api.expect(page.locator("#resume")).to_be_disabled()
 
+        editor = page.locator("#yaml .cm-content")
+
+        def typed(key: str, value: str) -> None:  # as a user types: Gradio's `input` fires on keys, not on fill()
+            page.locator(f"#{elem_id(key)} input").click()
+            page.keyboard.press("Control+A")
+            page.keyboard.type(value)
+
+        def in_yaml(text: str):
+            return lambda: sync_api.expect(editor).to_contain_text(text, timeout=60_000)
+
+        logging_steps = page.locator(f"#{elem_id('train.logging_steps')} input")
+        # (interaction, what the page shows once it is handled): a user sees the form follow before going on.
         interactions = [
-            lambda: _choose(page, "preset", "Self-cognition LoRA"),
-            lambda: _choose(page, elem_id("model.name_or_path"), "tiny-qwen3"),
-            lambda: _choose(page, elem_id("data.datasets[0].path"), "self_cognition.json"),
-            # 20 epochs of 38 records, 4 x 4 per step: about 40 steps, long enough to stop and resume in the middle.
-            lambda: page.locator(f"#{elem_id('train.epochs')} input").fill("20"),
-            lambda: page.locator(f"#{elem_id('train.learning_rate')} input").fill("0.01"),
-            lambda: page.locator("#group-logging").get_by_role("button").first.click(),
-            lambda: page.locator(f"#{elem_id('train.logging_steps')} input").fill("1"),
+            (
+                lambda: _choose(page, "preset", "Self-cognition LoRA"),
+                lambda: sync_api.expect(page.locator("#name input")).to_have_value("qwen3-8b-lora", timeout=120_000),
+            ),
+            (
+                lambda: _choose(page, elem_id("model.name_or_path"), "tiny-qwen3"),
+                in_yaml(f"name_or_path: {models / 'tiny-qwen3'}"),
+            ),
+            (
+                lambda: _choose(page, elem_id("data.datasets[0].path"), "self_cognition.json"),
+                in_yaml(f"path: {data / 'self_cognition.json'}"),
+            ),
+            # The preset's 3 epochs of 38 records at 4 a step, no accumulation: 30 steps, long enough to stop and
+            # resume in the middle on a busy machine, short enough for a test.
+            (
+                lambda: typed("train.gradient_accumulation", "1"),  # the default: the key leaves the YAML
+                lambda: sync_api.expect(editor).not_to_contain_text("gradient_accumulation", timeout=60_000),
+            ),
+            (lambda: typed("train.learning_rate", "0.01"), in_yaml("learning_rate: 0.01")),
+            (
+                lambda: page.locator("#group-logging .label-wrap").first.click(),
+                lambda: sync_api.expect(logging_steps).to_be_visible(),
+            ),
+            (lambda: typed("train.logging_steps", "1"), in_yaml("logging_steps: 1")),
         ]
         assert len(interactions) <= 8
-        for interact in interactions:
+        for interact, shown in interactions:
             interact()
-            page.wait_for_timeout(300)
+            shown()
         editor = page.locator("#yaml .cm-content")
         sync_api.expect(editor).to_contain_text("logging_steps: 1", timeout=30_000)
         text = editor.inner_text()
         assert f"name_or_path: {models / 'tiny-qwen3'}" in text and f"path: {data / 'self_cognition.json'}" in text
-        assert "epochs: 20" in text and f"dir: {run}" in text and "placeholders:" in text
+        assert "gradient_accumulation" not in text and f"dir: {run}" in text and "placeholders:" in text
         sync_api.expect(page.locator("#dataset-info")).to_contain_text("40 records · format alpaca", timeout=60_000)
         sync_api.expect(page.locator("#verdict")).to_contain_text("fits on 24 GB", timeout=30_000)
         sync_api.expect(page.locator("#command")).to_contain_text(f"tuneforge train {run / 'jobs' / 'train.yaml'}")

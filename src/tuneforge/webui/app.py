@@ -26,10 +26,11 @@ def build_app(
         return [(p.name, str(p)) for p in jobs.list_runs(runs_dir)]
 
     with gr.Blocks(title="tuneforge") as page:
-        with gr.Row():
-            gr.Markdown(f"## tuneforge\nruns in `{runs_dir}`")
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"**tuneforge** · `{runs_dir}`", elem_id="title")
             found = choices()
-            run = gr.Dropdown(found, value=found[0][1] if found else None, label=t("run"), elem_id="run", scale=2)
+            run = gr.Dropdown(found, value=found[0][1] if found else None, label=t("run"), elem_id="run", scale=2,
+                              container=False)  # fmt: skip
         with gr.Tabs():
             with gr.Tab(t("tab_train"), id="train"):
                 fields = train_tab.build(runs_dir, run, models_dir, data_dir, examples_dir)

@@ -29,7 +29,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "estimate": ("Estimate memory and steps", "估算显存和步数"),
     "estimate_cpu": ("Estimate for this machine's CPU", "按本机 CPU 估算"),
     "launch": ("Launch training", "开始训练"),
-    "stop": ("Stop (save a checkpoint)", "停止（保存检查点）"),
+    "stop": ("Stop", "停止"),
     "resume": ("Resume", "继续训练"),
     "message": ("Status", "状态"),
     "progress": ("Progress", "进度"),

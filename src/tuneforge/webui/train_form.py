@@ -45,11 +45,13 @@ def group_of(path: str) -> str:
     return next(name for name, prefix in GROUPS if prefix is not None and path.startswith(prefix))
 
 
-def component(field: schema.Field, value: Any, choices: list[str] | None = None, **extra: Any) -> Any:
-    """The component of one config key; `choices` makes a text key a picker that still takes free text."""
-    common = dict(
-        label=t(f"label:{field.path}"), info=t(f"help:{field.path}"), elem_id=elem_id(field.path), interactive=True
-    )
+def component(
+    field: schema.Field, value: Any, choices: list[str] | None = None, brief: bool = False, **extra: Any
+) -> Any:
+    """The component of one config key; `choices` makes a text key a picker that still takes free text; `brief`
+    hints the YAML key alone (the essentials: their help is in the YAML reference and the folded groups' style)."""
+    hint = field.path if brief else t(f"help:{field.path}")
+    common = dict(label=t(f"label:{field.path}"), info=hint, elem_id=elem_id(field.path), interactive=True)
     common.update(extra)
     if choices is not None:
         return gr.Dropdown(choices=choices, value=value or None, allow_custom_value=True, **common)
@@ -65,13 +67,13 @@ def component(field: schema.Field, value: Any, choices: list[str] | None = None,
     return gr.Textbox(value=value, placeholder=hint, max_lines=1, **common)
 
 
-def essentials(values: dict[str, Any], models: list[str], data: list[str]) -> dict[str, Any]:
-    """The essential keys' components in three rows (inside the caller's layout)."""
+def essentials(values: dict[str, Any], models: list[str], data: list[str], more: Callable[[], None]) -> dict[str, Any]:
+    """The essential keys' components in three rows (inside the caller's layout); `more()` ends the last row."""
     by_path = {f.path: f for f in schema.FIELDS}
     made: dict[str, Any] = {}
 
     def add(path: str, **extra: Any) -> None:
-        made[path] = component(by_path[path], values[path], **extra)
+        made[path] = component(by_path[path], values[path], brief=True, **extra)
 
     with gr.Row(equal_height=True):
         add("model.name_or_path", choices=models, scale=3)
@@ -84,6 +86,7 @@ def essentials(values: dict[str, Any], models: list[str], data: list[str]) -> di
     with gr.Row(equal_height=True):
         for path in ESSENTIALS[6:]:
             add(path, scale=1)
+        more()
     return made
 
 

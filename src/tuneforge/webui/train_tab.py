@@ -142,12 +142,19 @@ def build(
         name = gr.Textbox("my-run", label=t("output_name"), info=t("output_name_info"), max_lines=1, elem_id="name")
         gpu_size = gr.Dropdown(list(GPU_SIZES), value=GPU_SIZES[0], label=t("gpu_size"), allow_custom_value=True,
                                elem_id="gpu-size")  # fmt: skip
-    top = train_form.essentials(values, pickers.model_choices(models_dir), pickers.data_choices(data_dir, hub_ids))
-    with gr.Row(equal_height=True):
-        verdict = gr.Markdown(elem_id="verdict")
-        launch_button = gr.Button(t("launch"), variant="primary", elem_id="launch", scale=0, min_width=150)
-        stop_button = gr.Button(t("stop"), variant="stop", elem_id="stop", interactive=False, scale=0, min_width=150)
-        resume_button = gr.Button(t("resume"), elem_id="resume", interactive=False, scale=0, min_width=110)
+    buttons_made: list[gr.Button] = []
+
+    def controls_column() -> None:
+        with gr.Column(scale=1, min_width=160):
+            buttons_made.append(gr.Button(t("launch"), variant="primary", elem_id="launch"))
+            with gr.Row():
+                buttons_made.append(gr.Button(t("stop"), variant="stop", elem_id="stop", interactive=False, size="sm"))
+                buttons_made.append(gr.Button(t("resume"), elem_id="resume", interactive=False, size="sm"))
+
+    models, data = pickers.model_choices(models_dir), pickers.data_choices(data_dir, hub_ids)
+    top = train_form.essentials(values, models, data, controls_column)
+    launch_button, stop_button, resume_button = buttons_made
+    verdict = gr.Markdown(elem_id="verdict")
     message = gr.Markdown(elem_id="train-message")
     summary = gr.HTML(elem_id="dataset-info")
     gpus: list[gr.Textbox] = []  # not a config key: the job's CUDA_VISIBLE_DEVICES, shown with the distributed keys
@@ -171,60 +178,67 @@ def build(
     estimate_box = gr.Textbox(label=t("estimate"), lines=12, max_lines=30, elem_id="estimate-text")
     preview_box = gr.HTML(elem_id="preview-html")
 
-    def shown(raw: dict[str, Any], size: float, gpu_list: str) -> list[Any]:
-        """YAML, command, verdict and dataset summary of a config mapping."""
+    def shown(raw: dict[str, Any], gpu_list: str) -> list[Any]:
+        """The YAML and the command of a config mapping."""
+        try:
+            line = command_line((raw.get("output") or {}).get("dir", ""), gpu_list)
+        except UserError as exc:
+            line = str(exc)
+        return [schema.dump_yaml(raw), line]
+
+    views = [editor, command]
+
+    def form_changed(gpu_list: str, *values: Any) -> list[Any]:
+        try:
+            return [*shown(schema.form_to_raw(list(values)), gpu_list), ""]
+        except UserError as exc:
+            return [*(gr.skip() for _ in views), _error(exc)]
+
+    def load(raw: dict[str, Any], gpu_list: str) -> list[Any]:
+        out = (raw.get("output") or {}).get("dir", "")
+        return [*schema.raw_to_form(raw), Path(out).name, *shown(raw, gpu_list), ""]
+
+    def editor_changed(text: str, gpu_list: str) -> list[Any]:
+        try:
+            return load(parse_yaml(text, EDITOR), gpu_list)
+        except UserError as exc:
+            return [*(gr.skip() for _ in [*form, name, *views]), _error(exc)]
+
+    def preset_chosen(path: str | None, gpu_list: str) -> list[Any]:
+        if not path:
+            return [gr.skip() for _ in [*form, name, *views, message]]
+        try:
+            return load(pickers.preset_config(path, runs_dir), gpu_list)
+        except UserError as exc:
+            return [*(gr.skip() for _ in [*form, name, *views]), _error(exc)]
+
+    def details(size: float, *values: Any) -> list[Any]:
+        """The GPU verdict and the first dataset's summary (slower: reads the model's config and the data)."""
+        try:
+            raw = schema.form_to_raw(list(values))
+        except UserError:
+            return [gr.skip(), gr.skip()]  # form_changed reports it
         try:
             info = pickers.dataset_summary(raw)
         except UserError as exc:
             info = f"<p>{html.escape(str(exc))}</p>"
-        out = (raw.get("output") or {}).get("dir", "")
-        try:
-            line = command_line(out, gpu_list)
-        except UserError as exc:
-            line = str(exc)
-        return [schema.dump_yaml(raw), line, verdict_text(raw, size), info]
-
-    views = [editor, command, verdict, summary]
-
-    def form_changed(size: float, gpu_list: str, *values: Any) -> list[Any]:
-        try:
-            return [*shown(schema.form_to_raw(list(values)), size, gpu_list), ""]
-        except UserError as exc:
-            return [*(gr.skip() for _ in views), _error(exc)]
-
-    def load(raw: dict[str, Any], size: float, gpu_list: str) -> list[Any]:
-        out = (raw.get("output") or {}).get("dir", "")
-        return [*schema.raw_to_form(raw), Path(out).name, *shown(raw, size, gpu_list), ""]
-
-    def editor_changed(text: str, size: float, gpu_list: str) -> list[Any]:
-        try:
-            return load(parse_yaml(text, EDITOR), size, gpu_list)
-        except UserError as exc:
-            return [*(gr.skip() for _ in [*form, name, *views]), _error(exc)]
-
-    def preset_chosen(path: str | None, size: float, gpu_list: str) -> list[Any]:
-        if not path:
-            return [gr.skip() for _ in [*form, name, *views, message]]
-        try:
-            return load(pickers.preset_config(path, runs_dir), size, gpu_list)
-        except UserError as exc:
-            return [*(gr.skip() for _ in [*form, name, *views]), _error(exc)]
+        return [verdict_text(raw, size), info]
 
     # A form edit (`input`: the user's, never an update) rewrites the YAML. Edits are handled one at a time, in order
     # (one concurrency group): run side by side, an older edit's YAML could arrive last and undo a newer one. The YAML
     # is read back into the form when the user leaves the editor: gr.Code fires `input` on updates too, so stale text
-    # would echo back over newer form values.
+    # would echo back over newer form values. The verdict and the dataset's summary follow, in a group of their own.
     sync = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id="form-sync", concurrency_limit=1)
-    context = [gpu_size, gpus]
-    for part in form:
-        part.input(form_changed, [*context, *form], [*views, message], **sync)
-    for part in (gpu_size, gpus):
-        part.input(form_changed, [*context, *form], [*views, message], **sync)
+    then = dict(fn=details, inputs=[gpu_size, *form], outputs=[verdict, summary], show_progress="hidden",
+                concurrency_id="details", concurrency_limit=1)  # fmt: skip
+    for part in [*form, gpus]:
+        part.input(form_changed, [gpus, *form], [*views, message], **sync).then(**then)
+    gpu_size.input(**then, trigger_mode="always_last")
     name.input(lambda n: str(runs_dir / n.strip()), name, fields["output.dir"], **sync).then(
-        form_changed, [*context, *form], [*views, message], **sync
+        form_changed, [gpus, *form], [*views, message], **sync
     )
-    editor.blur(editor_changed, [editor, *context], [*form, name, *views, message], **sync)
-    preset.input(preset_chosen, [preset, *context], [*form, name, *views, message], **sync)
+    editor.blur(editor_changed, [editor, gpus], [*form, name, *views, message], **sync).then(**then)
+    preset.input(preset_chosen, [preset, gpus], [*form, name, *views, message], **sync).then(**then)
 
     def start(text: str, gpu_list: str) -> list[Any]:
         try:
