@@ -25,7 +25,7 @@ from tuneforge.config import validate  # noqa: E402
 from tuneforge.config_reference import keys  # noqa: E402
 from tuneforge.errors import UserError  # noqa: E402
 from tuneforge.rundir import Run  # noqa: E402
-from tuneforge.webui import compare_tab, jobs, pickers, runner, schema, train_tab, watch_tab  # noqa: E402
+from tuneforge.webui import compare_tab, jobs, pickers, runner, schema, tools_tab, train_tab, watch_tab  # noqa: E402
 from tuneforge.webui.app import credentials, is_loopback  # noqa: E402
 from tuneforge.webui.i18n import WORDS  # noqa: E402
 from tuneforge.webui.train_form import ESSENTIALS, elem_id  # noqa: E402
@@ -128,6 +128,8 @@ def test_the_gpu_verdict_command_line_and_gpus_follow_the_form(tiny_qwen3_dir, t
     assert train_tab.verdict_text(raw, 24).startswith("**24 GB**: fits on 24 GB (")
     raw["method"] = {"type": "full"}
     assert train_tab.verdict_text(raw, 24).startswith("**24 GB**: does not fit on 24 GB (")
+    assert train_tab.verdict_text(raw, "40").startswith("**40 GB**: ")  # typed into the picker
+    assert train_tab.verdict_text(raw, "big").startswith("❌ GPU memory: 'big': expected a number of GB")
     assert train_tab.verdict_text({"model": {}}, 24).startswith("❌ form: missing required key")
     job = tmp_path / "runs" / "r" / "jobs" / "train.yaml"
     assert train_tab.command_line(str(tmp_path / "runs" / "r"), "") == f"tuneforge train {job}"
@@ -286,6 +288,11 @@ def test_progress_comes_from_the_trainers_status_file_and_buttons_follow_the_job
     assert stop.interactive is False and resume.interactive is False  # no jobs/train.yaml to resume from
     (run / "jobs" / "train.yaml").write_text("model: {}\n")
     assert train_tab.buttons(str(run))[1].interactive is True
+    # Evaluate and Export start once training finished (its summary.json) and while no job of theirs runs.
+    assert tools_tab.can_start(str(run), "eval").interactive is False
+    (run / "summary.json").write_text("{}")
+    assert tools_tab.can_start(str(run), "eval").interactive is True
+    assert tools_tab.can_start(None, "export").interactive is False
 
 
 def test_metrics_are_read_as_appended_and_long_curves_thinned(tmp_path):

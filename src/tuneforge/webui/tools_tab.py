@@ -25,6 +25,14 @@ def _state_line(run: Path, kind: str) -> str:
     return f"**{run.name}** · {kind}: {state.state}{code}"
 
 
+def can_start(selected: str | None, kind: str) -> Any:
+    """The start button of `kind`, enabled once the selected run's training finished and while no `kind` job runs."""
+    ready = (
+        bool(selected) and Run(Path(selected)).summary.is_file() and not jobs.job_state(Path(selected), kind).running
+    )
+    return gr.Button(interactive=ready)
+
+
 def _start(selected: str | None, kind: str, args: list[str]) -> str:
     try:
         if not selected:
@@ -63,7 +71,7 @@ def build_eval(run: gr.Dropdown) -> None:
         suite = gr.Dropdown(suites, value="self-cognition" if "self-cognition" in suites else None, label=t("suite"))
         tasks = gr.Textbox(label=t("tasks"), max_lines=1, elem_id="eval-tasks")
         limit = gr.Number(20, label=t("limit"), precision=0, minimum=1, elem_id="eval-limit")
-        start = gr.Button(t("start_eval"), variant="primary", elem_id="eval-start")
+        start = gr.Button(t("start_eval"), variant="primary", elem_id="eval-start", interactive=False)
     status = gr.Markdown(elem_id="eval-status")
     with gr.Row():
         table = gr.Dataframe(headers=HEADER, label=t("report"), interactive=False, elem_id="eval-table")
@@ -78,12 +86,12 @@ def build_eval(run: gr.Dropdown) -> None:
 
     def refresh(selected: str | None) -> list[Any]:
         if not selected:
-            return ["", [], None, ""]
+            return ["", [], None, "", can_start(selected, "eval")]
         path = Path(selected)
         rows, image = latest_report(path)
-        return [_state_line(path, "eval"), rows, image, jobs.log_tail(path, "eval")]
+        return [_state_line(path, "eval"), rows, image, jobs.log_tail(path, "eval"), can_start(selected, "eval")]
 
-    gr.Timer(REFRESH_S).tick(refresh, run, [status, table, chart, log], show_progress="hidden")
+    gr.Timer(REFRESH_S).tick(refresh, run, [status, table, chart, log, start], show_progress="hidden")
 
 
 def build_export(run: gr.Dropdown) -> None:
@@ -92,7 +100,7 @@ def build_export(run: gr.Dropdown) -> None:
         targets = gr.CheckboxGroup(["gguf", "ollama"], value=["gguf"], label=t("targets"), elem_id="export-targets")
         qtype = gr.Dropdown(list(GGUF_TYPES), value=RUN_TYPE, label=t("gguf_type"), elem_id="export-type")
         force = gr.Checkbox(False, label=t("force"))
-        start = gr.Button(t("start_export"), variant="primary", elem_id="export-start")
+        start = gr.Button(t("start_export"), variant="primary", elem_id="export-start", interactive=False)
     status = gr.Markdown(elem_id="export-status")
     outputs = gr.Textbox(label=t("outputs"), lines=4, elem_id="export-outputs")
     log = gr.Textbox(label=t("log"), lines=12, max_lines=12, autoscroll=True, elem_id="export-log")
@@ -105,8 +113,13 @@ def build_export(run: gr.Dropdown) -> None:
 
     def refresh(selected: str | None) -> list[Any]:
         if not selected:
-            return ["", "", ""]
+            return ["", "", "", can_start(selected, "export")]
         path = Path(selected)
-        return [_state_line(path, "export"), exported(path), jobs.log_tail(path, "export")]
+        return [
+            _state_line(path, "export"),
+            exported(path),
+            jobs.log_tail(path, "export"),
+            can_start(selected, "export"),
+        ]
 
-    gr.Timer(REFRESH_S).tick(refresh, run, [status, outputs, log], show_progress="hidden")
+    gr.Timer(REFRESH_S).tick(refresh, run, [status, outputs, log, start], show_progress="hidden")

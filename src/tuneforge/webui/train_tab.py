@@ -68,12 +68,16 @@ def launch(text: str, runs_dir: Path, gpus: str = "") -> tuple[str, Path]:
     return f"training started (pid {state.pid}): {run}", run
 
 
-def verdict_text(raw: dict[str, Any], size_gb: float) -> str:
-    """The estimator's one-line verdict for the form's config on a GPU of `size_gb` GB."""
+def verdict_text(raw: dict[str, Any], size_gb: float | str) -> str:
+    """The estimator's one-line verdict for the form's config on a GPU of `size_gb` GB (a number typed or picked)."""
     from tuneforge.estimate.report import gpu_verdict
 
     try:
-        return f"**{size_gb:g} GB**: {gpu_verdict(validate(raw, 'form'), float(size_gb))}"
+        size = float(size_gb)
+    except (TypeError, ValueError):
+        return _error(UserError(f"GPU memory: {size_gb!r}: expected a number of GB, e.g. 24"))
+    try:
+        return f"**{size:g} GB**: {gpu_verdict(validate(raw, 'form'), size)}"
     except UserError as exc:
         return _error(UserError(str(exc).splitlines()[0]))
 
