@@ -535,6 +535,7 @@ def _screenshots(page, language: int, tabs: list[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # about 6 min on a quiet machine; 2 cores shared by many jobs take three times that
 @needs_assets
 def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_export(tmp_path):
     """From the first screen: the self-cognition preset, a local tiny model and a data file from the pickers, launch
@@ -690,6 +691,9 @@ def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_e
         browser.close()
         playwright.stop()
         stop_ui(server)
+        for kind in jobs.KINDS:  # a failed test leaves no job running (the runner leads its job's process group)
+            if jobs.job_state(run, kind).running:
+                os.killpg(jobs.job_state(run, kind).pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
