@@ -557,6 +557,7 @@ def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_e
     server = start_ui(runs, port, log, *folders)
     try:
         page = browser.new_page(locale="en-US", viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(120_000)  # page loads and clicks on a machine shared by many jobs
         page.goto(f"http://127.0.0.1:{port}/")
         sync_api.expect(page.locator("#launch")).to_be_visible(timeout=60_000)
         for essential in ESSENTIAL_IDS:  # the first screen holds them all, unscrolled
@@ -682,6 +683,7 @@ def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_e
         _screenshots(page, 0, list(TABS))
 
         chinese = browser.new_page(locale="zh-CN", viewport={"width": 1280, "height": 800})  # the browser's language
+        chinese.set_default_timeout(120_000)
         chinese.goto(f"http://127.0.0.1:{port}/")
         sync_api.expect(chinese.locator("#launch")).to_have_text("开始训练", timeout=60_000)
         assert [tab.inner_text() for tab in chinese.get_by_role("tab").all()] == [zh for _, zh in TABS.values()]
