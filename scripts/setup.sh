@@ -5,7 +5,7 @@
 #
 #   bash scripts/setup.sh demo     # torch + tuneforge's core libraries: all that `tuneforge demo` imports (.venv)
 #   bash scripts/setup.sh test     # + every extra the tests exercise, llama-cpp-python built from source, and Debian's
-#                                  # chromium for the web UI's browser test (.venv)
+#                                  # chromium and fonts-noto-cjk for the web UI's browser test (.venv)
 #   bash scripts/setup.sh latest   # the test profile at the newest releases pyproject allows (.venv-latest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,19 +21,24 @@ case "$PROFILE" in
 esac
 say() { echo "setup ($PROFILE, ${SECONDS}s): $*"; }
 
-# The web UI's browser test drives Debian's chromium through Playwright (no `playwright install` download).
-if [ "$PROFILE" != demo ] && [ ! -x /usr/bin/chromium ]; then
+# Debian packages the tests use: chromium for the web UI's browser test (driven through Playwright, no
+# `playwright install` download); fonts-noto-cjk for its Chinese page and screenshots (without it the glyphs render
+# as boxes); shared-mime-info and libtasn1-doc for the real third-party PDFs the synth tests convert.
+DEBS=(chromium fonts-noto-cjk shared-mime-info libtasn1-doc)
+missing() { for deb in "${DEBS[@]}"; do dpkg -s "$deb" >/dev/null 2>&1 || return 0; done; return 1; }
+if [ "$PROFILE" != demo ] && missing; then
   SUDO=()
   [ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)
   if command -v apt-get >/dev/null 2>&1 && "${SUDO[@]}" true 2>/dev/null; then
-    say "installing chromium from Debian's packages (the web UI's browser test), 1-2 min"
-    # A failed install must not fail the set-up: only the browser test needs chromium, and it skips without it.
+    say "installing ${DEBS[*]} from Debian's packages (browser, CJK font, PDFs for the tests), 1-2 min"
+    # A failed install must not fail the set-up: the tests that need them skip with the reason.
     if ! { "${SUDO[@]}" apt-get update -qq &&
-      DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends chromium >/dev/null; }; then
-      say "installing chromium failed: the browser test will skip"
+      DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${DEBS[@]}" \
+        >/dev/null; }; then
+      say "installing ${DEBS[*]} failed: the tests that need them will skip"
     fi
   else
-    say "chromium is absent and apt-get (as root or through sudo) is not available: the browser test will skip"
+    say "some of ${DEBS[*]} are absent and apt-get (as root or through sudo) is not available"
   fi
 fi
 

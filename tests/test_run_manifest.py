@@ -89,7 +89,8 @@ def test_retrain_with_overwrite_then_export_ships_the_new_model(tmp_path, tiny_q
 
     train_on("我是小二", overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == [
-        "adapter", "checkpoints", "config.yaml", "loss.png", "metrics.jsonl", "run.json", "summary.json"
+        "adapter", "checkpoints", "config.yaml", "loss.png", "metrics.jsonl", "progress.json", "run.json",
+        "summary.json"
     ]  # fmt: skip  # merged/, gguf/, ollama/ of the first run are gone
     assert sorted(json.loads((run / "run.json").read_text())["artifacts"]) == ["adapter"]
     second = gguf_tensors(export())
@@ -369,9 +370,13 @@ def test_an_unwritable_cache_dir_is_one_line_naming_the_key(tmp_path, tiny_qwen3
 
 
 def test_overwrite_clears_everything_the_run_and_its_later_stages_wrote(old_run):
-    for name in ("merged/model.safetensors", "eval/smoke/report.json", "rewards.png", "gguf/old-f16.gguf"):
+    later = ("merged/model.safetensors", "eval/smoke/report.json", "rewards.png", "gguf/old-f16.gguf", "progress.json")
+    jobs = ("jobs/eval.json", "jobs/export.log", "jobs/train.yaml", "jobs/train.json", "jobs/train.log")
+    for name in (*later, *jobs):
         (old_run / name).parent.mkdir(parents=True, exist_ok=True)
         (old_run / name).write_text("old")
     (old_run / "notes.txt").write_text("mine")
     Run(old_run).clear()
-    assert sorted(p.name for p in old_run.iterdir()) == ["config.yaml", "notes.txt"]
+    assert sorted(p.name for p in old_run.iterdir()) == ["config.yaml", "jobs", "notes.txt"]
+    # The web UI's records of the old run's eval and export jobs go; the train job doing the clearing keeps its own.
+    assert sorted(p.name for p in (old_run / "jobs").iterdir()) == ["train.json", "train.log", "train.yaml"]

@@ -518,16 +518,24 @@ def webui(
     auth: Annotated[str | None, typer.Option(help="USER:PASS required to open the page.")] = None,
     token_file: Annotated[Path | None, typer.Option(help="File holding USER:PASS (not shown in ps).")] = None,
     runs_dir: Annotated[Path, typer.Option(help="Folder of the runs the UI launches and shows.")] = Path("runs"),
+    models_dir: Annotated[Path | None, typer.Option(help="Folder of local models the model picker lists.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder of data files the dataset picker lists.")] = None,
+    examples_dir: Annotated[
+        Path | None, typer.Option(help="Folder of example configs offered as presets (default: the checkout's).")
+    ] = None,
 ) -> None:
-    """Configure, launch, watch, chat, evaluate and export in the browser (pip install 'tuneforge\\[webui]')."""
+    """Configure, launch, watch, compare, chat, evaluate, export in the browser (pip install 'tuneforge\\[webui]')."""
     from tuneforge.webui import require_gradio
 
     require_gradio()
     from tuneforge.webui.app import credentials, serve
+    from tuneforge.webui.pickers import default_examples
 
+    folders = dict(models_dir=models_dir, data_dir=data_dir, examples_dir=examples_dir or default_examples())
     serve(
-        host, port, runs_dir, credentials(auth, token_file), warn=lambda line: typer.secho(line, fg="yellow", err=True)
-    )
+        host, port, runs_dir, credentials(auth, token_file),
+        warn=lambda line: typer.secho(line, fg="yellow", err=True), **folders,
+    )  # fmt: skip
 
 
 # --- merge and export (export/) -----------------------------------------------------------------------------

@@ -10,12 +10,15 @@ Layout (DESIGN.md invariants 5 and 7):
     RUN/model/           full model + tokenizer (method full)
     RUN/checkpoints/     Trainer checkpoints (checkpoint-N)
     RUN/metrics.jsonl    one JSON object per logging step
+    RUN/progress.json    step, total steps, elapsed and ETA, rewritten at every step (what the web UI's bar shows)
     RUN/loss.png         the loss curve (preference objectives: RUN/rewards.png too)
     RUN/summary.json     steps, tokens seen, loss tokens, wall time, tokens/s
     RUN/logs/            tracker logs (TensorBoard)
     RUN/merged/          the adapter merged into its base (`merge` / `export`)
     RUN/gguf/RUN-TYPE.gguf, RUN/ollama/RUN-TYPE/Modelfile   (`export`)
     RUN/eval/SUITE/      evaluation reports (`eval --run`)
+    RUN/jobs/KIND.json, KIND.log   the web UI's record of a `tuneforge KIND` job it ran here; jobs/train.yaml the
+                         config it launched (webui/jobs.py)
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Run:
     model = property(lambda self: self.root / "model")
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics = property(lambda self: self.root / "metrics.jsonl")
+    progress = property(lambda self: self.root / "progress.json")
     loss_plot = property(lambda self: self.root / "loss.png")
     rewards_plot = property(lambda self: self.root / "rewards.png")
     summary = property(lambda self: self.root / "summary.json")
@@ -65,6 +69,16 @@ class Run:
     gguf_dir = property(lambda self: self.root / "gguf")
     ollama_dir = property(lambda self: self.root / "ollama")
     eval_dir = property(lambda self: self.root / "eval")
+    jobs = property(lambda self: self.root / "jobs")
+    job_config = property(lambda self: self.jobs / "train.yaml")
+
+    def job_status(self, kind: str) -> Path:
+        """The web UI's state file of its last `kind` job here (train, eval, export)."""
+        return self.jobs / f"{kind}.json"
+
+    def job_log(self, kind: str) -> Path:
+        """The output of the web UI's last `kind` job here."""
+        return self.jobs / f"{kind}.log"
 
     @classmethod
     def open(cls, path: str | Path, flag: str = "--run") -> Run:
@@ -227,10 +241,15 @@ class Run:
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
     def owned(self) -> list[Path]:
-        """Every path a run and its later stages write here (what `output.overwrite` clears), config.yaml aside."""
+        """Every path a run and its later stages write here (what `output.overwrite` clears), config.yaml aside.
+
+        Of RUN/jobs/, the records of later stages' jobs (eval, export) only: the train job's are those of the very
+        job that clears the folder (its config, state and log are written before it starts).
+        """
         paths = [self.manifest_file, self.base, self.adapter, self.model, self.checkpoints, self.metrics,
-                 self.loss_plot, self.rewards_plot, self.summary, self.logs, self.merged, self.gguf_dir,
-                 self.ollama_dir, self.eval_dir]  # fmt: skip
+                 self.progress, self.loss_plot, self.rewards_plot, self.summary, self.logs, self.merged,
+                 self.gguf_dir, self.ollama_dir, self.eval_dir]  # fmt: skip
+        paths += [p for p in sorted(self.jobs.glob("*")) if not p.name.startswith("train.")]
         if self.manifest_file.is_file():  # artifacts recorded later (eval reports) are the run's too
             recorded = (self.root / entry["path"] for entry in self.manifest()["artifacts"].values())
             paths += [p for p in recorded if p.resolve().is_relative_to(self.root.resolve()) and p not in paths]

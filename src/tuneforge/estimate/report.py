@@ -8,8 +8,8 @@ from typing import Any
 
 from tuneforge.config import Config
 from tuneforge.errors import UserError
-from tuneforge.estimate.memory import GIB, Estimate, Job, estimate, gib
-from tuneforge.estimate.steps import StepPlan
+from tuneforge.estimate.memory import GIB, Estimate, Job, estimate, gib, load_shape
+from tuneforge.estimate.steps import StepPlan, plan_steps
 
 GPU_SIZES = (24, 48, 80)  # GB classes users rent: RTX 4090 / A10 class, L40S / A6000, A100 / H100
 
@@ -132,3 +132,16 @@ def job_config(config: Path | None, overrides: list[str], flags: dict[str, Any])
     # Only model, method, train and distributed size memory; data and output are placeholders the estimate never reads.
     raw: dict[str, Any] = {"data": {"datasets": [{"path": "(none)"}]}, "output": {"dir": "(none)"}}
     return validate(apply_overrides(raw, [*given, *overrides]), "estimate flags")
+
+
+def gpu_verdict(cfg: Config, size_gb: float) -> str:
+    """One verdict line for `cfg` on a GPU of `size_gb` GB, from config.json alone (no data prepared: instant)."""
+    return verdict(Job.from_config(cfg, load_shape(cfg.model)), size_gb)
+
+
+def config_report(cfg: Config, console, cpu: bool = False, sizes: tuple[float, ...] = GPU_SIZES) -> None:
+    """What `tuneforge estimate CONFIG` prints: the data prepared for the exact step count, the memory table, the
+    verdicts for `sizes` (none on CPU)."""
+    plan = plan_steps(cfg, console.print)
+    job = Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda", plan.longest)
+    print_report(estimate(job), plan, () if cpu else sizes, console)

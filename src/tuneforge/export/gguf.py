@@ -41,6 +41,7 @@ LLAMA_CPP_TYPES: dict[str, gguf.LlamaFileType] = {
     "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K,
 }
 GGUF_TYPES = (*DIRECT_TYPES, *LLAMA_CPP_TYPES)
+RUN_TYPE = "q4_k_m"  # what a run is exported as unless --type says otherwise (`tuneforge export --run`, the web UI)
 
 
 @dataclass(frozen=True)

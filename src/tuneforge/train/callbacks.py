@@ -13,20 +13,27 @@ from contextlib import contextmanager
 from transformers import TrainerCallback
 
 from tuneforge.errors import UserError
-from tuneforge.io import atomic_write_bytes, atomic_write_text
+from tuneforge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from tuneforge.rundir import Run
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends every log entry to RUN/metrics.jsonl (rank 0); on resume, drops entries after the checkpoint."""
+    """Appends every log entry to RUN/metrics.jsonl (rank 0); on resume, drops entries after the checkpoint.
+
+    It also rewrites RUN/progress.json at every step: step, total, elapsed and ETA as numbers, what a watcher (the
+    web UI) shows as a progress bar without reading the terminal's bar.
+    """
 
     def __init__(self, run: Run, resume: str | None) -> None:
         self.run = run
         self.resume = resume
+        self.started = (0.0, 0)  # (time, step) this process started training at: the ETA's pace is measured from it
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
+        self.started = (time.time(), state.global_step)
+        self._progress(state)
         if not self.resume:
             self.run.metrics.unlink(missing_ok=True)
         elif self.run.metrics.exists():
@@ -35,11 +42,26 @@ class MetricsCallback(TrainerCallback):
             kept = [line for line in logged_lines(self.run) if json.loads(line)["step"] <= step]
             atomic_write_text(self.run.metrics, "".join(line + "\n" for line in kept))
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._progress(state)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             entry = {"step": state.global_step, "epoch": state.epoch, **logs, "memory_gib": _memory_gib()}
             with self.run.metrics.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(entry) + "\n")
+
+    def _progress(self, state) -> None:
+        start_time, start_step = self.started
+        now, done = time.time(), state.global_step - start_step
+        eta = (now - start_time) / done * (state.max_steps - state.global_step) if done else None
+        atomic_write_json(
+            self.run.progress,
+            {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+             "elapsed_s": round(now - start_time, 1), "eta_s": None if eta is None else round(eta, 1),
+             "updated": now},
+        )  # fmt: skip
 
 
 def _memory_gib() -> float:

@@ -1,4 +1,4 @@
-"""The web UI's page: a run list above the Train, Watch, Chat, Evaluate and Export tabs; launching it with auth."""
+"""The web UI's page: a run list above the Train, Watch, Compare, Chat, Evaluate and Export tabs; launching it."""
 
 from __future__ import annotations
 
@@ -9,29 +9,35 @@ from pathlib import Path
 import gradio as gr
 
 from tuneforge.errors import UserError
-from tuneforge.webui import chat_tab, jobs, tools_tab, train_tab, watch_tab
+from tuneforge.webui import chat_tab, compare_tab, jobs, tools_tab, train_tab, watch_tab
 from tuneforge.webui.i18n import I18N, t
 
 RUNS_REFRESH_S = 5.0
 
 
-def build_app(runs_dir: Path, browse_root: Path | None = None) -> tuple[gr.Blocks, dict[str, gr.components.Component]]:
-    """The page, and the form component of every config key (the schema test walks it)."""
+def build_app(
+    runs_dir: Path, models_dir: Path | None = None, data_dir: Path | None = None, examples_dir: Path | None = None
+) -> tuple[gr.Blocks, dict[str, gr.components.Component]]:
+    """The page, and the form component of every config key (the schema test walks it). The pickers list the model
+    folders under `models_dir`, the data files under `data_dir` and the presets in `examples_dir`."""
     runs_dir = runs_dir.resolve()
 
     def choices() -> list[tuple[str, str]]:
         return [(p.name, str(p)) for p in jobs.list_runs(runs_dir)]
 
     with gr.Blocks(title="tuneforge") as page:
-        with gr.Row():
-            gr.Markdown(f"## tuneforge\nruns in `{runs_dir}`")
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"**tuneforge** · `{runs_dir}`", elem_id="title")
             found = choices()
-            run = gr.Dropdown(found, value=found[0][1] if found else None, label=t("run"), elem_id="run", scale=2)
+            run = gr.Dropdown(found, value=found[0][1] if found else None, label=t("run"), elem_id="run", scale=2,
+                              container=False)  # fmt: skip
         with gr.Tabs():
             with gr.Tab(t("tab_train"), id="train"):
-                fields = train_tab.build(runs_dir, run, browse_root or Path.cwd())
+                fields = train_tab.build(runs_dir, run, models_dir, data_dir, examples_dir)
             with gr.Tab(t("tab_watch"), id="watch"):
                 watch_tab.build(run)
+            with gr.Tab(t("tab_compare"), id="compare"):
+                compare_tab.build(runs_dir)
             with gr.Tab(t("tab_chat"), id="chat"):
                 chat_tab.build(run)
             with gr.Tab(t("tab_eval"), id="eval"):
@@ -76,15 +82,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(host: str, port: int, runs_dir: Path, auth: tuple[str, str] | None, warn=print) -> None:
-    """Serve the UI until interrupted; jobs it started keep running after it exits."""
+def serve(
+    host: str, port: int, runs_dir: Path, auth: tuple[str, str] | None, warn=print, **pickers: Path | None
+) -> None:
+    """Serve the UI until interrupted; jobs it started keep running after it exits. `pickers`: build_app's folders."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     if not is_loopback(host) and auth is None:
         warn(
             f"warning: the web UI listens on {host} without authentication: anyone who can reach port {port} can "
             "launch jobs and read your runs; pass --auth USER:PASS or --token-file FILE"
         )
-    page, _ = build_app(runs_dir)
+    page, _ = build_app(runs_dir, **pickers)
     page.queue(default_concurrency_limit=4)
     page.launch(
         server_name=host,

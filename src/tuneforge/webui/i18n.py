@@ -1,11 +1,14 @@
 """The UI's words in English and Chinese; Gradio picks the language from the browser (or its settings panel).
 
-Config keys keep their names (they are what the YAML says); their help texts come from config.py in English.
+Each config key has a plain label in both languages with its YAML key beside its help (labels.py); the English
+help is the key's description in config.py.
 """
 
 from __future__ import annotations
 
 import gradio as gr
+
+from tuneforge.webui import labels, schema
 
 WORDS: dict[str, tuple[str, str]] = {
     "title": ("tuneforge: fine-tune Qwen3 models", "tuneforge：微调 Qwen3 模型"),
@@ -16,17 +19,12 @@ WORDS: dict[str, tuple[str, str]] = {
     "tab_chat": ("Chat", "对话"),
     "tab_eval": ("Evaluate", "评估"),
     "tab_export": ("Export", "导出"),
-    "browse": ("Browse a folder", "浏览文件夹"),
-    "folder": ("Folder", "文件夹"),
-    "entries": ("Entries", "内容"),
-    "use_model": ("Use as model", "用作模型"),
-    "use_dataset": ("Use as dataset 1", "用作数据集 1"),
     "yaml": ("Config YAML (kept in sync with the form)", "配置 YAML（与表单同步）"),
     "preview": ("Preview samples", "预览样本"),
     "estimate": ("Estimate memory and steps", "估算显存和步数"),
     "estimate_cpu": ("Estimate for this machine's CPU", "按本机 CPU 估算"),
     "launch": ("Launch training", "开始训练"),
-    "stop": ("Stop (save a checkpoint)", "停止（保存检查点）"),
+    "stop": ("Stop", "停止"),
     "resume": ("Resume", "继续训练"),
     "message": ("Status", "状态"),
     "progress": ("Progress", "进度"),
@@ -58,7 +56,41 @@ WORDS: dict[str, tuple[str, str]] = {
     "force": ("Replace existing outputs", "覆盖已有输出"),
     "start_export": ("Start export", "开始导出"),
     "outputs": ("Outputs", "输出文件"),
+    "start_from": ("Start from", "从这里开始"),
+    "start_from_info": (
+        "an example, or an earlier run (train again like this)",
+        "示例配置，或以前的运行（照此再训练一次）",
+    ),
+    "output_name": ("Output name", "输出名称"),
+    "output_name_info": ("the run folder's name under the runs folder", "运行目录在 runs 文件夹下的名称"),
+    "gpu_size": ("GPU memory (GB)", "GPU 显存（GB）"),
+    "verdict": ("Fits?", "放得下吗？"),
+    "gpus": ("Which GPUs", "使用哪些 GPU"),
+    "gpus_info": (
+        "CUDA_VISIBLE_DEVICES of the job, e.g. 0,1; empty: all",
+        "任务的 CUDA_VISIBLE_DEVICES，如 0,1；留空：全部",
+    ),
+    "command": ("Command", "命令"),
+    "dataset_info": ("Dataset", "数据集"),
+    "group_method": ("LoRA, QLoRA and objective", "LoRA、QLoRA 与训练目标"),
+    "group_data": ("Data mixing", "数据混合"),
+    "group_distributed": ("Distributed (several GPUs)", "分布式（多 GPU）"),
+    "group_logging": ("Logging and checkpoints", "日志与检查点"),
+    "group_advanced": ("Advanced", "高级"),
+    "tab_compare": ("Compare", "对比"),
+    "runs": ("Runs", "运行"),
+    "log_scale": ("Log scale", "对数坐标"),
+    "final_metrics": ("Final metrics", "最终指标"),
+    "config_diff": ("Config keys that differ", "不同的配置项"),
+    "eval_reports": ("Eval reports", "评估报告"),
 }
+for _field in schema.FIELDS:
+    _en, _zh = labels.label(_field.path)
+    WORDS[f"label:{_field.path}"] = (_en, _zh)
+    WORDS[f"help:{_field.path}"] = (
+        f"{_field.path} · {_field.description}",
+        f"{_field.path} · {labels.help_zh(_field.path, _field.description)}",
+    )
 
 I18N = gr.I18n(en={k: v[0] for k, v in WORDS.items()}, zh={k: v[1] for k, v in WORDS.items()})
 

@@ -1,15 +1,15 @@
 """Jobs the web UI launches (`tuneforge train|eval|export` as detached processes) and the runs it finds again.
 
-A job's state lives in its run folder, never in the UI process: RUN/jobs/KIND.json (written by runner.py: pid,
-command, state, exit status), RUN/jobs/KIND.log (the command's output) and, for training, RUN/jobs/train.yaml (the
-config the UI wrote). Closing the browser or restarting the UI leaves jobs running; a new UI reads them back.
+A job's state lives in its run folder (the layout is rundir.Run's), never in the UI process: RUN/jobs/KIND.json
+(written by runner.py: pid, command, state, exit status), RUN/jobs/KIND.log (the command's output) and, for training,
+RUN/jobs/train.yaml (the config the UI wrote). Closing the browser or restarting the UI leaves jobs running; a new
+UI reads them back. Training's progress is RUN/progress.json, which the trainer rewrites at every step.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,22 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
+from tuneforge.rundir import Run
 
-JOBS = "jobs"
 KINDS = ("train", "eval", "export")
-# The tqdm bar `tuneforge train` prints: "train:  50%|█████     | 3/6 [00:15<00:15, 5.2s/step, loss=…]".
-_BAR = re.compile(r"train:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
 _TAIL_BYTES = 64 * 1024
 # Popen objects of the jobs this UI process started, polled so that ended runners do not linger as zombies.
 _children: list[subprocess.Popen] = []
 # metrics(): per metrics.jsonl, (inode, bytes read, entries); Gradio runs each open page's refresh in its own thread.
 _metrics_read: dict[Path, tuple[int | None, int, list[dict[str, Any]]]] = {}
 _metrics_lock = threading.Lock()
-
-
-def job_dir(run: Path) -> Path:
-    """RUN/jobs: what the web UI launched in this run."""
-    return run / JOBS
 
 
 @dataclass(frozen=True)
@@ -70,7 +63,7 @@ def job_state(run: Path, kind: str) -> JobState:
     for child in list(_children):
         if child.poll() is not None:
             _children.remove(child)
-    path = job_dir(run) / f"{kind}.json"
+    path = Run(run).job_status(kind)
     if not path.is_file():
         return JobState(kind, "none")
     status = json.loads(path.read_text(encoding="utf-8"))
@@ -80,20 +73,20 @@ def job_state(run: Path, kind: str) -> JobState:
     return JobState(kind, state, status["pid"], status.get("exit_code"), tuple(status["command"]))
 
 
-def launch(run: Path, kind: str, args: list[str], wait: float = 60.0) -> JobState:
-    """Start `tuneforge ARGS` for `run` as a detached job; refused while a job of the same kind runs there."""
+def launch(run: Path, kind: str, args: list[str], wait: float = 60.0, env: dict[str, str] | None = None) -> JobState:
+    """Start `tuneforge ARGS` for `run` as a detached job (`env` added to ours); refused while one of `kind` runs."""
     current = job_state(run, kind)
     if current.running:
         raise UserError(f"{run}: a {kind} job is running (pid {current.pid}); stop it first or wait for it to end")
-    folder = job_dir(run)
-    folder.mkdir(parents=True, exist_ok=True)
-    status, log = folder / f"{kind}.json", folder / f"{kind}.log"
+    status, log = Run(run).job_status(kind), Run(run).job_log(kind)
+    status.parent.mkdir(parents=True, exist_ok=True)
     status.unlink(missing_ok=True)
     log.write_text("", encoding="utf-8")  # a fresh log per job; the run's own files keep the history
     command = [sys.executable, "-m", "tuneforge.cli", *args]
     runner = [sys.executable, "-m", "tuneforge.webui.runner", str(status), str(log), "--", *command]
     # A session of its own: Ctrl-C on the UI's terminal, or the UI exiting, does not reach the job.
-    process = subprocess.Popen(runner, start_new_session=True, stdin=subprocess.DEVNULL)
+    environment = {**os.environ, **(env or {})}
+    process = subprocess.Popen(runner, start_new_session=True, stdin=subprocess.DEVNULL, env=environment)
     _children.append(process)
     deadline = time.monotonic() + wait
     while not status.is_file():  # the runner writes its pid before anything else
@@ -114,9 +107,9 @@ def stop(run: Path, kind: str = "train", sig: int = signal.SIGINT) -> JobState:
 
 def train_args(run: Path, resume: bool = False) -> list[str]:
     """The `tuneforge train` arguments of the run's UI-written config (with train.resume=auto to continue)."""
-    config = job_dir(run) / "train.yaml"
+    config = Run(run).job_config
     if not config.is_file():
-        raise UserError(f"{run}: no {JOBS}/train.yaml; launch the run from the Train tab first")
+        raise UserError(f"{run}: no {config.relative_to(run)}; launch the run from the Train tab first")
     return ["train", str(config), *(["train.resume=auto"] if resume else [])]
 
 
@@ -124,7 +117,7 @@ def list_runs(runs_dir: Path) -> list[Path]:
     """Run folders under `runs_dir` (a config.yaml or UI jobs in them), newest first."""
     if not runs_dir.is_dir():
         return []
-    found = [p for p in runs_dir.iterdir() if (p / "config.yaml").is_file() or job_dir(p).is_dir()]
+    found = [p for p in runs_dir.iterdir() if Run(p).config_file.is_file() or Run(p).jobs.is_dir()]
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -134,7 +127,7 @@ def metrics(run: Path) -> list[dict[str, Any]]:
     Each call reads only what was appended since the last one: the Watch tab asks every 2 s, and a long run's file
     grows to tens of thousands of lines. A file replaced (output.overwrite) or cut shorter is read again whole.
     """
-    path = run / "metrics.jsonl"
+    path = Run(run).metrics
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -161,7 +154,7 @@ def metrics(run: Path) -> list[dict[str, Any]]:
 
 def log_tail(run: Path, kind: str, lines: int = 40) -> str:
     """The last `lines` lines of a job's log as a terminal shows them (a progress bar's redraws collapsed)."""
-    path = job_dir(run) / f"{kind}.log"
+    path = Run(run).job_log(kind)
     if not path.is_file():
         return ""
     with path.open("rb") as f:
@@ -171,11 +164,9 @@ def log_tail(run: Path, kind: str, lines: int = 40) -> str:
     return "\n".join(shown[-lines:])
 
 
-def progress(run: Path) -> tuple[int, int, str, str] | None:
-    """(step, total steps, elapsed, ETA) from the last progress bar of the train log, or None before it shows."""
-    text = log_tail(run, "train", lines=10_000)
-    found = _BAR.findall(text.replace("\r", "\n"))
-    if not found:
+def progress(run: Path) -> dict[str, Any] | None:
+    """RUN/progress.json as the trainer last wrote it (step, max_steps, elapsed_s, eta_s), or None before it does."""
+    try:
+        return json.loads(Run(run).progress.read_text(encoding="utf-8"))  # written atomically: whole or absent
+    except FileNotFoundError:
         return None
-    step, total, elapsed, eta = found[-1]
-    return int(step), int(total), elapsed, eta

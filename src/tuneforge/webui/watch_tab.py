@@ -1,7 +1,10 @@
-"""The Watch tab: a run's curves from metrics.jsonl, progress and ETA, and its log, refreshed every few seconds."""
+"""The Watch tab: a run's curves from metrics.jsonl, progress and ETA from progress.json, and its log, refreshed every
+few seconds."""
 
 from __future__ import annotations
 
+import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,11 @@ CURVES = {
 }
 PLOTS = ("loss", "lr", "grad_norm", "tokens_s", "memory")
 COLORS = {"train": "#ea580c", "validation": "#2563eb"}
+PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
 MAX_POINTS = 1000  # per series (see frames)
+# The step axis spans at least this many steps: Vega-Lite puts a tick every ~40 px, so a shorter span on a wide plot
+# would be ticked at half steps; a step is a whole number.
+MIN_STEP_SPAN = 30
 
 
 def frames(entries: list[dict[str, Any]]) -> dict[str, pd.DataFrame | None]:
@@ -47,59 +54,91 @@ def frames(entries: list[dict[str, Any]]) -> dict[str, pd.DataFrame | None]:
     }
 
 
-def summary(run: Path, entries: list[dict[str, Any]], bar: tuple[int, int, str, str] | None) -> str:
-    """One line: the job's state, step / total, elapsed and ETA (from `bar`), and the last logged loss."""
+def summary(run: Path, entries: list[dict[str, Any]]) -> str:
+    """One line: the job's state and the last logged loss."""
     state = jobs.job_state(run, "train")
     parts = [f"**{run.name}**: {state.state if state.state != 'none' else 'not launched from the UI'}"]
     if state.exit_code is not None:
         parts.append(f"exit status {state.exit_code}")
-    if bar:
-        step, total, elapsed, eta = bar
-        parts.append(f"step {step}/{total}, elapsed {elapsed}, ETA {eta}")
     losses = [e for e in entries if "loss" in e]
     if losses:
         parts.append(f"logged steps {len(losses)}, last loss {losses[-1]['loss']:.4f} at step {losses[-1]['step']}")
     return " · ".join(parts)
 
 
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def progress_html(progress: dict[str, Any] | None) -> str:
+    """A progress bar with step / total, elapsed and ETA, from RUN/progress.json (empty before training starts)."""
+    if not progress or not progress.get("max_steps"):
+        return ""
+    step, total = progress["step"], progress["max_steps"]
+    line = f"step {step} / {total} · elapsed {_clock(progress['elapsed_s'])} · ETA {_clock(progress['eta_s'])}"
+    return (
+        f"<div class='tf-progress'><progress value='{step}' max='{total}'></progress>"
+        f"<span>{html.escape(line)}</span></div>"
+    )
+
+
+def stepped(frame: pd.DataFrame | None, last_step: int = 0, log: bool = False) -> dict[str, Any]:
+    """A plot's value and axes: its frame (log10 of the values on a log scale), a whole-step axis to `last_step`."""
+    if frame is None:
+        return {"value": None}
+    if log:
+        frame = frame[frame.value > 0].assign(value=lambda f: f.value.map(math.log10))
+    span = max(int(frame.step.max()), last_step, MIN_STEP_SPAN)
+    shown = {"value": frame, "x_lim": [0, span], "y_title": "log10(value)" if log else "value"}
+    if "series" in frame.columns:
+        # Gradio 6.31 redraws a plot whose data changed with the colour domain of its first drawing (a series added
+        # later has no colour, no line) unless an axis or the colour map changed: one colour per series present.
+        names = list(dict.fromkeys(frame.series))
+        shown["color_map"] = {n: COLORS.get(n, PALETTE[i % len(PALETTE)]) for i, n in enumerate(names)}
+    return shown
+
+
 def build(run: gr.Dropdown) -> None:
     """The Watch tab's components (inside a gr.Tab), refreshed by a timer while the page is open."""
     status = gr.Markdown(elem_id="watch-status")
-    bar = gr.Slider(0, 1, value=0, label=t("progress"), interactive=False, elem_id="watch-progress")
+    bar = gr.HTML(elem_id="watch-progress")
     plots = {}
     with gr.Row():
-        for plot in PLOTS[:3]:
+        with gr.Column(scale=2):
+            plots["loss"] = loss_plot("plot-loss")
+            log_scale = gr.Checkbox(False, label=t("log_scale"), elem_id="watch-log-scale")
+        for plot in PLOTS[1:3]:
             plots[plot] = _plot(plot)
     with gr.Row():
         for plot in PLOTS[3:]:
             plots[plot] = _plot(plot)
     log = gr.Textbox(label=t("log"), lines=16, max_lines=16, autoscroll=True, elem_id="watch-log")
 
-    def refresh(selected: str | None) -> list[Any]:
+    def refresh(selected: str | None, log_loss: bool) -> list[Any]:
         if not selected:
-            return ["", 0, *(None for _ in PLOTS), ""]
+            return ["", "", *(None for _ in PLOTS), ""]
         path = Path(selected)
         entries = jobs.metrics(path)
         progress = jobs.progress(path)
-        share = progress[0] / progress[1] if progress and progress[1] else 0
         shown = frames(entries)
-        return [summary(path, entries, progress), share, *(shown[p] for p in PLOTS), jobs.log_tail(path, "train")]
+        total = progress["max_steps"] if progress else 0
+        curves = [gr.LinePlot(**stepped(shown[p], total, log_loss and p == "loss")) for p in PLOTS]
+        return [summary(path, entries), progress_html(progress), *curves, jobs.log_tail(path, "train")]
 
     outputs = [status, bar, *plots.values(), log]
-    gr.Timer(REFRESH_S).tick(refresh, run, outputs, show_progress="hidden")
-    run.change(refresh, run, outputs, show_progress="hidden")
+    gr.Timer(REFRESH_S).tick(refresh, [run, log_scale], outputs, show_progress="hidden")
+    run.change(refresh, [run, log_scale], outputs, show_progress="hidden")
+    log_scale.change(refresh, [run, log_scale], outputs, show_progress="hidden")
+
+
+def loss_plot(elem_id: str, **shown: Any) -> gr.LinePlot:
+    """A plot of loss against step, one line per `series` (train and validation, or per run); `shown`: stepped()'s
+    value and axes (and the component's key)."""
+    return gr.LinePlot(x="step", y="value", color="series", label=t("loss"), height=240, elem_id=elem_id, **shown)
 
 
 def _plot(plot: str) -> gr.LinePlot:
-    # No value until the first refresh: a plot first drawn from an empty frame keeps an empty colour domain and draws
-    # its later lines without a stroke, invisible (Gradio 6.31; remove this note once a newer Gradio draws them).
-    return gr.LinePlot(
-        None,
-        x="step",
-        y="value",
-        color="series" if plot == "loss" else None,
-        color_map=COLORS if plot == "loss" else None,
-        label=t(plot),
-        height=240,
-        elem_id=f"plot-{plot}",
-    )
+    return gr.LinePlot(None, x="step", y="value", label=t(plot), height=240, elem_id=f"plot-{plot}")
