@@ -118,7 +118,6 @@ def test_dpo_rewards_rise_and_held_out_chosen_gains_on_rejected(tiny_qwen3_dir, 
     assert (run.root / "rewards.png").is_file() and run.loss_plot.is_file()
 
 
-
 @pytest.mark.slow  # a 4-step DPO run, then its eval: about 30 s on 2 busy cores
 @needs_assets
 def test_eval_heldout_loss_of_a_dpo_run_reports_what_trl_logs_for_its_validation_pairs(tiny_qwen3_dir, tmp_path):
@@ -142,6 +141,7 @@ def test_eval_heldout_loss_of_a_dpo_run_reports_what_trl_logs_for_its_validation
     assert metrics["rewards/accuracies"]["tuned"] == trl["eval_rewards/accuracies"]
     assert metrics["rewards/chosen"]["tuned"] == pytest.approx(trl["eval_rewards/chosen"], abs=2e-3)
     assert metrics["rewards/margins"]["tuned"] > 0.1
+
 
 def _first_and_last(run, key: str) -> tuple[dict, dict]:
     steps = [e for e in logged(run) if key in e]

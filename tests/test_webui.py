@@ -242,7 +242,6 @@ def test_preview_marks_the_trained_tokens_and_estimate_counts_the_steps(tiny_qwe
         config_from_yaml(text.replace("max_steps: 6", "max_steps: 0"))
 
 
-
 @needs_assets
 def test_preview_of_the_shipped_dpo_example_shows_both_answers_of_each_pair(tiny_qwen3_dir, tmp_path):
     """Issue 22: Preview prepared every config as sft, so it refused each preference config."""
@@ -256,7 +255,7 @@ def test_preview_of_the_shipped_dpo_example_shows_both_answers_of_each_pair(tiny
     del raw["method"]["adapter"]
     shown = preview_html(schema.dump_yaml(raw))
     blocks = shown.split("<h4>sample ")[1:]
-    assert [b.split(":")[0] for b in blocks] == ["0 chosen", "0 rejected", "1 chosen", "1 rejected", "2 chosen", "2 rejected"]
+    assert [b.split(":")[0] for b in blocks] == [f"{i} {side}" for i in range(3) for side in ("chosen", "rejected")]
     for chosen, rejected in zip(blocks[::2], blocks[1::2]):
         # Both answers follow the same untrained prompt; each is trained through its end-of-turn marker.
         prompt = chosen.split('<span class="trained">')[0].split("<pre class='sample'>")[1]
@@ -264,6 +263,7 @@ def test_preview_of_the_shipped_dpo_example_shows_both_answers_of_each_pair(tiny
         assert rejected.split("<pre class='sample'>")[1].startswith(prompt)
         for block in chosen, rejected:
             assert block.split('<span class="trained">')[1].split("</span>")[0].endswith("&lt;|im_end|&gt;")
+
 
 # --- a served UI: authentication, and the browser end to end -------------------------------------------------
 
