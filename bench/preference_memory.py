@@ -92,11 +92,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from tuneforge.config import validate
-    from tuneforge.data.collate import PadCollator
     from tuneforge.model.adapters import apply_method
     from tuneforge.model.load import load_model
+    from tuneforge.objective import Objective
     from tuneforge.rundir import Run
-    from tuneforge.train.run import training_arguments
+    from tuneforge.train.run import trainer_class, training_arguments
 
     cfg = validate(job_raw(spec))
     cuda = torch.cuda.is_available()
@@ -115,14 +115,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "processing_class": tokenizer,
         "callbacks": [peak],
     }
-    if spec["objective"] == "sft":
-        from tuneforge.train.trainer import SFTTrainer
-
-        trainer = SFTTrainer(data_collator=PadCollator(tokenizer.pad_token_id), loss=cfg.train.loss, **common)
-    else:
-        from tuneforge.train.preference import build_trainer
-
-        trainer = build_trainer("dpo", tokenizer.pad_token_id, **common)
+    # data.packing is off: sft gets the padding collator, as before.
+    trainer = trainer_class(Objective.of(cfg.method)).build(cfg, tokenizer.pad_token_id, quiet, **common)
     trainer.train()
     measured = peak.measured(baseline)
     return {"measured_bytes": measured, "baseline_rss_bytes": baseline}

@@ -147,6 +147,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from tuneforge.config import validate
     from tuneforge.data.prepare import prepare
+    from tuneforge.objective import SFT
     from tuneforge.train.run import train
 
     job, work = Job(**spec["job"]), Path(spec["work"])
@@ -179,7 +180,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     }
     if cuda:
         tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
-        lengths = [len(x) for x in prepare(cfg.data, tokenizer, log=lambda *_: None).train["input_ids"]]
+        lengths = [len(x) for x in prepare(cfg.data, tokenizer, log=lambda *_: None, objective=SFT).train["input_ids"]]
         peak = bf16_peak_flops()
         result["mfu"] = summary["tokens_per_s"] * model_flops_per_token(job.model, lengths) / peak
         result["bf16_peak_flops"] = peak

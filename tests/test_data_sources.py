@@ -10,6 +10,7 @@ from tuneforge.config import DataConfig, DatasetConfig
 from tuneforge.data.conversation import Message
 from tuneforge.data.formats import detect_format, to_conversation
 from tuneforge.data.sources import build_conversations, load_conversations
+from tuneforge.objective import SFT
 
 quiet = {"log": lambda *_: None}
 
@@ -138,7 +139,7 @@ def test_weighted_mix_keeps_ratio_and_counts(tmp_path):
         val_size=0.1,
     )
     lines = []
-    train, val = build_conversations(cfg, log=lines.append)
+    train, val = build_conversations(cfg, log=lines.append, objective=SFT)
     everything = train + val
     reasoning = sum(c.messages[0].content.startswith("r") for c in everything)
     assert (reasoning, len(everything) - reasoning) == (30, 10)  # 75 / 25, the scarcest set used whole
@@ -151,7 +152,7 @@ def test_weighted_mix_keeps_ratio_and_counts(tmp_path):
 def test_unweighted_mix_counts_every_dataset(tmp_path):
     cfg = DataConfig(datasets=[_dataset(tmp_path, "a.json", 6, "a"), {**_dataset(tmp_path, "b.json", 9, "b")}])
     lines = []
-    build_conversations(cfg, log=lines.append)
+    build_conversations(cfg, log=lines.append, objective=SFT)
     a, b = (ds.path for ds in cfg.datasets)
     assert lines[-1] == f"data: mixed 15 samples, {a}: 6 of 6 (40.0 %), {b}: 9 of 9 (60.0 %) → train 15, validation 0"
 
@@ -181,7 +182,7 @@ def test_unfilled_placeholders_warn_with_counts(tmp_path):
 
 def test_max_samples_and_seeded_split(tmp_path):
     cfg = DataConfig(datasets=[{**_dataset(tmp_path, "a.json", 50, "a"), "max_samples": 20}], val_size=5, seed=3)
-    first = build_conversations(cfg, **quiet)
-    second = build_conversations(cfg, **quiet)
+    first = build_conversations(cfg, **quiet, objective=SFT)
+    second = build_conversations(cfg, **quiet, objective=SFT)
     assert (len(first[0]), len(first[1])) == (15, 5)
     assert [c.to_json() for c in first[0]] == [c.to_json() for c in second[0]]

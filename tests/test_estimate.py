@@ -76,6 +76,7 @@ def bare_model():
 @needs_assets
 def test_step_count_equals_the_trainers_max_steps_on_50_random_configs(tmp_path, bare_model, qwen3_tokenizer):
     from tuneforge.data.prepare import prepare
+    from tuneforge.objective import SFT
 
     rng = random.Random(16)
     # Data settings that change the prepared set: validation split, max_samples, over-long samples dropped.
@@ -103,7 +104,7 @@ def test_step_count_equals_the_trainers_max_steps_on_50_random_configs(tmp_path,
         raw["data"]["group_by_length"] = rng.random() < 0.5
         cfg = validate(raw)
         if variant not in prepared:
-            prepared[variant] = prepare(cfg.data, qwen3_tokenizer, log=lambda *_: None).train
+            prepared[variant] = prepare(cfg.data, qwen3_tokenizer, log=lambda *_: None, objective=SFT).train
         world = rng.choice([1, 1, 2, 3, 4, 8])
         plan = count_steps(len(prepared[variant]), cfg.train, world)
         per_epoch, max_steps = _trainer_max_steps(cfg, prepared[variant], bare_model, tmp_path, world)

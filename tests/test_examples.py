@@ -13,6 +13,7 @@ from huggingface_hub.utils import validate_repo_id
 from tuneforge.config import load_config
 from tuneforge.data.conversation import Message
 from tuneforge.data.sources import load_conversations, messages_view
+from tuneforge.objective import Objective
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -79,7 +80,7 @@ def test_example_data_resolves(example, data_dir, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
     for ds in cfg.data.datasets:
-        convs = load_conversations(ds, log=lambda *_: None, objective=cfg.method.objective)
+        convs = load_conversations(ds, log=lambda *_: None, objective=Objective.of(cfg.method))
         if ds.source == "local" or Path(ds.path).exists():
             assert not hub_calls, f"{ds.path} is local but went to the hub"
             assert DATA_COMMAND in example.read_text(encoding="utf-8"), f"{example.name}: say how {ds.path} is made"

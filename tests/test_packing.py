@@ -77,13 +77,14 @@ def test_packed_batch_equals_samples_one_by_one(tmp_path, attn, loss):
 @needs_assets
 def test_packing_loses_and_cuts_nothing(qwen3_tokenizer, tmp_path):
     from tuneforge.data.prepare import prepare
+    from tuneforge.objective import SFT
 
     cfg = DataConfig(
         datasets=[{"path": str(DATA_DIR / "medical_o1_reasoning_demo.json"), "max_samples": 64}],
         max_length=1024,
         cache_dir=str(tmp_path / "cache"),
     )
-    samples = list(prepare(cfg, qwen3_tokenizer, log=lambda *_: None).train)
+    samples = list(prepare(cfg, qwen3_tokenizer, log=lambda *_: None, objective=SFT).train)
     pack, pad = PackCollator(qwen3_tokenizer.pad_token_id), PadCollator(qwen3_tokenizer.pad_token_id)
     for start in range(0, len(samples), 8):
         batch = samples[start : start + 8]

@@ -14,6 +14,7 @@ from tuneforge.data.formats import detect_format, to_preference
 from tuneforge.data.render import IGNORE, render_preference
 from tuneforge.data.sources import load_conversations
 from tuneforge.errors import UserError
+from tuneforge.objective import OBJECTIVES
 
 quiet = {"log": lambda *_: None}
 SHAREGPT_ROLE = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -106,7 +107,7 @@ def test_objective_and_format_must_match(tmp_path):
     ):
         load_conversations(DatasetConfig(path=str(path)), **quiet)
     ds = DatasetConfig(path=str(path), system="sys", placeholders={"name": "Ann"})
-    [sample] = load_conversations(ds, objective="dpo", **quiet)
+    [sample] = load_conversations(ds, objective=OBJECTIVES["dpo"], **quiet)
     assert _roles(sample) == [("system", "sys"), ("user", "hi Ann")]
 
 
@@ -197,22 +198,22 @@ def test_objective_formats_orpo_simpo_pairs_kto_labelled(tmp_path):
     labelled = tmp_path / "kto.jsonl"
     labelled.write_text(json.dumps({"prompt": "hi", "completion": "a", "label": False}) + "\n")
     for objective in ("orpo", "simpo"):
-        [sample] = load_conversations(DatasetConfig(path=str(pairs)), objective=objective, **quiet)
+        [sample] = load_conversations(DatasetConfig(path=str(pairs)), objective=OBJECTIVES[objective], **quiet)
         assert (sample.chosen.content, sample.rejected.content) == ("a", "b")
-    [sample] = load_conversations(DatasetConfig(path=str(labelled)), objective="kto", **quiet)
+    [sample] = load_conversations(DatasetConfig(path=str(labelled)), objective=OBJECTIVES["kto"], **quiet)
     assert (sample.chosen, sample.rejected.content) == (None, "a")
     with pytest.raises(
         UserError,
         match=r"kto.jsonl:1: format 'kto' holds labelled answers \(kto\), but "
         r"method.objective: dpo trains on chosen/rejected pairs",
     ):
-        load_conversations(DatasetConfig(path=str(labelled)), objective="dpo", **quiet)
+        load_conversations(DatasetConfig(path=str(labelled)), objective=OBJECTIVES["dpo"], **quiet)
     with pytest.raises(
         UserError,
         match=r"pairs.jsonl:1: format 'preference' holds chosen/rejected pairs "
         r"\(dpo, orpo, simpo\), but method.objective: kto trains on labelled answers",
     ):
-        load_conversations(DatasetConfig(path=str(pairs)), objective="kto", **quiet)
+        load_conversations(DatasetConfig(path=str(pairs)), objective=OBJECTIVES["kto"], **quiet)
 
 
 def test_pair_collator_splits_rows_as_orpo_and_cpo_read_them():

@@ -4,12 +4,15 @@ their own metric the right way."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from conftest import DATA_DIR, needs_assets
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from tuneforge.cli import app
 from tuneforge.config import validate
 from tuneforge.train.run import train
 
@@ -113,6 +116,31 @@ def test_dpo_rewards_rise_and_held_out_chosen_gains_on_rejected(tiny_qwen3_dir, 
     assert summary["objective"] == "dpo" and summary["steps"] == 8
     assert (run.adapter / "adapter_model.safetensors").is_file()
     assert (run.root / "rewards.png").is_file() and run.loss_plot.is_file()
+
+
+@pytest.mark.slow  # a 4-step DPO run, then its eval: about 30 s on 2 busy cores
+@needs_assets
+def test_eval_heldout_loss_of_a_dpo_run_reports_what_trl_logs_for_its_validation_pairs(tiny_qwen3_dir, tmp_path):
+    """Issue 22: the held-out loss task (the quick suite's first) refused every preference run."""
+    raw = short_raw(tiny_qwen3_dir, tmp_path / "run", "dpo")
+    raw["data"]["val_size"] = 4
+    raw["train"]["eval_steps"] = 4  # TRL evaluates the final adapter on the same pairs
+    run = train(validate(raw), **quiet)
+    [trl] = [e for e in logged(run) if "eval_rewards/margins" in e]
+    result = CliRunner().invoke(app, ["eval", "--run", str(run.root), "--tasks", "heldout-loss"])
+    assert result.exit_code == 0, result.output
+    task = json.loads((run.eval_dir / "heldout-loss" / "results.json").read_text())["tasks"]["heldout-loss"]
+    metrics = task["metrics"]
+    assert task["n"] == 4 and "loss" not in metrics and "perplexity" not in metrics
+    # The baseline (the adapter off) is DPO's reference for a new adapter: no reward, loss log 2, no pair won.
+    assert metrics["rewards/margins"]["baseline"] == 0.0 and metrics["rewards/accuracies"]["baseline"] == 0.0
+    assert metrics["preference_loss"]["baseline"] == pytest.approx(math.log(2), abs=1e-6)
+    # The tuned adapter: what TRL logged on the validation pairs at the last step.
+    assert metrics["preference_loss"]["tuned"] == pytest.approx(trl["eval_loss"], abs=2e-3)
+    assert metrics["rewards/margins"]["tuned"] == pytest.approx(trl["eval_rewards/margins"], abs=2e-3)
+    assert metrics["rewards/accuracies"]["tuned"] == trl["eval_rewards/accuracies"]
+    assert metrics["rewards/chosen"]["tuned"] == pytest.approx(trl["eval_rewards/chosen"], abs=2e-3)
+    assert metrics["rewards/margins"]["tuned"] > 0.1
 
 
 def _first_and_last(run, key: str) -> tuple[dict, dict]:

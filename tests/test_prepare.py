@@ -11,6 +11,7 @@ from tuneforge.config import DataConfig
 from tuneforge.data import prepare as prepare_module
 from tuneforge.data.prepare import prepare
 from tuneforge.data.render import IGNORE
+from tuneforge.objective import SFT
 
 
 def _data(tmp_path, **extra) -> DataConfig:
@@ -27,14 +28,14 @@ def _data(tmp_path, **extra) -> DataConfig:
 @needs_assets
 def test_drop_counts_over_long_samples(tmp_path, qwen3_tokenizer):
     lines = []
-    data = prepare(_data(tmp_path), qwen3_tokenizer, log=lines.append)
+    data = prepare(_data(tmp_path), qwen3_tokenizer, log=lines.append, objective=SFT)
     assert len(data.train) == 2 and data.dropped["too_long"] == 1
     assert any("too long: 1" in line for line in lines)
 
 
 @needs_assets
 def test_truncate_keeps_samples_cut_to_max_length(tmp_path, qwen3_tokenizer):
-    data = prepare(_data(tmp_path, truncation="truncate"), qwen3_tokenizer, log=lambda *_: None)
+    data = prepare(_data(tmp_path, truncation="truncate"), qwen3_tokenizer, log=lambda *_: None, objective=SFT)
     lengths = sorted(len(ids) for ids in data.train["input_ids"])
     assert len(lengths) == 3 and lengths[-1] == 48 and data.dropped["truncated (kept)"] == 1
 
@@ -46,7 +47,7 @@ def test_sample_left_without_trained_tokens_is_dropped(tmp_path, qwen3_tokenizer
     cfg = DataConfig(
         datasets=[{"path": str(path)}], max_length=32, truncation="truncate", cache_dir=str(tmp_path / "cache")
     )
-    data = prepare(cfg, qwen3_tokenizer, log=lambda *_: None)
+    data = prepare(cfg, qwen3_tokenizer, log=lambda *_: None, objective=SFT)
     assert len(data.train) == 1 and data.dropped["no_trained_token"] == 1
     assert any(label != IGNORE for label in data.train[0]["labels"])
 
@@ -54,16 +55,16 @@ def test_sample_left_without_trained_tokens_is_dropped(tmp_path, qwen3_tokenizer
 @needs_assets
 def test_tokenized_cache_is_reused_and_keyed_by_settings(tmp_path, qwen3_tokenizer, monkeypatch):
     cfg = _data(tmp_path)
-    first = prepare(cfg, qwen3_tokenizer, log=lambda *_: None)
+    first = prepare(cfg, qwen3_tokenizer, log=lambda *_: None, objective=SFT)
 
     def no_rendering(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(prepare_module, "render", no_rendering)
-    again = prepare(cfg, qwen3_tokenizer, log=lambda *_: None)
+    again = prepare(cfg, qwen3_tokenizer, log=lambda *_: None, objective=SFT)
     assert again.train["input_ids"] == first.train["input_ids"]
     with pytest.raises(AssertionError, match="cache should have been used"):
-        prepare(_data(tmp_path, thinking="keep_empty"), qwen3_tokenizer, log=lambda *_: None)
+        prepare(_data(tmp_path, thinking="keep_empty"), qwen3_tokenizer, log=lambda *_: None, objective=SFT)
 
 
 def _lengths_data(tmp_path, long_answers: list[int], truncation: str = "drop") -> DataConfig:
@@ -88,7 +89,7 @@ def test_large_max_length_cut_warns_with_the_length_that_keeps_95_percent(
     tmp_path, qwen3_tokenizer, truncation, action, kept
 ):
     lines = []
-    data = prepare(_lengths_data(tmp_path, [60, 80], truncation), qwen3_tokenizer, log=lines.append)
+    data = prepare(_lengths_data(tmp_path, [60, 80], truncation), qwen3_tokenizer, log=lines.append, objective=SFT)
     assert len(data.train) == kept
     keeps_95 = _rendered_length(qwen3_tokenizer, " ".join(["answer"] * 60))  # the 19th shortest of 20
     assert keeps_95 > 48
@@ -99,6 +100,6 @@ def test_large_max_length_cut_warns_with_the_length_that_keeps_95_percent(
 @needs_assets
 def test_max_length_dropping_5_percent_does_not_warn(tmp_path, qwen3_tokenizer):
     lines = []
-    prepare(_lengths_data(tmp_path, [60]), qwen3_tokenizer, log=lines.append)
+    prepare(_lengths_data(tmp_path, [60]), qwen3_tokenizer, log=lines.append, objective=SFT)
     assert "data: too long: 1" in lines
     assert [line for line in lines if line.startswith("warning:")] == []

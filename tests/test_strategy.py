@@ -8,7 +8,7 @@ import pytest
 
 from tuneforge.config import DistributedConfig
 from tuneforge.errors import UserError
-from tuneforge.train.strategy import Strategy
+from tuneforge.strategy import Strategy
 
 
 def strategy(world_size: int = 1, **dist) -> Strategy:

@@ -405,6 +405,29 @@ def test_preview_marks_the_trained_tokens_and_estimate_counts_the_steps(tiny_qwe
         config_from_yaml(text.replace("data:", "data: [", 1))
 
 
+@needs_assets
+def test_preview_of_the_shipped_dpo_example_shows_both_answers_of_each_pair(tiny_qwen3_dir, tmp_path):
+    """Issue 22: Preview prepared every config as sft, so it refused each preference config."""
+    from tuneforge.webui.train_tab import preview_html
+
+    raw = yaml.safe_load((ROOT / "examples" / "qwen3-8b-dpo-lora.yaml").read_text(encoding="utf-8"))
+    raw["model"]["name_or_path"] = str(tiny_qwen3_dir)
+    # The example's hub set in its layout (the local demo file is its 300-pair excerpt), no SFT run to continue.
+    raw["data"]["datasets"] = [{"path": str(DATA_DIR / "dpo_en_demo.json"), "format": "ranking", "max_samples": 40}]
+    raw["data"]["cache_dir"] = str(tmp_path / "cache")
+    del raw["method"]["adapter"]
+    shown = preview_html(schema.dump_yaml(raw))
+    blocks = shown.split("<h4>sample ")[1:]
+    assert [b.split(":")[0] for b in blocks] == [f"{i} {side}" for i in range(3) for side in ("chosen", "rejected")]
+    for chosen, rejected in zip(blocks[::2], blocks[1::2]):
+        # Both answers follow the same untrained prompt; each is trained through its end-of-turn marker.
+        prompt = chosen.split('<span class="trained">')[0].split("<pre class='sample'>")[1]
+        assert prompt.startswith('<span class="prompt">&lt;|im_start|&gt;user\n')
+        assert rejected.split("<pre class='sample'>")[1].startswith(prompt)
+        for block in chosen, rejected:
+            assert block.split('<span class="trained">')[1].split("</span>")[0].endswith("&lt;|im_end|&gt;")
+
+
 # --- a served UI: authentication, and the browser end to end -------------------------------------------------
 
 

@@ -243,14 +243,16 @@ def _prepared(config: Path, overrides: list[str] | None, split: str):
     from tuneforge.config import load_config
     from tuneforge.data.prepare import prepare
     from tuneforge.model.load import load_tokenizer
+    from tuneforge.objective import Objective
 
     cfg = load_config(config, overrides)
     tokenizer = load_tokenizer(cfg.model)
-    data = prepare(cfg.data, tokenizer, log=_console().print, objective=cfg.method.objective)
+    objective = Objective.of(cfg.method)
+    data = prepare(cfg.data, tokenizer, log=_console().print, objective=objective)
     dataset = data.train if split == "train" else data.validation
     if dataset is None:
         raise UserError("data.val_size: the validation split is empty; set data.val_size to make one")
-    return dataset, tokenizer
+    return dataset, tokenizer, objective
 
 
 @data_app.command("render")
@@ -270,9 +272,9 @@ def data_render(
     from tuneforge.io import atomic_write_text, check_writable
 
     check_writable(out, "--out", folder=False)
-    dataset, _ = _prepared(config, overrides, split)
+    dataset, _, objective = _prepared(config, overrides, split)
     rows = dataset.select(range(min(limit or len(dataset), len(dataset))))
-    lines = (json.dumps(rendered_record(r)) for r in rows)
+    lines = (json.dumps(rendered_record(r, objective)) for r in rows)
     atomic_write_text(out, "".join(line + "\n" for line in lines))
     typer.echo(f"wrote {len(rows)} samples to {out}")
 
@@ -288,8 +290,8 @@ def data_preview(
     """Show samples with the trained tokens highlighted (both answers of a pair), and a token-length summary."""
     from tuneforge.data.preview import preview
 
-    dataset, tokenizer = _prepared(config, overrides, split)
-    preview(dataset, tokenizer, count, _console())
+    dataset, tokenizer, objective = _prepared(config, overrides, split)
+    preview(dataset, tokenizer, count, _console(), objective)
 
 
 @app.command()

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tuneforge.errors import UserError
+from tuneforge.objective import Objective, ObjectiveName
 
 
 class Section(BaseModel):
@@ -125,7 +126,7 @@ class MethodConfig(Section):
         description="lora / qlora: a LoRA adapter folder, or a finished LoRA run folder, to continue training (its "
         "rank, alpha and target modules apply); a preference objective's reference is then this adapter as loaded.",
     )
-    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+    objective: ObjectiveName = Field(
         "sft",
         description="sft: next-token loss on conversations; dpo, orpo, simpo: preference pairs (chosen/rejected "
         "answers); kto: answers labelled desirable or undesirable.",
@@ -241,13 +242,12 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_field_checks(self) -> Config:
         """Keys that are valid alone but contradict each other (or transformers) together."""
-        problems = _method_key_problems(self.method) + _objective_key_problems(self.method)
+        objective = Objective.of(self.method)
+        problems = _method_key_problems(self.method)
+        problems += _ignored_keys(self.method, objective.ignored_keys(), "objective", objective.name)
         problems += _train_problems(self.train)
-        if self.method.objective == "kto" and self.train.per_device_batch_size < 2:
-            problems.append(
-                "train.per_device_batch_size: kto estimates its KL term from the other answers of a batch, so it "
-                f"needs at least 2 (got {self.train.per_device_batch_size}); set train.per_device_batch_size: 2 or more"
-            )
+        if problem := objective.batch_problem(self.train.per_device_batch_size):
+            problems.append(problem)
         if self.train.eval_steps is not None and self.data.val_size == 0:
             problems.append(
                 f"train.eval_steps: {self.train.eval_steps} needs a validation split; set data.val_size "
@@ -261,21 +261,6 @@ class Config(Section):
 # Keys that only the LoRA methods (and, for the second set, only qlora) read; a continued adapter brings its own.
 LORA_KEYS = ("rank", "alpha", "dropout", "target_modules", "use_rslora", "use_dora", "modules_to_save")
 QUANT_KEYS = ("bits", "quant_type", "double_quant", "quant_storage")
-# The preference keys each objective reads.
-OBJECTIVE_KEYS = {
-    "sft": (),
-    "dpo": ("beta", "dpo_loss", "reference"),
-    "orpo": ("beta",),
-    "simpo": ("beta", "simpo_gamma"),
-    "kto": ("beta", "reference", "desirable_weight", "undesirable_weight"),
-}
-
-
-def _objective_key_problems(method: MethodConfig) -> list[str]:
-    """Preference keys set for an objective that ignores them (beta under sft)."""
-    read = OBJECTIVE_KEYS[method.objective]
-    keys = [k for k in sorted({k for ks in OBJECTIVE_KEYS.values() for k in ks}) if k not in read]
-    return _ignored_keys(method, keys, "objective", method.objective)
 
 
 def _method_key_problems(method: MethodConfig) -> list[str]:

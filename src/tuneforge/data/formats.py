@@ -76,10 +76,16 @@ DETECTION_ORDER = (
     "alpaca",
     "query_response",
 )
-# The formats of each kind of sample: conversations (sft), pairs (dpo, orpo, simpo), labelled answers (kto).
+# The formats holding each kind of sample an objective trains on (objective.py `Sample`).
 PAIRWISE_FORMATS = ("ranking", "messages_preference", "preference")
 UNPAIRED_FORMATS = ("kto",)
 SFT_FORMATS = tuple(f for f in DETECTION_ORDER if f not in PAIRWISE_FORMATS + UNPAIRED_FORMATS)
+FORMATS: dict[str, tuple[str, ...]] = {
+    "conversation": SFT_FORMATS,
+    "pair": PAIRWISE_FORMATS,
+    "labelled": UNPAIRED_FORMATS,
+}
+SAMPLE_OF = {fmt: sample for sample, formats in FORMATS.items() for fmt in formats}
 
 SHAREGPT_ROLES = {
     "human": "user",

@@ -16,6 +16,7 @@ from tuneforge.data.render import IGNORE, render, render_preference
 from tuneforge.data.sources import Sample, build_conversations
 from tuneforge.errors import UserError
 from tuneforge.io import check_writable
+from tuneforge.objective import Objective
 from tuneforge.quiet import no_datasets_bars
 
 # Bump when rendering or truncation changes, so old caches are not reused.
@@ -83,7 +84,7 @@ def _tokenize_preference_batch(batch: dict[str, list], tokenizer, cfg: DataConfi
     return out
 
 
-def tokenize(convs: list[Sample], tokenizer, cfg: DataConfig, cache_root: Path, split: str):
+def tokenize(convs: list[Sample], tokenizer, cfg: DataConfig, cache_root: Path, split: str, objective: Objective):
     """Render and tokenize conversations or preference samples (several processes for big sets), reusing the cache."""
     import datasets
 
@@ -92,9 +93,8 @@ def tokenize(convs: list[Sample], tokenizer, cfg: DataConfig, cache_root: Path, 
         return datasets.load_from_disk(str(path))
     raw = datasets.Dataset.from_dict({"conversation": [c.to_json() for c in convs]})
     num_proc = cfg.num_proc or (min(os.cpu_count() or 1, 8) if len(convs) > MULTIPROCESS_ABOVE else None)
-    preference = bool(convs) and isinstance(convs[0], Preference)
     tokenized = raw.map(
-        _tokenize_preference_batch if preference else _tokenize_batch,
+        _tokenize_batch if objective.sample == "conversation" else _tokenize_preference_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer, "cfg": cfg},
         remove_columns=["conversation"],
@@ -113,7 +113,7 @@ def tokenize(convs: list[Sample], tokenizer, cfg: DataConfig, cache_root: Path, 
     return datasets.load_from_disk(str(path))
 
 
-def _keep_ok(ds, dropped: Counter, lengths: list[int]):
+def _keep_ok(ds, dropped: Counter, lengths: list[int], objective: Objective):
     statuses = Counter(ds["status"])
     lengths += ds["length"]
     dropped.update({k: v for k, v in statuses.items() if k not in ("ok", "truncated")})
@@ -122,7 +122,7 @@ def _keep_ok(ds, dropped: Counter, lengths: list[int]):
     with no_datasets_bars():
         kept = ds.filter(lambda s: s in ("ok", "truncated"), input_columns="status")
     # Preference pairs keep `length` (prompt + longer answer): the Trainer's group_by_length sampler reads it there.
-    return kept.remove_columns(["status"] if "prompt_ids" in ds.column_names else ["status", "length"])
+    return kept.remove_columns(["status", "length"] if objective.sample == "conversation" else ["status"])
 
 
 def _warn_over_length(lengths: list[int], cfg: DataConfig, log) -> None:
@@ -138,9 +138,9 @@ def _warn_over_length(lengths: list[int], cfg: DataConfig, log) -> None:
     )
 
 
-def _lengths(ds) -> list[int]:
+def _lengths(ds, objective: Objective) -> list[int]:
     """Tokens per sample (a preference sample: its prompt and both answers)."""
-    if "input_ids" in ds.column_names:
+    if objective.sample == "conversation":
         return [len(x) for x in ds["input_ids"]]
     return [sum(map(len, row)) for row in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
 
@@ -151,6 +151,12 @@ def _has_reasoning(sample: Sample) -> bool:
     return sample.has_reasoning
 
 
+def widest_rows(ds, objective: Objective) -> list[int]:
+    """Per prepared sample, the widest row the trainer builds from it (a preference sample: the prompt with its
+    longer answer, kept in `length`)."""
+    return [len(ids) for ids in ds["input_ids"]] if objective.sample == "conversation" else list(ds["length"])
+
+
 def check_data_cache(cfg: DataConfig) -> Path:
     """The folder of the tokenized cache, checked writable (`datasets` fails there with a traceback otherwise)."""
     cache_root = Path(cfg.cache_dir or Path.home() / ".cache" / "tuneforge" / "data")
@@ -158,17 +164,18 @@ def check_data_cache(cfg: DataConfig) -> Path:
     return cache_root
 
 
-def prepare(cfg: DataConfig, tokenizer, log=print, objective: str = "sft") -> Prepared:
-    """Load, convert, mix, split, render and tokenize; drop and count samples that cannot be trained."""
+def prepare(cfg: DataConfig, tokenizer, log=print, *, objective: Objective) -> Prepared:
+    """Load, convert, mix, split, render and tokenize for `objective`; drop and count samples that cannot be trained."""
     cache_root = check_data_cache(cfg)
-    train_convs, val_convs = build_conversations(cfg, log, objective)
+    train_convs, val_convs = build_conversations(cfg, log, objective=objective)
     reasoning = sum(_has_reasoning(conv) for conv in train_convs)
     prepared = Prepared(None, None, with_reasoning=reasoning, without_reasoning=len(train_convs) - reasoning)
     lengths: list[int] = []
-    prepared.train = _keep_ok(tokenize(train_convs, tokenizer, cfg, cache_root, "train"), prepared.dropped, lengths)
+    train = tokenize(train_convs, tokenizer, cfg, cache_root, "train", objective)
+    prepared.train = _keep_ok(train, prepared.dropped, lengths, objective)
     if val_convs:
-        validation = tokenize(val_convs, tokenizer, cfg, cache_root, "validation")
-        prepared.validation = _keep_ok(validation, prepared.dropped, lengths)
+        validation = tokenize(val_convs, tokenizer, cfg, cache_root, "validation", objective)
+        prepared.validation = _keep_ok(validation, prepared.dropped, lengths, objective)
     if prepared.dropped:
         log("data: " + ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in sorted(prepared.dropped.items())))
     _warn_over_length(lengths, cfg, log)
@@ -179,7 +186,7 @@ def prepare(cfg: DataConfig, tokenizer, log=print, objective: str = "sft") -> Pr
             else "no sample has a trained token"
         )
         raise UserError(f"data: no training samples left: {reason}")
-    lengths = _lengths(prepared.train)
+    lengths = _lengths(prepared.train, objective)
     log(
         f"data: {len(lengths)} training samples, {sum(lengths)} tokens, longest {max(lengths)}, "
         f"mean {sum(lengths) / len(lengths):.0f}"

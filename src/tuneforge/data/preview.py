@@ -6,7 +6,9 @@ from __future__ import annotations
 from statistics import mean, median
 from typing import Any
 
+from tuneforge.data.prepare import widest_rows
 from tuneforge.data.render import IGNORE
+from tuneforge.objective import Objective
 
 
 def trained_segments(input_ids: list[int], labels: list[int], tokenizer) -> list[tuple[str, bool]]:
@@ -21,13 +23,13 @@ def trained_segments(input_ids: list[int], labels: list[int], tokenizer) -> list
     return [(tokenizer.decode(ids), trained) for ids, trained in runs]
 
 
-def sides(row: dict[str, Any]) -> dict[str, tuple[list[int], list[int]]]:
+def sides(row: dict[str, Any], objective: Objective) -> dict[str, tuple[list[int], list[int]]]:
     """A prepared sample's rows as {name: (input_ids, labels)}: an SFT sample's one row (name ""), a pair's chosen and
     rejected rows, or a KTO answer's row named by its label (desirable / undesirable)."""
-    if "input_ids" in row:
+    if objective.sample == "conversation":
         return {"": (row["input_ids"], row["labels"])}
     present = [side for side in ("chosen", "rejected") if row[f"{side}_ids"]]
-    names = present if len(present) == 2 else ["desirable" if present == ["chosen"] else "undesirable"]
+    names = present if objective.sample == "pair" else ["desirable" if present == ["chosen"] else "undesirable"]
     out = {}
     for name, side in zip(names, present):
         answer, trained = row[f"{side}_ids"], row[f"{side}_trained"]
@@ -36,23 +38,23 @@ def sides(row: dict[str, Any]) -> dict[str, tuple[list[int], list[int]]]:
     return out
 
 
-def rendered_record(row: dict[str, Any]) -> dict[str, Any]:
+def rendered_record(row: dict[str, Any], objective: Objective) -> dict[str, Any]:
     """One `data render` line: {input_ids, labels}; a pair: {chosen: {...}, rejected: {...}}; KTO: label added."""
-    rows = {name: {"input_ids": ids, "labels": labels} for name, (ids, labels) in sides(row).items()}
-    if "" in rows:
+    rows = {name: {"input_ids": ids, "labels": labels} for name, (ids, labels) in sides(row, objective).items()}
+    if objective.sample == "conversation":
         return rows[""]
-    if len(rows) == 2:
+    if objective.sample == "pair":
         return rows
     [(name, record)] = rows.items()
     return {"label": name == "desirable", **record}
 
 
-def preview(dataset, tokenizer, count: int, console) -> None:
+def preview(dataset, tokenizer, count: int, console, objective: Objective) -> None:
     """Print `count` samples (trained text in green; both answers of a pair) and the length distribution."""
     from rich.text import Text
 
     for i in range(min(count, len(dataset))):
-        for name, (ids, labels) in sides(dataset[i]).items():
+        for name, (ids, labels) in sides(dataset[i], objective).items():
             trained = sum(label != IGNORE for label in labels)
             side = f" {name}" + (f" (label {name == 'desirable'})" if name in ("desirable", "undesirable") else "")
             console.rule(f"sample {i}{side if name else ''}: {len(ids)} tokens, {trained} trained")
@@ -60,9 +62,7 @@ def preview(dataset, tokenizer, count: int, console) -> None:
             for chunk, is_trained in trained_segments(ids, labels, tokenizer):
                 text.append(chunk, style="bold green" if is_trained else "dim")
             console.print(text)
-    # A preference sample's length: its prompt with the longer answer (the longest row the trainer builds).
-    preference = "input_ids" not in dataset.column_names
-    lengths = sorted(dataset["length"] if preference else (len(ids) for ids in dataset["input_ids"]))
+    lengths = sorted(widest_rows(dataset, objective))  # a pair: its prompt with the longer answer
     p95 = lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))]
     console.rule("token lengths")
     console.print(

@@ -18,9 +18,9 @@ from typing import Any
 from tuneforge.config import DataConfig, DatasetConfig, looks_like_path, not_found
 from tuneforge.data.conversation import Conversation, Message, Preference
 from tuneforge.data.formats import (
-    PAIRWISE_FORMATS,
+    FORMATS,
+    SAMPLE_OF,
     SFT_FORMATS,
-    UNPAIRED_FORMATS,
     RecordError,
     detect_format,
     fill_placeholders,
@@ -29,6 +29,7 @@ from tuneforge.data.formats import (
     unfilled_placeholders,
 )
 from tuneforge.errors import UserError, unreadable
+from tuneforge.objective import SFT, Objective, trained_on
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
@@ -166,25 +167,14 @@ def raw_records(ds: DatasetConfig) -> Iterator[Located]:
 
 # A sample is a Conversation (sft) or a Preference (pairwise or unpaired preference objectives).
 Sample = Conversation | Preference
-# The formats each method.objective trains on, and what they hold (for the error when they do not match).
-OBJECTIVE_FORMATS = {
-    "sft": SFT_FORMATS,
-    **dict.fromkeys(("dpo", "orpo", "simpo"), PAIRWISE_FORMATS),
-    "kto": UNPAIRED_FORMATS,
-}
-FORMAT_KIND = {
-    **dict.fromkeys(SFT_FORMATS, "conversations (sft)"),
-    **dict.fromkeys(PAIRWISE_FORMATS, "chosen/rejected pairs (dpo, orpo, simpo)"),
-    **dict.fromkeys(UNPAIRED_FORMATS, "labelled answers (kto)"),
-}
 
 
-def _check_objective(fmt: str, objective: str, where: str) -> None:
-    if fmt not in OBJECTIVE_FORMATS[objective]:
+def _check_objective(fmt: str, objective: Objective, where: str) -> None:
+    if SAMPLE_OF[fmt] != objective.sample:
         raise UserError(
-            f"{where}: format '{fmt}' holds {FORMAT_KIND[fmt]}, but method.objective: {objective} trains on "
-            f"{FORMAT_KIND[OBJECTIVE_FORMATS[objective][0]]}; change method.objective or use one of the formats "
-            f"{', '.join(OBJECTIVE_FORMATS[objective])}"
+            f"{where}: format '{fmt}' holds {trained_on(SAMPLE_OF[fmt])}, but method.objective: {objective.name} "
+            f"trains on {trained_on(objective.sample)}; change method.objective or use one of the formats "
+            f"{', '.join(FORMATS[objective.sample])}"
         )
 
 
@@ -196,7 +186,7 @@ def messages_view(sample: Sample) -> Conversation:
     return Conversation([*sample.prompt.messages, *answers])
 
 
-def load_conversations(ds: DatasetConfig, log=print, objective: str = "sft") -> list[Sample]:
+def load_conversations(ds: DatasetConfig, log=print, objective: Objective = SFT) -> list[Sample]:
     """Load and convert one dataset; `format: auto` detects the layout from the first record."""
     fmt = ds.format
     out: list[Sample] = []
@@ -208,7 +198,7 @@ def load_conversations(ds: DatasetConfig, log=print, objective: str = "sft") -> 
                 keys = sorted(item.record) if isinstance(item.record, dict) else type(item.record).__name__
                 raise UserError(
                     f"{item.where}: cannot detect the data format from columns {keys}; set format: to one of "
-                    f"{', '.join(OBJECTIVE_FORMATS[objective])} (and columns: to map names)"
+                    f"{', '.join(FORMATS[objective.sample])} (and columns: to map names)"
                 )
             log(f"{ds.path}: format auto → {fmt}")
             _check_objective(fmt, objective, item.where)
@@ -263,8 +253,8 @@ def split(convs: list[Sample], val_size: float, seed: int) -> tuple[list[Sample]
     return [c for i, c in enumerate(convs) if i not in val], [c for i, c in enumerate(convs) if i in val]
 
 
-def build_conversations(cfg: DataConfig, log=print, objective: str = "sft") -> tuple[list[Sample], list[Sample]]:
-    """All configured datasets loaded, capped, mixed and split: (train, validation)."""
+def build_conversations(cfg: DataConfig, log=print, *, objective: Objective) -> tuple[list[Sample], list[Sample]]:
+    """All configured datasets loaded, capped, mixed and split: (train, validation), as `objective` trains on them."""
     parts = []
     for ds in cfg.datasets:
         convs = load_conversations(ds, log, objective)

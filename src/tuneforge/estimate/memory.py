@@ -39,7 +39,8 @@ from typing import Any
 from tuneforge.config import Config, DistributedConfig, MethodConfig, ModelConfig, TrainConfig
 from tuneforge.errors import UserError
 from tuneforge.estimate.checkpoint import Experts, SavedQuantization, experts, saved_quantization, skipped
-from tuneforge.train.strategy import Strategy
+from tuneforge.objective import Objective
+from tuneforge.strategy import Strategy
 
 GIB = 2**30
 FP32 = 4
@@ -360,15 +361,14 @@ def _layer_bytes(job: Job, rows: int, width: int) -> float:
     return rows * width * per_token + scores
 
 
-# Rows the model runs with gradients per sample, for the objectives where it is not one.
-ROWS_PER_SAMPLE = {"dpo": 2, "orpo": 2, "simpo": 2}
-# The loss buffer each preference objective's TRL trainer builds (see the module docstring).
-OBJECTIVE_LOSS = {"dpo": "chunked", "kto": "chunked", "orpo": "standard", "simpo": "standard"}
-
-
 def _rows(job: Job) -> int:
     """Rows of one micro-batch that autograd keeps: per_device_batch_size samples, two rows per pair."""
-    return job.train.per_device_batch_size * ROWS_PER_SAMPLE.get(job.method.objective, 1)
+    return job.train.per_device_batch_size * Objective.of(job.method).rows_per_sample
+
+
+def _loss_buffer(job: Job) -> str:
+    """The logits buffer the trainer builds: the objective's TRL trainer's (module docstring), else train.loss."""
+    return Objective.of(job.method).loss_buffer or job.train.loss
 
 
 def _activations(job: Job) -> float:
@@ -390,7 +390,7 @@ def _loss(job: Job, trainable_head: bool) -> float:
     s, b = job.shape, job.dtype_bytes
     tokens = _rows(job) * job.max_length
     head_grad = FP32 * s.vocab * s.hidden if trainable_head else 0
-    if OBJECTIVE_LOSS.get(job.method.objective, job.train.loss) == "standard":
+    if _loss_buffer(job) == "standard":
         # Logits in the model dtype (kept in the output), their fp32 copy, log-softmax and its gradient in fp32.
         copies = 3 if b == FP32 else 4
         return tokens * s.vocab * (b + FP32 * (copies - 1)) + head_grad
@@ -456,7 +456,7 @@ def estimate(job: Job) -> Estimate:
         "activations": _activations(job),
         "logits / loss": _loss(job, full_head),
     }
-    if job.method.objective in ("dpo", "kto"):
+    if Objective.of(job.method).reference:
         parts["reference"] = _reference(job, lora)
     est = Estimate(job, parts, notes, offloaded)
     if job.device == "cuda":
@@ -469,8 +469,7 @@ def estimate(job: Job) -> Estimate:
         f"{_rows(job)} × {job.max_length} tokens, checkpointing "
         f"{'on' if job.train.gradient_checkpointing else 'off'}, attention {job.model.attn}"
     )
-    loss = OBJECTIVE_LOSS.get(job.method.objective, job.train.loss)
-    notes["logits / loss"] = "full logits (standard)" if loss == "standard" else "chunked over the vocab"
+    notes["logits / loss"] = "full logits (standard)" if _loss_buffer(job) == "standard" else "chunked over the vocab"
     notes["optimizer step"] = "the total counts the larger of activations + logits/loss and gradients + this"
     return est
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneforge.config import Config, TrainConfig
+from tuneforge.objective import Objective
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,13 @@ def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
     from tuneforge.data.prepare import prepare
     from tuneforge.model.load import load_tokenizer
 
-    return steps_of(cfg, prepare(cfg.data, load_tokenizer(cfg.model), log, cfg.method.objective).train)
+    objective = Objective.of(cfg.method)
+    return steps_of(cfg, prepare(cfg.data, load_tokenizer(cfg.model), log, objective=objective).train)
 
 
 def steps_of(cfg: Config, train: Any) -> StepPlan:
-    """The run's optimizer steps over `train`, its prepared training set (rows of `input_ids`, or preference samples
-    whose `length` is their prompt with the longer answer: the widest row the trainer builds)."""
-    longest = max(train["length"]) if "prompt_ids" in train.column_names else max(map(len, train["input_ids"]))
+    """The run's optimizer steps over `train`, its prepared training set; `longest` is its widest row."""
+    from tuneforge.data.prepare import widest_rows
+
+    longest = max(widest_rows(train, Objective.of(cfg.method)))
     return count_steps(len(train), cfg.train, cfg.distributed.nproc * cfg.distributed.nnodes, longest)

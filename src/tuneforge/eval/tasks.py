@@ -15,16 +15,18 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneforge.data.conversation import Conversation, Message, ToolCall
+from tuneforge.data.conversation import Conversation, Message, Preference, ToolCall
 from tuneforge.errors import UserError
 from tuneforge.eval import metrics
 from tuneforge.eval.extract import CORRECT, TRUNCATED, extract_choice, gsm8k_gold, outcome, split_answer
 from tuneforge.eval.suite import TaskConfig
 from tuneforge.infer.backend import ChatResult, SamplingParams
 from tuneforge.infer.cache import ItemCache
+from tuneforge.objective import SFT, Objective
 
 if TYPE_CHECKING:
     from tuneforge.config import Config
@@ -80,12 +82,12 @@ def task_path(task: TaskConfig, ctx: Context) -> Path:
     return path
 
 
-def conversations_of(task: TaskConfig, ctx: Context) -> list[Conversation]:
+def conversations_of(task: TaskConfig, ctx: Context, objective: Objective = SFT) -> list[Conversation | Preference]:
     from tuneforge.config import DatasetConfig
     from tuneforge.data.sources import load_conversations
 
     dataset = DatasetConfig(path=str(task_path(task, ctx)), format=task.format, placeholders=_placeholders(task, ctx))
-    return load_conversations(dataset, log=lambda *_: None)
+    return load_conversations(dataset, log=lambda *_: None, objective=objective)
 
 
 def _placeholders(task: TaskConfig, ctx: Context) -> dict[str, str]:
@@ -100,38 +102,58 @@ def _placeholders(task: TaskConfig, ctx: Context) -> dict[str, str]:
 # --- held-out loss ---------------------------------------------------------------------------------------------
 
 
+def _token_logprobs(ctx: Context, name: str, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+    """Each continuation token's log-probability under model `name`, given its prefix (cached per item)."""
+    return ctx.cache.map(
+        "token_logprobs",
+        [(name, {"ids": pair}) for pair in pairs],
+        lambda todo: ctx.engine.score_ids([pairs[i] for i in todo], model=name),
+    )
+
+
 def _loss(task: TaskConfig, ctx: Context) -> list[Row]:
-    """Token-level loss on held-out conversations, rendered and masked exactly as training does (no generation)."""
+    """Token-level loss on held-out conversations, rendered and masked exactly as training does (no generation); a
+    preference run's held-out pairs get its objective's loss and rewards instead (eval/preference.py)."""
     from tuneforge.data.render import IGNORE, render
     from tuneforge.data.sources import build_conversations
 
     data = ctx.run_config.data if ctx.run_config else None
+    objective = Objective.of(ctx.run_config.method) if ctx.run_config else SFT
     if task.path is not None:
-        convs = conversations_of(task, ctx)
+        convs = conversations_of(task, ctx, objective)
     elif data is not None and data.val_size > 0:
-        convs = build_conversations(data, log=lambda *_: None)[1]
+        convs = build_conversations(data, log=lambda *_: None, objective=objective)[1]
     else:
         raise UserError(
             f"task {task.name}: no held-out data: the run has no validation split (data.val_size); set path: "
             "to a data file in the suite"
         )
     thinking, train_on = (data.thinking, data.train_on) if data else ("auto", "all_turns")
+    if objective.reward is not None:
+        return _preference_loss(task, ctx, limited(convs, task, ctx), objective, thinking)
     rendered = [render(conv, ctx.engine.tokenizer, thinking, train_on) for conv in limited(convs, task, ctx)]
     rendered = [r for r in rendered if any(label != IGNORE for label in r.labels[1:])]
     pairs = [(r.input_ids[:1], r.input_ids[1:]) for r in rendered]
     rows = []
     for role, name in ctx.models.items():
-        scores = ctx.cache.map(
-            "token_logprobs",
-            [(name, {"ids": pair}) for pair in pairs],
-            lambda todo, name=name: ctx.engine.score_ids([pairs[i] for i in todo], model=name),
-        )
+        scores = _token_logprobs(ctx, name, pairs)
         for i, (r, logprobs) in enumerate(zip(rendered, scores)):
             trained = [lp for lp, label in zip(logprobs, r.labels[1:]) if label != IGNORE]
             loss = -sum(trained) / len(trained)
             row = Row(task.name, str(i), role, r.text, None, score={"loss": loss}, weight=len(trained))
             rows.append(row)
     return rows
+
+
+def _preference_loss(
+    task: TaskConfig, ctx: Context, samples: list[Preference], objective: Objective, thinking: str
+) -> list[Row]:
+    from tuneforge.eval.preference import preference_scores
+
+    method = ctx.run_config.method  # a preference objective comes from a run's config
+    logprobs = partial(_token_logprobs, ctx)
+    scores = preference_scores(samples, objective, method, ctx.engine.tokenizer, thinking, ctx.models, logprobs)
+    return [Row(task.name, str(i), role, text, None, score=score) for i, role, text, score in scores]
 
 
 def perplexity(loss: float) -> float:

@@ -14,16 +14,16 @@ has no 16-bit weights, so its adapters merge onto the dequantized ones.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneforge.config import MethodConfig, ModelConfig
-from tuneforge.errors import UserError, unreadable
+from tuneforge.errors import UserError
 from tuneforge.export import interrupt_as_user_error, refuse_existing
 from tuneforge.io import atomic_dir
+from tuneforge.model.adapters import check_adapter_fits
 from tuneforge.rundir import Run
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def merge_adapter(
             f"--onto 16bit: the base {base.name_or_path} is pre-quantized and has no 16-bit weights; "
             "use --onto dequantized, or --model with its 16-bit original"
         )
-    _check_adapter_fits(trained_on, adapter, base.name_or_path)
+    check_adapter_fits(trained_on, adapter, base.name_or_path)
     loaded = _packed_as_loaded(trained_on) if quantized else []  # before any forward: what dequantizing reads
     _compute_as_in_training(trained_on)
     adapted = PeftModel.from_pretrained(trained_on, str(adapter)).eval()
@@ -299,60 +299,6 @@ def _logits(model: nn.Module, prompts: list[torch.Tensor]) -> list[torch.Tensor]
 def _max_diff(model: nn.Module, prompts: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
     """Largest absolute logit difference between `model` and the `reference` logits over all prompts."""
     return max((got - want).abs().max().item() for got, want in zip(_logits(model, prompts), reference))
-
-
-def _check_adapter_fits(model: PreTrainedModel, adapter: Path, base_name: str) -> None:
-    """Every adapter tensor must land on a base module of the right shape.
-
-    peft raises a wall of text on shape mismatches and silently skips tensors whose module is missing
-    (an adapter from a deeper model), so we check first and say it in one line.
-    """
-    from safetensors import SafetensorError, safe_open
-
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{adapter}: no adapter_model.safetensors")
-    problems = []
-    fix = "copy the adapter again, or train it again"
-    with unreadable(weights, "safetensors file", fix, SafetensorError), safe_open(weights, "pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open has keys() but is not iterable
-            name = key.removeprefix("base_model.model.")
-            shape = tuple(f.get_slice(key).get_shape())
-            expected = _expected_shape(model, name, shape)
-            if expected != shape:
-                problems.append(f"{name} is {shape}, the base needs {expected}" if expected else f"{name} has no place")
-    if problems:
-        trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise UserError(
-            f"{adapter}: this adapter was trained for a different base than {base_name} "
-            f"(it names {trained_on}): {problems[0]}{more}"
-        )
-
-
-def _expected_shape(model: PreTrainedModel, name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The shape `name` must have to fit `model`, or None where the model has no such module."""
-    module_path, lora, rest = name.partition(".lora_")
-    if not lora:  # a module trained in full beside LoRA (modules_to_save)
-        param = dict(model.named_parameters()).get(name)
-        return None if param is None else tuple(param.shape)
-    try:
-        module = model.get_submodule(module_path)
-    except AttributeError:
-        return None
-    fan_in, fan_out = _fans(module)
-    kind = rest.split(".")[0]  # A, B, embedding_A, embedding_B, magnitude_vector (DoRA)
-    if kind.endswith("A"):
-        return (shape[0], fan_in)
-    if kind.endswith("B"):
-        return (fan_out, shape[1])
-    return (fan_out,)
-
-
-def _fans(module: nn.Module) -> tuple[int, int]:
-    if hasattr(module, "num_embeddings"):
-        return module.num_embeddings, module.embedding_dim
-    return module.in_features, module.out_features
 
 
 def _chat_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:

@@ -10,6 +10,7 @@ from tuneforge.config import Config
 from tuneforge.data.conversation import Conversation, Preference
 from tuneforge.errors import UserError
 from tuneforge.importers.report import DatasetCheck, ImportReport
+from tuneforge.objective import Objective
 
 IGNORE_LABEL = -100
 
@@ -62,7 +63,7 @@ def check_dataset(cfg: Config, index: int, tokenizer, report: ImportReport, lf_t
         check.notes.append(f"not checked: not a local file here (`tuneforge download {ds.path} --kind dataset`)")
         return
     try:
-        samples = load_conversations(ds, log=check.notes.append, objective=cfg.method.objective)
+        samples = load_conversations(ds, log=check.notes.append, objective=Objective.of(cfg.method))
     except UserError as exc:
         check.notes.append(f"does not load: {exc}")
         return

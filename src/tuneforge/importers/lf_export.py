@@ -282,7 +282,7 @@ def _model_and_output(cfg: Config, out: dict[str, Any], report: ImportReport) ->
     out["output_dir"], out["overwrite_output_dir"] = cfg.output.dir, cfg.output.overwrite
     dist = cfg.distributed
     if dist.strategy == "deepspeed":
-        from tuneforge.train.strategy import deepspeed_config
+        from tuneforge.strategy import deepspeed_config
 
         out["deepspeed"] = deepspeed_config(dist.deepspeed)
         report.add("distributed.deepspeed", dist.deepspeed, "mapped", "deepspeed", "tuneforge's JSON for it")

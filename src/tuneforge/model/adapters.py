@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneforge.config import MethodConfig, ModelConfig, not_found
-from tuneforge.errors import UserError
+from tuneforge.errors import UserError, unreadable
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel
 
 
 def is_quantized(model) -> bool:
@@ -81,9 +86,7 @@ def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
 
     skeleton = model_skeleton(model_cfg)  # raises for a missing config.json or a non-causal model
     if method.adapter is not None and method.type != "full":
-        from tuneforge.export.merge import _check_adapter_fits
-
-        _check_adapter_fits(skeleton, continued_adapter(method.adapter), model_cfg.name_or_path)
+        check_adapter_fits(skeleton, continued_adapter(method.adapter), model_cfg.name_or_path)
         return  # the adapter brings its own target modules
     if method.type == "full" or method.target_modules == "all-linear":
         return
@@ -108,3 +111,57 @@ def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
             f"method.target_modules: {', '.join(map(repr, unmatched))} matches no module of "
             f"{type(skeleton).__name__}; its linear layers are {', '.join(linear)} (or use all-linear)"
         )
+
+
+def check_adapter_fits(model: PreTrainedModel, adapter: Path, base_name: str) -> None:
+    """Every adapter tensor must land on a base module of the right shape (merge and a continued adapter check it).
+
+    peft raises a wall of text on shape mismatches and silently skips tensors whose module is missing
+    (an adapter from a deeper model), so we check first and say it in one line.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{adapter}: no adapter_model.safetensors")
+    problems = []
+    fix = "copy the adapter again, or train it again"
+    with unreadable(weights, "safetensors file", fix, SafetensorError), safe_open(weights, "pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has keys() but is not iterable
+            name = key.removeprefix("base_model.model.")
+            shape = tuple(f.get_slice(key).get_shape())
+            expected = _expected_shape(model, name, shape)
+            if expected != shape:
+                problems.append(f"{name} is {shape}, the base needs {expected}" if expected else f"{name} has no place")
+    if problems:
+        trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(
+            f"{adapter}: this adapter was trained for a different base than {base_name} "
+            f"(it names {trained_on}): {problems[0]}{more}"
+        )
+
+
+def _expected_shape(model: PreTrainedModel, name: str, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The shape `name` must have to fit `model`, or None where the model has no such module."""
+    module_path, lora, rest = name.partition(".lora_")
+    if not lora:  # a module trained in full beside LoRA (modules_to_save)
+        param = dict(model.named_parameters()).get(name)
+        return None if param is None else tuple(param.shape)
+    try:
+        module = model.get_submodule(module_path)
+    except AttributeError:
+        return None
+    fan_in, fan_out = _fans(module)
+    kind = rest.split(".")[0]  # A, B, embedding_A, embedding_B, magnitude_vector (DoRA)
+    if kind.endswith("A"):
+        return (shape[0], fan_in)
+    if kind.endswith("B"):
+        return (fan_out, shape[1])
+    return (fan_out,)
+
+
+def _fans(module: nn.Module) -> tuple[int, int]:
+    if hasattr(module, "num_embeddings"):
+        return module.num_embeddings, module.embedding_dim
+    return module.in_features, module.out_features

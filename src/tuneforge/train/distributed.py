@@ -17,7 +17,7 @@ from tuneforge.config import Config
 from tuneforge.errors import UserError
 
 if TYPE_CHECKING:
-    from tuneforge.train.strategy import Strategy
+    from tuneforge.strategy import Strategy
 
 # Processes start within seconds of each other; one that has not arrived by then has crashed.
 STARTUP_TIMEOUT = timedelta(minutes=5)

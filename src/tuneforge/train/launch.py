@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tuneforge.config import Config, DistributedConfig, load_config
 from tuneforge.errors import Interrupted, UserError
+from tuneforge.strategy import Strategy
 from tuneforge.train.distributed import Processes, agree, init_processes
-from tuneforge.train.strategy import Strategy
 
 # Node 0 of a multi-node run listens here unless told otherwise (torchrun's own default).
 MULTI_NODE_PORT = 29500

@@ -10,34 +10,32 @@ TRL re-tokenizes prompt and answers with its own logic, which splits Qwen3's thi
 | orpo | `trl.experimental.orpo.ORPOTrainer` | none |
 | simpo | `trl.experimental.cpo.CPOTrainer`, loss_type simpo, cpo_alpha 0 (TRL's SimPO recipe) | none |
 
-dpo and kto can instead precompute the reference log-probs once (method.reference: precomputed).
+dpo and kto can instead precompute the reference log-probs once (method.reference: precomputed). Which trainer, and its
+TrainingArguments, objective.py's entry for the objective names; each trainer here brings its collator.
 """
 
 from __future__ import annotations
 
 import shutil
-import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import trl.trainer.utils as trl_utils
-from trl import DPOConfig, KTOConfig
 from trl import DPOTrainer as _DPOTrainer
 from trl import KTOTrainer as _KTOTrainer
-from trl.import_utils import TRLExperimentalWarning
+from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 
-from tuneforge.config import MethodConfig
+from tuneforge.config import Config
 from tuneforge.constants import IGNORE
+from tuneforge.data.collate import PairCollator, PreferenceCollator
+from tuneforge.objective import trl_experimental
+from tuneforge.quiet import no_datasets_bars
 from tuneforge.train.trainer import RunTrainerMixin
 
-with warnings.catch_warnings():
-    # ORPO and CPO live in trl.experimental, whose import warns that it may change: constraints.txt pins TRL.
-    warnings.simplefilter("ignore", TRLExperimentalWarning)
-    from trl.experimental.cpo import CPOConfig
-    from trl.experimental.cpo import CPOTrainer as _CPOTrainer
-    from trl.experimental.orpo import ORPOConfig
-    from trl.experimental.orpo import ORPOTrainer as _ORPOTrainer
+(_CPOTrainer,) = trl_experimental("cpo", "CPOTrainer")
+(_ORPOTrainer,) = trl_experimental("orpo", "ORPOTrainer")
 
 
 # TRL 1.16's fused LM head (DPO, KTO) folds [4,096 tokens × 32,768 vocabulary] fp32 tiles with torch ops where its
@@ -47,42 +45,19 @@ with warnings.catch_warnings():
 CPU_VOCAB_TILE = 4096
 
 
-def arguments_for(method: MethodConfig, max_length: int) -> tuple[type, dict[str, Any]]:
-    """The TrainingArguments subclass of the preference objective, and its settings from method.*."""
-    # data.max_length already dropped longer pairs: DPO and KTO must not truncate (their collators would); ORPO and
-    # CPO read max_length only where tuneforge bypasses them (tokenize_row) or does not use them (generation).
-    if method.objective == "dpo":
-        return DPOConfig, {
-            "beta": method.beta,
-            "loss_type": [method.dpo_loss],
-            "precompute_ref_log_probs": method.reference == "precomputed",
-            "max_length": None,
-        }
-    if method.objective == "kto":
-        return KTOConfig, {
-            "beta": method.beta,
-            "desirable_weight": method.desirable_weight,
-            "undesirable_weight": method.undesirable_weight,
-            "precompute_ref_log_probs": method.reference == "precomputed",
-            "max_length": None,
-            # The KL term pairs each prompt with another sample's answer of the same batch; KTOTrainer fixes those
-            # pairs in the dataset (see KTOTrainer._prepare_dataset below), so batches must follow the dataset order.
-            "train_sampling_strategy": "sequential",
-        }
-    if method.objective == "orpo":
-        return ORPOConfig, {"beta": method.beta, "max_length": max_length}
-    return CPOConfig, {
-        "loss_type": "simpo",
-        "cpo_alpha": 0.0,  # no NLL term: plain SimPO
-        "beta": method.beta,
-        "simpo_gamma": method.simpo_gamma,
-        "max_length": max_length,
-    }
-
-
 class PreferenceMixin(RunTrainerMixin):
     """Token accounting on the stacked rows every preference batch carries (input_ids, attention_mask, and
     completion_mask: each answer's trained tokens)."""
+
+    collator_class: ClassVar[Callable[[int], Any]]  # the layout of its batches, made from the pad token id
+
+    @classmethod
+    def build(cls, cfg: Config, pad_token_id: int, log: Callable[..., None], **common: Any) -> Any:
+        """The trainer with its collator on tuneforge's rendered preference data (`common`: the Trainer's keywords)."""
+        if not torch.cuda.is_available():
+            trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = CPU_VOCAB_TILE  # see CPU_VOCAB_TILE
+        with no_datasets_bars():  # the trainers map our columns into theirs: nothing worth a bar
+            return cls(data_collator=cls.collator_class(pad_token_id), **common)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -101,27 +76,10 @@ class PreferenceMixin(RunTrainerMixin):
             shutil.rmtree(Path(output_dir or self.args.output_dir) / "ref", ignore_errors=True)
 
 
-def build_trainer(objective: str, pad_token_id: int, **common: Any) -> Any:
-    """The TRL trainer of `objective` with its collator, on tuneforge's rendered preference dataset."""
-    from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
-
-    from tuneforge.data.collate import PairCollator, PreferenceCollator
-    from tuneforge.quiet import no_datasets_bars
-
-    trainer, collator = {
-        "dpo": (DPOTrainer, PreferenceCollator),
-        "kto": (KTOTrainer, DataCollatorForUnpairedPreference),
-        "orpo": (ORPOTrainer, PairCollator),
-        "simpo": (SimPOTrainer, PairCollator),
-    }[objective]
-    if not torch.cuda.is_available():
-        trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = CPU_VOCAB_TILE  # see CPU_VOCAB_TILE
-    with no_datasets_bars():  # the trainers map our columns into theirs: nothing worth a bar
-        return trainer(data_collator=collator(pad_token_id), **common)
-
-
 class DPOTrainer(PreferenceMixin, _DPOTrainer):
     """TRL's DPOTrainer on pre-tokenized pairs (data/collate.py PreferenceCollator)."""
+
+    collator_class = PreferenceCollator
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         return dataset  # already rendered and tokenized by tuneforge (see the module docstring)
@@ -129,6 +87,8 @@ class DPOTrainer(PreferenceMixin, _DPOTrainer):
 
 class KTOTrainer(PreferenceMixin, _KTOTrainer):
     """TRL's KTOTrainer on pre-tokenized labelled answers, with TRL's own collator for unpaired rows."""
+
+    collator_class = DataCollatorForUnpairedPreference
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
         """Our rendered samples as KTOTrainer's columns: prompt_ids, completion_ids, label, KL_completion_ids."""
@@ -156,6 +116,8 @@ class KTOTrainer(PreferenceMixin, _KTOTrainer):
 class ORPOTrainer(PreferenceMixin, _ORPOTrainer):
     """TRL's ORPOTrainer on pre-tokenized pairs (data/collate.py PairCollator)."""
 
+    collator_class = PairCollator
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # PairCollator's batches have the layout of TRL's own collator: evaluation need not warn at every batch.
@@ -181,6 +143,8 @@ class ORPOTrainer(PreferenceMixin, _ORPOTrainer):
 
 class SimPOTrainer(PreferenceMixin, _CPOTrainer):
     """TRL's CPOTrainer with loss_type simpo and no NLL term, on pre-tokenized pairs (data/collate.py PairCollator)."""
+
+    collator_class = PairCollator
 
     def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
         return {}  # already rendered and tokenized by tuneforge: the map keeps the columns as they are

@@ -17,12 +17,12 @@ from tuneforge.data.prepare import check_data_cache
 from tuneforge.errors import Interrupted, UserError, problems_of
 from tuneforge.io import atomic_dir, atomic_write_json, check_writable
 from tuneforge.model.adapters import check_method, continued_adapter
+from tuneforge.objective import Objective
 from tuneforge.rundir import Run, fingerprint
+from tuneforge.strategy import Strategy
 from tuneforge.train.callbacks import MetricsCallback, ProgressBarCallback, StopOnSignal, plot_loss, plot_rewards
 from tuneforge.train.distributed import Processes, agree, init_processes, node_first
 from tuneforge.train.scratch import own_run_folder
-from tuneforge.train.strategy import Strategy
-from tuneforge.train.trainer import SFTTrainer
 
 
 def resolve_resume(cfg: Config, run: Run) -> str | None:
@@ -169,8 +169,9 @@ def check_hardware(cfg: Config) -> None:
     ]
     if cfg.method.type == "qlora":
         checks.append(lambda: require_bitsandbytes("method.type: qlora"))
-    if cfg.method.objective != "sft":
-        checks.append(lambda: require_trl(f"method.objective: {cfg.method.objective}"))
+    objective = Objective.of(cfg.method)
+    if objective.needs_trl:
+        checks.append(lambda: require_trl(f"method.objective: {objective.name}"))
     if problems := problems_of(checks):
         raise UserError("\n".join(problems))
 
@@ -194,11 +195,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
     # releases in pyproject's range know only the old names. Drop the fallback once the floor is 5.24.
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    args_class, objective_args = TrainingArguments, {}
-    if cfg.method.objective != "sft":
-        from tuneforge.train.preference import arguments_for
-
-        args_class, objective_args = arguments_for(cfg.method, cfg.data.max_length)
+    args_class, objective_args = Objective.of(cfg.method).arguments(cfg.method, cfg.data.max_length)
     return args_class(
         output_dir=str(run.checkpoints),
         num_train_epochs=t.epochs,
@@ -236,6 +233,14 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
         # An objective may need its own sampling order (kto: sequential).
         **({"train_sampling_strategy": "group_by_length" if cfg.data.group_by_length else "random"} | objective_args),
     )
+
+
+def trainer_class(objective: Objective) -> type:
+    """The Trainer class `objective.trainer` names (objective.py sits below train/, so it names it)."""
+    import importlib
+
+    module, _, name = objective.trainer.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _save_final(trainer, cfg: Config, run: Run, tokenizer) -> Path:
@@ -286,7 +291,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
     """
     from transformers import PrinterCallback, set_seed
 
-    from tuneforge.data.collate import PackCollator, make_collator
+    from tuneforge.data.collate import PackCollator
     from tuneforge.data.prepare import prepare
     from tuneforge.data.render import trained_modes
     from tuneforge.model.adapters import apply_method
@@ -304,15 +309,16 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
     if procs.is_main:
         continued = continued_adapter(cfg.method.adapter) if cfg.method.adapter is not None else None
         run.start(cfg, tokenizer.chat_template, resumed=resume is not None, continued=continued)
+    objective = Objective.of(cfg.method)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
-        data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
+        data = prepare(cfg.data, tokenizer, log, objective=objective)
     if procs.is_main:  # chat, eval and serve default to the mode the run trained in
         modes = trained_modes(cfg.data.thinking, data.with_reasoning, data.without_reasoning)
         run.record_thinking(cfg.data.thinking, modes)
-    if cfg.method.objective != "sft" and cfg.data.packing:
-        log(f"data.packing: not used by method.objective: {cfg.method.objective}; preference rows are padded")
-    if cfg.method.objective == "kto" and cfg.data.group_by_length:
-        log("data.group_by_length: not used by method.objective: kto; its KL term pairs neighbours in dataset order")
+    if not objective.packs and cfg.data.packing:
+        log(f"data.packing: not used by method.objective: {objective.name}; preference rows are padded")
+    if objective.ordered and cfg.data.group_by_length:
+        log(f"data.group_by_length: not used by method.objective: {objective.name}; {objective.ordered}")
     if cfg.train.preflight:
         from tuneforge.estimate.preflight import preflight
 
@@ -340,14 +346,8 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
             processing_class=tokenizer,
             callbacks=[MetricsCallback(run, resume), ProgressBarCallback(), stop, *own_callbacks, *(callbacks or [])],
         )
-        if cfg.method.objective == "sft":
-            collator = make_collator(cfg.data, tokenizer.pad_token_id, model, log)
-            trainer = SFTTrainer(data_collator=collator, loss=cfg.train.loss, **common)
-        else:
-            from tuneforge.train.preference import build_trainer
-
-            trainer = build_trainer(cfg.method.objective, tokenizer.pad_token_id, **common)
-            collator = trainer.data_collator
+        trainer = trainer_class(objective).build(cfg, tokenizer.pad_token_id, log, **common)
+        collator = trainer.data_collator
         trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl show the logs
         log(f"training → {run.root}" + (f" (resuming from {resume})" if resume else ""))
         with stop.installed():
@@ -371,12 +371,12 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
             "loss": "liger_fused" if trainer.lean_loss and trainer.lean_loss.liger_used else cfg.train.loss,
             "kernels": kernels,
             "compile": cfg.train.compile,
-            "objective": cfg.method.objective,
+            "objective": objective.name,
         }
         atomic_write_json(run.summary, summary)
         run.record(target.name, target, made_from={"config": cfg.fingerprint(), "steps": step})
         plot_loss(run)
-        if cfg.method.objective != "sft":
+        if objective.reward is not None:
             plot_rewards(run)
         wall = summary["wall_time_s"]
         log(f"done: {target} ({summary['steps']} steps, {wall:.0f} s, {summary['tokens_per_s']:.0f} tokens/s)")

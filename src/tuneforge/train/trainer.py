@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from typing import Any, Literal
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from tuneforge.config import Config
 from tuneforge.constants import IGNORE
 from tuneforge.io import atomic_write_json, publish_dir
 from tuneforge.model.loss import LeanLoss
@@ -113,6 +115,14 @@ class SFTTrainer(RunTrainerMixin, Trainer):
         if self.lean_loss is not None:
             kwargs["compute_loss_func"] = self.lean_loss
         super().__init__(*args, **kwargs)
+
+    @classmethod
+    def build(cls, cfg: Config, pad_token_id: int, log: Callable[..., None], **common: Any) -> SFTTrainer:
+        """The trainer with data.packing's collator and train.loss (`common`: the Trainer's keywords, model too)."""
+        from tuneforge.data.collate import make_collator
+
+        collator = make_collator(cfg.data, pad_token_id, common["model"], log)
+        return cls(data_collator=collator, loss=cfg.train.loss, **common)
 
     def _count_tokens(self, inputs: dict[str, Any], seq_lens: Any | None) -> None:
         mask = inputs.get("attention_mask")

@@ -103,6 +103,7 @@ def dataset_summary(raw: dict[str, Any]) -> str:
 def _summary(wanted_json: str, _mtime_ns: int) -> str:
     from tuneforge.data.formats import detect_format
     from tuneforge.data.sources import load_conversations, messages_view, raw_records
+    from tuneforge.objective import OBJECTIVES, SFT
 
     raw = json.loads(wanted_json)
     model = raw.get("model") or {}
@@ -112,7 +113,7 @@ def _summary(wanted_json: str, _mtime_ns: int) -> str:
         model_cfg = ModelConfig.model_validate(model) if local else None
     except ValidationError as exc:
         raise UserError(describe_validation(exc, "form")) from None
-    objective = (raw.get("method") or {}).get("objective", "sft")
+    objective = OBJECTIVES.get((raw.get("method") or {}).get("objective", "sft"), SFT)
     notes: list[str] = []
     samples = load_conversations(ds, log=notes.append, objective=objective)
     fmt = ds.format if ds.format != "auto" else detect_format(next(raw_records(ds)).record, ds.columns)

@@ -85,20 +85,23 @@ def verdict_text(raw: dict[str, Any], size_gb: float | str) -> str:
 def preview_html(text: str) -> str:
     """The first samples as the trainer receives them, trained tokens marked (what `tuneforge data preview` shows)."""
     from tuneforge.data.prepare import prepare
-    from tuneforge.data.preview import trained_segments
+    from tuneforge.data.preview import sides, trained_segments
     from tuneforge.model.load import load_tokenizer
+    from tuneforge.objective import Objective
 
     cfg = config_from_yaml(text)
     tokenizer = load_tokenizer(cfg.model)
-    dataset = prepare(cfg.data, tokenizer, log=lambda *_a, **_k: None).train
+    objective = Objective.of(cfg.method)
+    dataset = prepare(cfg.data, tokenizer, log=lambda *_a, **_k: None, objective=objective).train
     blocks = []
     for i in range(min(PREVIEW_SAMPLES, len(dataset))):
-        row = dataset[i]
-        spans = "".join(
-            f'<span class="{"trained" if trained else "prompt"}">{html.escape(chunk)}</span>'
-            for chunk, trained in trained_segments(row["input_ids"], row["labels"], tokenizer)
-        )
-        blocks.append(f"<h4>sample {i}: {len(row['input_ids'])} tokens</h4><pre class='sample'>{spans}</pre>")
+        for name, (ids, labels) in sides(dataset[i], objective).items():  # a pair: each answer after its prompt
+            spans = "".join(
+                f'<span class="{"trained" if trained else "prompt"}">{html.escape(chunk)}</span>'
+                for chunk, trained in trained_segments(ids, labels, tokenizer)
+            )
+            title = f"sample {i}{f' {name}' if name else ''}: {len(ids)} tokens"
+            blocks.append(f"<h4>{title}</h4><pre class='sample'>{spans}</pre>")
     legend = "<p><span class='trained'>trained</span> <span class='prompt'>prompt (no loss)</span></p>"
     return legend + "".join(blocks)
 
