@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tuneforge.config_grpo import GRPOSection  # GRPO (issue 27): its own section
 from tuneforge.errors import UserError
 
 
@@ -125,10 +126,11 @@ class MethodConfig(Section):
         description="lora / qlora: a LoRA adapter folder, or a finished LoRA run folder, to continue training (its "
         "rank, alpha and target modules apply); a preference objective's reference is then this adapter as loaded.",
     )
-    objective: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+    objective: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
         "sft",
         description="sft: next-token loss on conversations; dpo, orpo, simpo: preference pairs (chosen/rejected "
-        "answers); kto: answers labelled desirable or undesirable.",
+        "answers); kto: answers labelled desirable or undesirable; grpo: prompts, sampled answers and rewards "
+        "(method.grpo).",
     )
     beta: float = Field(
         0.1,
@@ -153,6 +155,7 @@ class MethodConfig(Section):
     undesirable_weight: float = Field(
         1.0, gt=0, description="kto: weight of the undesirable answers' loss (raise it when they are the fewer)."
     )
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="grpo: sampling, loss and rewards.")
 
 
 class TrainConfig(Section):
@@ -263,6 +266,7 @@ OBJECTIVE_KEYS = {
     "orpo": ("beta",),
     "simpo": ("beta", "simpo_gamma"),
     "kto": ("beta", "reference", "desirable_weight", "undesirable_weight"),
+    "grpo": ("grpo",),  # GRPO (issue 27)
 }
 
 

@@ -168,6 +168,8 @@ class Job:
     def from_config(cls, cfg: Config, shape: Shape, device: str = "cuda", longest: int = 0) -> Job:
         """The job a full config describes; `longest` (the longest prepared sample) narrows rows below max_length."""
         width = min(cfg.data.max_length, longest) if longest else cfg.data.max_length
+        if cfg.method.objective == "grpo":  # GRPO (issue 27): a row is a prompt and its completion
+            width = longest or cfg.data.max_length + cfg.method.grpo.max_completion_length
         return cls(shape, cfg.model, cfg.method, cfg.train, cfg.distributed, width, cfg.data.packing, device)
 
     def but(self, **changes: Any) -> Job:
@@ -218,7 +220,8 @@ class Estimate:
         backward = p["activations"] + p["logits / loss"]
         step = p["gradients"] + p["optimizer step"]
         lasting = p["weights"] + p["LoRA weights"] + p["optimizer state"] + p.get("reference", 0.0)
-        return lasting + max(backward, step) + p.get("framework overhead", 0.0)
+        # GRPO's sampling (estimate/grpo.py) is a third phase, before the loss.
+        return lasting + max(backward, step, p.get("generation", 0.0)) + p.get("framework overhead", 0.0)
 
     @property
     def tensors(self) -> float:
@@ -326,7 +329,7 @@ def _layer_bytes(job: Job, rows: int, width: int) -> float:
 # Rows the model runs with gradients per sample, for the objectives where it is not one.
 ROWS_PER_SAMPLE = {"dpo": 2, "orpo": 2, "simpo": 2}
 # The loss buffer each preference objective's TRL trainer builds (see the module docstring).
-OBJECTIVE_LOSS = {"dpo": "chunked", "kto": "chunked", "orpo": "standard", "simpo": "standard"}
+OBJECTIVE_LOSS = {"dpo": "chunked", "kto": "chunked", "orpo": "standard", "simpo": "standard", "grpo": "standard"}
 
 
 def _rows(job: Job) -> int:
@@ -421,6 +424,11 @@ def estimate(job: Job) -> Estimate:
     }
     if job.method.objective in ("dpo", "kto"):
         parts["reference"] = _reference(job, lora)
+    if job.method.objective == "grpo":  # GRPO (issue 27)
+        from tuneforge.estimate.grpo import grpo_parts
+
+        parts.update(grpo_parts(job, lora, weights))
+        notes["generation"] = "KV cache of the generation batch while sampling (before the loss, not beside it)"
     est = Estimate(job, parts, notes, offloaded)
     if job.device == "cuda":
         parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * est.tensors

@@ -70,11 +70,22 @@ def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
     from tuneforge.data.prepare import prepare
     from tuneforge.model.load import load_tokenizer
 
-    return steps_of(cfg, prepare(cfg.data, load_tokenizer(cfg.model), log, cfg.method.objective).train)
+    tokenizer = load_tokenizer(cfg.model)
+    if cfg.method.objective == "grpo":  # GRPO (issue 27): prompts, rendered as training renders them
+        from tuneforge.data.prompts import prepare_prompts
+
+        return steps_of(cfg, prepare_prompts(cfg, tokenizer, log))
+    return steps_of(cfg, prepare(cfg.data, tokenizer, log, cfg.method.objective).train)
 
 
 def steps_of(cfg: Config, train: Any) -> StepPlan:
     """The run's optimizer steps over `train`, its prepared training set (rows of `input_ids`, or preference samples
     whose `length` is their prompt with the longer answer: the widest row the trainer builds)."""
+    world = cfg.distributed.nproc * cfg.distributed.nnodes
+    if "prompt" in train.column_names:  # GRPO (issue 27): a sample is one completion, num_generations per prompt
+        g = cfg.method.grpo
+        return count_steps(
+            len(train) * g.num_generations, cfg.train, world, max(train["length"]) + g.max_completion_length
+        )
     longest = max(train["length"]) if "prompt_ids" in train.column_names else max(map(len, train["input_ids"]))
-    return count_steps(len(train), cfg.train, cfg.distributed.nproc * cfg.distributed.nnodes, longest)
+    return count_steps(len(train), cfg.train, world, longest)

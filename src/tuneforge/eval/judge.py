@@ -21,8 +21,8 @@ import re
 import statistics
 from typing import TYPE_CHECKING, Any
 
+from tuneforge.answers import TRUNCATED, split_answer
 from tuneforge.errors import UserError
-from tuneforge.eval.extract import TRUNCATED, split_answer
 
 if TYPE_CHECKING:
     from tuneforge.data.conversation import Message

@@ -164,6 +164,10 @@ def check_hardware(cfg: Config) -> None:
         checks.append(lambda: require_bitsandbytes("method.type: qlora"))
     if cfg.method.objective != "sft":
         checks.append(lambda: require_trl(f"method.objective: {cfg.method.objective}"))
+    if cfg.method.objective == "grpo":  # GRPO (issue 27)
+        from tuneforge.train.grpo import check_grpo
+
+        checks.append(lambda: check_grpo(cfg, Processes.from_env().world_size))
     if problems := problems_of(checks):
         raise UserError("\n".join(problems))
 
@@ -188,7 +192,11 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     args_class, objective_args = TrainingArguments, {}
-    if cfg.method.objective != "sft":
+    if cfg.method.objective == "grpo":  # GRPO (issue 27)
+        from tuneforge.train.grpo import arguments_for as grpo_arguments
+
+        args_class, objective_args = grpo_arguments(cfg.method)
+    elif cfg.method.objective != "sft":
         from tuneforge.train.preference import arguments_for
 
         args_class, objective_args = arguments_for(cfg.method, cfg.data.max_length)
@@ -221,7 +229,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
         fp16=fp16,
         report_to=[] if t.report_to == "none" else [t.report_to],
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen=objective_args.pop("include_num_input_tokens_seen", "non_padding"),
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our own bar shows loss, tokens/s and ETA
         **strategy.training_arguments(t.gradient_checkpointing, cpu_processes=cpu_processes),
@@ -296,7 +304,13 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
         continued = continued_adapter(cfg.method.adapter) if cfg.method.adapter is not None else None
         run.start(cfg, tokenizer.chat_template, resumed=resume is not None, continued=continued)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
-        data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
+        if cfg.method.objective == "grpo":  # GRPO (issue 27): prompts rendered for sampling, not (ids, labels)
+            from tuneforge.data.prepare import Prepared
+            from tuneforge.data.prompts import prepare_prompts
+
+            data = Prepared(prepare_prompts(cfg, tokenizer, log), None)
+        else:
+            data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
     if cfg.method.objective != "sft" and cfg.data.packing:
         log(f"data.packing: not used by method.objective: {cfg.method.objective}; preference rows are padded")
     if cfg.method.objective == "kto" and cfg.data.group_by_length:
@@ -331,6 +345,11 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
         if cfg.method.objective == "sft":
             collator = make_collator(cfg.data, tokenizer.pad_token_id, model, log)
             trainer = SFTTrainer(data_collator=collator, loss=cfg.train.loss, **common)
+        elif cfg.method.objective == "grpo":  # GRPO (issue 27)
+            from tuneforge.train.grpo import build_trainer as build_grpo
+
+            trainer = build_grpo(cfg, run.root, **common)
+            collator = trainer.data_collator
         else:
             from tuneforge.train.preference import build_trainer
 
@@ -364,7 +383,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
         atomic_write_json(run.summary, summary)
         run.record(target.name, target, made_from={"config": cfg.fingerprint(), "steps": step})
         plot_loss(run)
-        if cfg.method.objective != "sft":
+        if cfg.method.objective not in ("sft", "grpo"):  # grpo: its rewards per function are in metrics.jsonl
             plot_rewards(run)
         wall = summary["wall_time_s"]
         log(f"done: {target} ({summary['steps']} steps, {wall:.0f} s, {summary['tokens_per_s']:.0f} tokens/s)")
