@@ -114,10 +114,25 @@ def test_missing_answer_column_is_one_line_with_the_key(tmp_path, qwen3_tokenize
 
 
 def test_overlong_prompts_are_dropped_and_counted(tmp_path, qwen3_tokenizer):
-    from tuneforge.data.prompts import PromptSample
     from tuneforge.data.conversation import Conversation
+    from tuneforge.data.prompts import PromptSample
 
     samples = [PromptSample(Conversation([Message("user", "word " * n)]), "1") for n in (5, 500)]
     lines = []
     data = prompt_dataset(samples, qwen3_tokenizer, DataConfig(datasets=[{"path": "x"}], max_length=64), lines.append)
     assert len(data) == 1 and lines == ["data: dropped 1 prompts longer than data.max_length=64"]
+
+
+@needs_assets
+def test_instruction_makes_the_prompt_evals_math_prompt(qwen3_tokenizer):
+    from tuneforge.eval.tasks import MATH_INSTRUCTION
+
+    cfg = grpo_config(GSM8K)
+    cfg.method.grpo.instruction = MATH_INSTRUCTION
+    data = prepare_prompts(cfg, qwen3_tokenizer, log=lambda *_: None)
+    question = json.loads(GSM8K.read_text().splitlines()[0])["question"]
+    # eval --suite math asks Message("user", f"{question}\n{MATH_INSTRUCTION}"), thinking on by default.
+    expected = qwen3_tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{question}\n{MATH_INSTRUCTION}"}], add_generation_prompt=True, tokenize=False
+    )
+    assert data[0]["prompt"] == expected

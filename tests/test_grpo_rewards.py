@@ -14,7 +14,7 @@ QWEN3_ON = "<|im_start|>user\nJanet's ducks lay 16 eggs…<|im_end|>\n<|im_start
 QWEN3_OFF = QWEN3_ON + "<think>\n\n</think>\n\n"
 R1 = "<｜User｜>Janet's ducks lay 16 eggs…<｜Assistant｜><think>\n"
 
-THINKING = "<think>\nShe has 16 - 3 - 4 = 9 eggs left, 9 × 2 = 18 dollars.\n</think>\n\nShe makes $18 a day: \\boxed{18}."
+THINKING = "<think>\nShe has 16 - 3 - 4 = 9 eggs left, 9 × 2 = 18 dollars.\n</think>\n\nShe makes \\boxed{18}."
 TRUNCATED = "<think>\nShe has 16 - 3 - 4 = 9 eggs left, 9 × 2 = 18 dol"
 R1_DONE = "Okay, 16 - 3 - 4 = 9 eggs, so 9 × 2 = 18.\n</think>\n\nThe answer is \\boxed{18}."
 R1_TRUNCATED = "Okay, 16 - 3 - 4 = 9 eggs, so 9 × 2 = 18"

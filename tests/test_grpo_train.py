@@ -32,7 +32,8 @@ def ending_model(tmp_path_factory):
 
 def grpo_config(model_dir, out, grpo: dict, **train):
     data = out.parent / "questions.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n" for i in range(8)))
+    rows = [{"question": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(8)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return validate(
         {
             "model": {"name_or_path": str(model_dir)},

@@ -42,6 +42,7 @@ def test_every_config_key_has_an_editable_component_with_its_description(ui):
     page, fields = ui
     rows, _ = keys()
     assert len(rows) > 70
+    rows = [k for k in rows if not k.path.startswith("method.grpo.rewards[]")]  # a list the YAML editor edits
     for key in rows:
         path = key.path.replace("[]", "[0]")  # data.datasets[] entries: the form's first dataset slot
         component = fields[path]
@@ -240,6 +241,21 @@ def test_preview_marks_the_trained_tokens_and_estimate_counts_the_steps(tiny_qwe
     assert "optimizer steps per epoch, 6 in total" in report.replace("\n", " ")
     with pytest.raises(UserError, match="^YAML editor: train.max_steps: "):
         config_from_yaml(text.replace("max_steps: 6", "max_steps: 0"))
+
+
+@needs_assets
+def test_a_grpo_reward_from_a_file_is_refused_from_the_browser(tiny_qwen3_dir, tmp_path):
+    from tuneforge.webui.train_tab import config_from_yaml
+
+    raw = yaml.safe_load(tiny_config_text(tiny_qwen3_dir, tmp_path))
+    raw["method"] = {"objective": "grpo", "grpo": {"num_generations": 4, "rewards": [{"name": "format"}]}}
+    assert config_from_yaml(schema.dump_yaml(raw)).method.grpo.rewards[0].name == "format"
+    raw["method"]["grpo"]["rewards"].append({"name": "my_rewards.py:brevity"})
+    with pytest.raises(UserError, match=r"^method.grpo.rewards.1.name: my_rewards.py:brevity runs that file's code"):
+        config_from_yaml(schema.dump_yaml(raw))
+    # The form leaves the reward list to the YAML editor (it shows every other key).
+    assert not [f for f in schema.FIELDS if f.path.startswith("method.grpo.rewards")]
+    assert "method.grpo.num_generations" in [f.path for f in schema.FIELDS]
 
 
 # --- a served UI: authentication, and the browser end to end -------------------------------------------------

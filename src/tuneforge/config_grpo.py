@@ -37,6 +37,15 @@ class RewardConfig(_Strict):
     )
 
 
+def own_rewards(section: GRPOSection) -> list[tuple[str, str]]:
+    """(key, name) of each reward that is the user's own FILE.py:FUNCTION (it runs that file's code)."""
+    return [
+        (f"method.grpo.rewards.{i}.name", r.name)
+        for i, r in enumerate(section.rewards)
+        if r.name not in BUILTIN_REWARDS
+    ]
+
+
 class GRPOSection(_Strict):
     loss: Literal["grpo", "dapo", "dr_grpo"] = Field(
         "dapo",
@@ -63,6 +72,11 @@ class GRPOSection(_Strict):
         "vllm_server: a `trl vllm-serve` server at vllm_server_url (pip install vllm; CUDA only).",
     )
     vllm_server_url: str | None = Field(None, description="vllm_server: the server's base URL.")
+    instruction: str | None = Field(
+        None,
+        description="Appended to each prompt's last user turn on a new line, e.g. the math instruction `tuneforge "
+        "eval --suite math` adds: Please reason step by step, and put your final answer within \\boxed{}.",
+    )
     rewards: list[RewardConfig] = Field(
         default_factory=lambda: [RewardConfig(name="accuracy")],
         min_length=1,

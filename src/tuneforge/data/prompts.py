@@ -165,7 +165,12 @@ def prompt_dataset(samples: list[PromptSample], tokenizer, cfg: DataConfig, log=
 
 def prepare_prompts(cfg: Config, tokenizer, log=print) -> Any:
     """The training set of method.objective grpo: prompts with their references (see `prompt_dataset`)."""
-    needs_answer = any(r.name in NEEDS_ANSWER for r in cfg.method.grpo.rewards)
+    grpo = cfg.method.grpo
     if cfg.data.val_size:
         log("data.val_size: not used by method.objective: grpo; measure the run with `tuneforge eval`")
-    return prompt_dataset(load_prompts(cfg.data, needs_answer, log), tokenizer, cfg.data, log)
+    samples = load_prompts(cfg.data, any(r.name in NEEDS_ANSWER for r in grpo.rewards), log)
+    if grpo.instruction:
+        for sample in samples:
+            last = sample.conversation.messages[-1]  # the last user turn: load_prompts cut the conversation there
+            last.content = f"{last.content}\n{grpo.instruction}"
+    return prompt_dataset(samples, tokenizer, cfg.data, log)

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from tuneforge.config import Config, check_local_files, validate
+from tuneforge.config_grpo import own_rewards
 from tuneforge.errors import UserError
 from tuneforge.io import atomic_write_text
 from tuneforge.webui import jobs, schema
@@ -42,6 +43,12 @@ def config_from_yaml(text: str) -> Config:
     """The validated config in the YAML editor (every problem at once, as `tuneforge config check` reports them)."""
     cfg = validate(schema.parse_yaml(text), "YAML editor")
     check_local_files(cfg)
+    if cfg.method.objective == "grpo" and (own := own_rewards(cfg.method.grpo)):  # issue 27
+        key, name = own[0]
+        raise UserError(
+            f"{key}: {name} runs that file's code, which the web UI does not accept from the browser; "
+            "start this run with `tuneforge train CONFIG` instead"
+        )
     return cfg
 
 
