@@ -12,6 +12,7 @@ bench/preference_memory.py; GPU: torch.cuda.max_memory_allocated).
 
     python bench/grpo.py                                      # CPU, tiny shape
     python bench/grpo.py --device cuda --shape 0.6B --completion 256 --batch 16
+    python bench/grpo.py --device cuda --shape 8B --completion 1024 --batch 8 --generation vllm   # with vLLM
 
 Prints a Markdown table with tuneforge / TRL ratios and writes bench/results/grpo.json.
 """
@@ -35,6 +36,7 @@ from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("trl", "tuneforge")
+SETTINGS = ("prompts", "batch", "generations", "completion", "steps", "generation")  # the same on both sides
 TARGETS = {"memory": 1.05, "speed": 0.95}  # issue 27: ≤ 1.05× TRL's memory, ≥ 0.95× its speed
 
 
@@ -95,6 +97,7 @@ def tuneforge_trainer(spec: dict[str, Any], callbacks: list) -> Any:
                     "max_completion_length": spec["completion"],
                     "rewards": [{"name": "length"}],
                     "completions_every": 0,
+                    "generation": spec.get("generation", "transformers"),
                 },
             },
             "train": {"max_steps": spec["steps"], "per_device_batch_size": spec["batch"], "save_steps": 10**6},
@@ -131,6 +134,8 @@ def trl_trainer(spec: dict[str, Any], callbacks: list) -> Any:
         learning_rate=1e-4,
         lr_scheduler_type="cosine",
         chat_template_kwargs={"enable_thinking": False},
+        gradient_checkpointing=False,  # TRL's default is on; tuneforge's train.gradient_checkpointing is off
+        use_vllm=spec.get("generation") == "vllm",  # colocated, TRL's default vllm_mode
         bf16=torch.cuda.is_available(),
         model_init_kwargs={"dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32},
         save_strategy="no",
@@ -184,6 +189,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")
     parser.add_argument("--completion", type=int, default=32, help="max_completion_length")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--generation", default="transformers", choices=["transformers", "vllm"], help="sampler")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "grpo.json")
     add_base_flag(parser)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -202,7 +208,7 @@ def main() -> None:
                 "side": side,
                 "model": str(base),
                 "out": str(Path(work) / side),
-                **{k: getattr(args, k) for k in ("prompts", "batch", "generations", "completion", "steps")},
+                **{k: getattr(args, k) for k in SETTINGS},
             }
             result = run_worker(__file__, spec, side)
             rows.append({**spec, **result, "step_s": statistics.median(result["step_times_s"][1:])})

@@ -312,7 +312,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
         else:
             data = prepare(cfg.data, tokenizer, log, cfg.method.objective)
     if cfg.method.objective != "sft" and cfg.data.packing:
-        log(f"data.packing: not used by method.objective: {cfg.method.objective}; preference rows are padded")
+        log(f"data.packing: not used by method.objective: {cfg.method.objective}; its rows are padded")
     if cfg.method.objective == "kto" and cfg.data.group_by_length:
         log("data.group_by_length: not used by method.objective: kto; its KL term pairs neighbours in dataset order")
     if cfg.train.preflight:
