@@ -106,3 +106,29 @@ def test_a_learnable_reward_rises_and_is_reproducible(ending_model, tmp_path):
     again = train(grpo_config(ending_model, tmp_path / "again", grpo, max_steps=3), **quiet)
     assert logged(again, "rewards/length/mean") == rewards[:3]
     assert logged(again, "completions/mean_length") == logged(run, "completions/mean_length")[:3]
+
+
+@needs_assets
+@pytest.mark.slow  # two runs, one of them two processes: minutes on a loaded 2-core machine
+def test_two_processes_score_like_one(ending_model, tmp_path):
+    """DDP (2 processes × 4 completions) against 1 process × 8: the same prompts reach the same groups and every
+    process's rewards are gathered. Sampling draws differ with the batch split, so this compares near-greedy sampling
+    (temperature 0.01): the same completions, hence the same rewards and lengths at every step."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    grpo = {"num_generations": 4, "max_completion_length": 8, "temperature": 0.01, "rewards": [{"name": "length"}]}
+    one = train(grpo_config(ending_model, tmp_path / "one", grpo, max_steps=2), **quiet)
+    two = grpo_config(ending_model, tmp_path / "two", grpo, max_steps=2, per_device_batch_size=4)
+    config = tmp_path / "two.yaml"
+    config.write_text(yaml.safe_dump(two.model_dump(mode="json")))
+    tuneforge = [sys.executable, "-c", "from tuneforge.cli import app; app()"]
+    result = subprocess.run(
+        [*tuneforge, "train", str(config), "--nproc", "2"], capture_output=True, text=True, timeout=1200
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for key in ("rewards/length/mean", "completions/mean_length", "num_tokens"):
+        assert logged(one, key) == logged(type(one)(tmp_path / "two"), key), key
+    assert len(logged(one, "rewards/length/mean")) == 2
