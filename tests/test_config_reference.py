@@ -19,10 +19,21 @@ from tuneforge.config import (
     OutputConfig,
     TrainConfig,
 )
+from tuneforge.config_grpo import GRPOSection, RewardConfig
 from tuneforge.config_reference import REGENERATE, keys, reference
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = (ModelConfig, DataConfig, DatasetConfig, MethodConfig, TrainConfig, OutputConfig, DistributedConfig)
+SECTIONS = (
+    ModelConfig,
+    DataConfig,
+    DatasetConfig,
+    MethodConfig,
+    GRPOSection,
+    RewardConfig,
+    TrainConfig,
+    OutputConfig,
+    DistributedConfig,
+)
 
 
 def invoke(*args: str):
@@ -45,8 +56,9 @@ def test_config_show_lists_every_leaf_key_with_default_allowed_and_description()
     assert result.exit_code == 0, result.output
     assert re.split(r"\s{2,}", result.output.splitlines()[0]) == ["key", "default", "allowed", "description"]
     shown = columns(result.output)
-    # Every field of every section, except data.datasets itself, which is shown as its entries' keys.
-    assert len(shown) == len(result.output.splitlines()) - 1 == sum(len(s.model_fields) for s in SECTIONS) - 1
+    # Every field of every section, except the nested ones (data.datasets, method.grpo, method.grpo.rewards), which
+    # are shown as their keys.
+    assert len(shown) == len(result.output.splitlines()) - 1 == sum(len(s.model_fields) for s in SECTIONS) - 3
     assert shown["model.dtype"] == [
         "auto",
         "auto | bf16 | fp16 | fp32",
@@ -97,7 +109,10 @@ def test_every_field_and_section_has_a_description():
     rows, sections = keys()
     assert [k.path for k in rows if not k.description] == []
     assert [name for name, description in sections.items() if not description] == []
-    assert list(sections) == ["model", "data", "data.datasets[]", "method", "train", "output", "distributed"]
+    assert list(sections) == [
+        *("model", "data", "data.datasets[]", "method", "method.grpo", "method.grpo.rewards[]"),
+        *("train", "output", "distributed"),
+    ]
     assert len(rows) == len({k.path for k in rows})
     assert {k.section for k in rows} == set(sections) and Config.model_fields.keys() <= set(sections)
 

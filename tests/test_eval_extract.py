@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tuneforge.eval.extract import CORRECT, TRUNCATED, WRONG, extract_choice, gsm8k_gold, outcome, split_answer
-from tuneforge.eval.metrics import bleu4, contains, exact_match, math_equal, rouge_l
+from tuneforge.answers import (
+    CORRECT,
+    TRUNCATED,
+    WRONG,
+    extract_choice,
+    gsm8k_gold,
+    math_equal,
+    outcome,
+    split_answer,
+)
+from tuneforge.eval.metrics import bleu4, contains, exact_match, rouge_l
 
 
 def test_paired_think_block_is_split_off():

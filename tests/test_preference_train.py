@@ -220,7 +220,7 @@ def test_dpo_continues_an_sft_adapter_against_the_sft_model(tiny_qwen3_dir, tmp_
     lines = []
     run = train(validate(dpo), log=lambda *a: lines.append(" ".join(map(str, a))))
     assert f"method.adapter: continuing {sft_run.adapter} (trained on {tiny_qwen3_dir})" in lines
-    assert "data.packing: not used by method.objective: dpo; preference rows are padded" in lines
+    assert "data.packing: not used by method.objective: dpo; its rows are padded" in lines
     # The reference is the SFT model: at the first step the policy (the SFT adapter, not yet updated) equals it
     # exactly. Against the base model (adapter disabled) the SFT adapter's rewards would not be 0.
     first, second = [e for e in logged(run) if "rewards/chosen" in e]

@@ -46,6 +46,7 @@ def test_every_config_key_has_an_editable_component_with_a_plain_label_and_its_y
     page, fields = ui
     rows, _ = keys()
     assert len(rows) > 70
+    rows = [k for k in rows if not k.path.startswith("method.grpo.rewards[]")]  # a list the YAML editor edits
     for key in rows:
         path = key.path.replace("[]", "[0]")  # data.datasets[] entries: the form's first dataset slot
         component = fields[path]
@@ -426,6 +427,21 @@ def test_preview_of_the_shipped_dpo_example_shows_both_answers_of_each_pair(tiny
         assert rejected.split("<pre class='sample'>")[1].startswith(prompt)
         for block in chosen, rejected:
             assert block.split('<span class="trained">')[1].split("</span>")[0].endswith("&lt;|im_end|&gt;")
+
+
+@needs_assets
+def test_a_grpo_reward_from_a_file_is_refused_from_the_browser(tiny_qwen3_dir, tmp_path):
+    from tuneforge.webui.train_tab import config_from_yaml
+
+    raw = yaml.safe_load(tiny_config_text(tiny_qwen3_dir, tmp_path))
+    raw["method"] = {"objective": "grpo", "grpo": {"num_generations": 4, "rewards": [{"name": "format"}]}}
+    assert config_from_yaml(schema.dump_yaml(raw)).method.grpo.rewards[0].name == "format"
+    raw["method"]["grpo"]["rewards"].append({"name": "my_rewards.py:brevity"})
+    with pytest.raises(UserError, match=r"^method.grpo.rewards.1.name: my_rewards.py:brevity runs that file's code"):
+        config_from_yaml(schema.dump_yaml(raw))
+    # The form leaves the reward list to the YAML editor (it shows every other key).
+    assert not [f for f in schema.FIELDS if f.path.startswith("method.grpo.rewards")]
+    assert "method.grpo.num_generations" in [f.path for f in schema.FIELDS]
 
 
 # --- a served UI: authentication, and the browser end to end -------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tuneforge.config_grpo import GRPOSection  # GRPO (issue 27): its own section
 from tuneforge.errors import UserError
 from tuneforge.objective import Objective, ObjectiveName
 
@@ -129,7 +130,8 @@ class MethodConfig(Section):
     objective: ObjectiveName = Field(
         "sft",
         description="sft: next-token loss on conversations; dpo, orpo, simpo: preference pairs (chosen/rejected "
-        "answers); kto: answers labelled desirable or undesirable.",
+        "answers); kto: answers labelled desirable or undesirable; grpo: prompts, sampled answers and rewards "
+        "(method.grpo).",
     )
     beta: float = Field(
         0.1,
@@ -154,6 +156,7 @@ class MethodConfig(Section):
     undesirable_weight: float = Field(
         1.0, gt=0, description="kto: weight of the undesirable answers' loss (raise it when they are the fewer)."
     )
+    grpo: GRPOSection = Field(default_factory=GRPOSection, description="grpo: sampling, loss and rewards.")
 
 
 class TrainConfig(Section):

@@ -2,3 +2,6 @@
 
 # The label of a position that is not trained (PyTorch cross-entropy's ignore_index).
 IGNORE = -100
+
+# The thinking block's tags, as Qwen3, QwQ and the R1 distills write them.
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"

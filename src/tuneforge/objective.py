@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 # What an objective trains on (data/formats.py says which formats hold each), as the data errors name it.
-Sample = Literal["conversation", "pair", "labelled"]
+Sample = Literal["conversation", "pair", "labelled", "prompt"]
 SAMPLE_NAMES: dict[str, str] = {
     "conversation": "conversations",
     "pair": "chosen/rejected pairs",
     "labelled": "labelled answers",
+    "prompt": "prompts with reference answers",
 }
 
 
@@ -160,6 +161,29 @@ def _simpo_arguments(method: Any, max_length: int) -> tuple[type, dict[str, Any]
     }
 
 
+def _grpo_arguments(method: Any, max_length: int) -> tuple[type, dict[str, Any]]:
+    """GRPOConfig and its settings from method.grpo (train/run.py's training_arguments adds the shared ones)."""
+    from trl import GRPOConfig
+
+    g = method.grpo
+    return GRPOConfig, {
+        "loss_type": g.loss,
+        "num_generations": g.num_generations,
+        "max_completion_length": g.max_completion_length,
+        "beta": g.beta,
+        "temperature": g.temperature,
+        "scale_rewards": g.scale_rewards,
+        "mask_truncated_completions": g.mask_truncated,
+        "reward_weights": [r.weight for r in g.rewards],
+        "use_vllm": g.generation != "transformers",
+        "vllm_mode": "server" if g.generation == "vllm_server" else "colocate",
+        "vllm_server_base_url": g.vllm_server_url,
+        "log_completions": False,  # TRL's parquet tables in checkpoints/; ours is RUN/completions.jsonl
+        # GRPO batches carry prompt/completion ids, not input_ids: the Trainer cannot count them (train/grpo.py does).
+        "include_num_input_tokens_seen": "no",
+    }
+
+
 # --- each objective's reward and loss on one pair, as TRL 1.16 logs them (eval: held-out pairs) ------------------
 
 
@@ -267,6 +291,17 @@ OBJECTIVES: dict[str, Objective] = {
             ordered="its KL term pairs neighbours in dataset order",
             min_batch=(2, "estimates its KL term from the other answers of a batch"),
             reward=_against_reference,  # no pairs: eval reports its rewards, not a pair loss
+        ),
+        Objective(  # GRPO (issue 27): prompts; TRL samples num_generations answers each and scores them
+            "grpo",
+            sample="prompt",
+            keys=("grpo",),
+            rows_per_sample=1,  # a row is one completion (estimate/memory.py widens it by the completion length)
+            loss_buffer="standard",
+            reference=False,  # method.grpo.beta > 0 adds one: estimate/grpo.py counts it
+            trainer="tuneforge.train.grpo:GRPOTrainer",
+            arguments=_grpo_arguments,
+            needs_trl=True,
         ),
     )
 }

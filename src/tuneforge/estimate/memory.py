@@ -185,6 +185,8 @@ class Job:
     def from_config(cls, cfg: Config, shape: Shape, device: str = "cuda", longest: int = 0) -> Job:
         """The job a full config describes; `longest` (the longest prepared sample) narrows rows below max_length."""
         width = min(cfg.data.max_length, longest) if longest else cfg.data.max_length
+        if Objective.of(cfg.method).sample == "prompt":  # GRPO (issue 27): a row is a prompt and its completion
+            width = longest or cfg.data.max_length + cfg.method.grpo.max_completion_length
         return cls(shape, cfg.model, cfg.method, cfg.train, cfg.distributed, width, cfg.data.packing, device)
 
     def but(self, **changes: Any) -> Job:
@@ -235,7 +237,8 @@ class Estimate:
         backward = p["activations"] + p["logits / loss"]
         step = p["gradients"] + p["optimizer step"]
         lasting = p["weights"] + p["LoRA weights"] + p["optimizer state"] + p.get("reference", 0.0)
-        return lasting + max(backward, step) + p.get("framework overhead", 0.0)
+        # GRPO's sampling (estimate/grpo.py) is a third phase, before the loss.
+        return lasting + max(backward, step, p.get("generation", 0.0)) + p.get("framework overhead", 0.0)
 
     @property
     def tensors(self) -> float:
@@ -458,6 +461,11 @@ def estimate(job: Job) -> Estimate:
     }
     if Objective.of(job.method).reference:
         parts["reference"] = _reference(job, lora)
+    if Objective.of(job.method).sample == "prompt":  # GRPO (issue 27): it samples answers before the loss
+        from tuneforge.estimate.grpo import grpo_parts
+
+        parts.update(grpo_parts(job, lora, weights))
+        notes["generation"] = "KV cache of the generation batch while sampling (before the loss, not beside it)"
     est = Estimate(job, parts, notes, offloaded)
     if job.device == "cuda":
         parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * est.tensors

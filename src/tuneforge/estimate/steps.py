@@ -72,12 +72,23 @@ def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
     from tuneforge.model.load import load_tokenizer
 
     objective = Objective.of(cfg.method)
-    return steps_of(cfg, prepare(cfg.data, load_tokenizer(cfg.model), log, objective=objective).train)
+    tokenizer = load_tokenizer(cfg.model)
+    if objective.sample == "prompt":  # GRPO (issue 27): prompts, rendered as training renders them
+        from tuneforge.data.prompts import prepare_prompts
+
+        return steps_of(cfg, prepare_prompts(cfg, tokenizer, log))
+    return steps_of(cfg, prepare(cfg.data, tokenizer, log, objective=objective).train)
 
 
 def steps_of(cfg: Config, train: Any) -> StepPlan:
     """The run's optimizer steps over `train`, its prepared training set; `longest` is its widest row."""
     from tuneforge.data.prepare import widest_rows
 
-    longest = max(widest_rows(train, Objective.of(cfg.method)))
-    return count_steps(len(train), cfg.train, cfg.distributed.nproc * cfg.distributed.nnodes, longest)
+    world = cfg.distributed.nproc * cfg.distributed.nnodes
+    objective = Objective.of(cfg.method)
+    if objective.sample == "prompt":  # GRPO (issue 27): a sample is one completion, num_generations per prompt
+        g = cfg.method.grpo
+        return count_steps(
+            len(train) * g.num_generations, cfg.train, world, max(train["length"]) + g.max_completion_length
+        )
+    return count_steps(len(train), cfg.train, world, max(widest_rows(train, objective)))

@@ -21,8 +21,8 @@ import re
 import statistics
 from typing import TYPE_CHECKING, Any
 
+from tuneforge.answers import TRUNCATED, split_answer
 from tuneforge.errors import UserError
-from tuneforge.eval.extract import TRUNCATED, split_answer
 from tuneforge.eval.tasks import Context, Row, answered, conversations_of, generate_answers, limited, task_path
 from tuneforge.infer.backend import SamplingParams
 

@@ -1,8 +1,8 @@
-"""Item metrics: exact match, contains-answer, ROUGE-L, BLEU-4 (Chinese segmented by jieba), math equivalence.
+"""Item metrics: exact match, contains-answer, ROUGE-L, BLEU-4 (Chinese segmented by jieba).
 
 Libraries, no downloads at run time: `rouge-score` (ROUGE-L F1, with jieba as its tokenizer: its own
 tokenizer keeps only [a-z0-9] and would drop every Chinese character), `sacrebleu` (sentence BLEU-4, exp
-smoothing, on jieba-segmented text joined by spaces with tokenize="none"), `math-verify` (answer equivalence).
+smoothing, on jieba-segmented text joined by spaces with tokenize="none").
 """
 
 from __future__ import annotations
@@ -67,14 +67,3 @@ def bleu4(pred: str, gold: str) -> float:
     import sacrebleu
 
     return sacrebleu.sentence_bleu(" ".join(segment(pred)), [" ".join(segment(gold))], tokenize="none").score / 100
-
-
-def math_equal(pred: str, gold: str) -> tuple[bool, str | None]:
-    """Whether the prediction's final answer equals `gold` by math-verify, and the answer it read (None: none)."""
-    from math_verify import parse, verify
-
-    gold_parsed = parse(gold if "$" in gold or "\\boxed" in gold else f"${gold}$")
-    pred_parsed = parse(pred)
-    if not pred_parsed:
-        return False, None
-    return bool(verify(gold_parsed, pred_parsed)), str(pred_parsed[-1])

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from tuneforge.eval.extract import TRUNCATED
+from tuneforge.answers import TRUNCATED
 from tuneforge.eval.judge import aggregate
 from tuneforge.eval.tasks import Row, perplexity
 from tuneforge.io import atomic_dir

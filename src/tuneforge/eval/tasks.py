@@ -19,10 +19,18 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneforge.answers import (
+    CORRECT,
+    TRUNCATED,
+    extract_choice,
+    gsm8k_gold,
+    math_equal,
+    outcome,
+    split_answer,
+)
 from tuneforge.data.conversation import Conversation, Message, Preference, ToolCall
 from tuneforge.errors import UserError
 from tuneforge.eval import metrics
-from tuneforge.eval.extract import CORRECT, TRUNCATED, extract_choice, gsm8k_gold, outcome, split_answer
 from tuneforge.eval.suite import TaskConfig
 from tuneforge.infer.backend import ChatResult, SamplingParams
 from tuneforge.infer.cache import ItemCache
@@ -275,7 +283,7 @@ def _math(task: TaskConfig, ctx: Context) -> list[Row]:
         for role, pairs in answers.items()
         for (item_id, _, gold), (prompt, result) in zip(items, pairs)
     ]
-    return _graded(rows, lambda row, answer: metrics.math_equal(answer, row.gold))
+    return _graded(rows, lambda row, answer: math_equal(answer, row.gold))
 
 
 # --- multiple choice ---------------------------------------------------------------------------------------------

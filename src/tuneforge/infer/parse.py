@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from tuneforge.constants import THINK_CLOSE, THINK_OPEN  # re-exported: engine.py imports them from here
 from tuneforge.data.conversation import ToolCall
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 
 

@@ -138,7 +138,7 @@ def logged_lines(run: Run) -> list[str]:
     return lines
 
 
-PREFERENCE_BAR = {"rewards/accuracies": "acc", "rewards/margins": "margin"}
+PREFERENCE_BAR = {"rewards/accuracies": "acc", "rewards/margins": "margin", "reward": "reward"}  # reward: grpo
 # The preference metrics TRL logs, drawn in RUN/rewards.png (as present).
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 

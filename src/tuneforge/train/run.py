@@ -172,6 +172,10 @@ def check_hardware(cfg: Config) -> None:
     objective = Objective.of(cfg.method)
     if objective.needs_trl:
         checks.append(lambda: require_trl(f"method.objective: {objective.name}"))
+    if objective.sample == "prompt":  # GRPO (issue 27)
+        from tuneforge.train.grpo import check_grpo
+
+        checks.append(lambda: check_grpo(cfg, Processes.from_env().world_size))
     if problems := problems_of(checks):
         raise UserError("\n".join(problems))
 
@@ -226,7 +230,7 @@ def training_arguments(cfg: Config, run: Run, has_eval: bool, strategy: Strategy
         report_to=[] if t.report_to == "none" else [t.report_to],
         run_name=t.run_name or Path(cfg.output.dir).resolve().name,
         remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen=objective_args.pop("include_num_input_tokens_seen", "non_padding"),
         dataloader_pin_memory=on_gpu,
         disable_tqdm=True,  # our own bar shows loss, tokens/s and ETA
         **strategy.training_arguments(t.gradient_checkpointing, cpu_processes=cpu_processes),
@@ -292,7 +296,7 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
     from transformers import PrinterCallback, set_seed
 
     from tuneforge.data.collate import PackCollator
-    from tuneforge.data.prepare import prepare
+    from tuneforge.data.prepare import Prepared, prepare
     from tuneforge.data.render import trained_modes
     from tuneforge.model.adapters import apply_method
     from tuneforge.model.kernels import apply_kernels, compile_layers
@@ -311,12 +315,17 @@ def train(cfg: Config, callbacks: list[Any] | None = None, log=print, strategy: 
         run.start(cfg, tokenizer.chat_template, resumed=resume is not None, continued=continued)
     objective = Objective.of(cfg.method)
     with node_first(procs):  # tokenized once per node; the other processes read the cache
-        data = prepare(cfg.data, tokenizer, log, objective=objective)
+        if objective.sample == "prompt":  # GRPO (issue 27): prompts rendered for sampling, not (ids, labels)
+            from tuneforge.data.prompts import prepare_prompts
+
+            data = Prepared(prepare_prompts(cfg, tokenizer, log), None)
+        else:
+            data = prepare(cfg.data, tokenizer, log, objective=objective)
     if procs.is_main:  # chat, eval and serve default to the mode the run trained in
         modes = trained_modes(cfg.data.thinking, data.with_reasoning, data.without_reasoning)
         run.record_thinking(cfg.data.thinking, modes)
     if not objective.packs and cfg.data.packing:
-        log(f"data.packing: not used by method.objective: {objective.name}; preference rows are padded")
+        log(f"data.packing: not used by method.objective: {objective.name}; its rows are padded")
     if objective.ordered and cfg.data.group_by_length:
         log(f"data.group_by_length: not used by method.objective: {objective.name}; {objective.ordered}")
     if cfg.train.preflight:

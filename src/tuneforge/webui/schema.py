@@ -59,6 +59,8 @@ def _walk(model: type[BaseModel], prefix: str, section: str) -> list[Field]:
     for name, info in model.model_fields.items():
         nested, many = nested_model(info.annotation)
         if nested is not None and many:
+            if f"{prefix}{name}" != "data.datasets":
+                continue  # method.grpo.rewards (issue 27): a list edited in the YAML editor
             for i in range(DATASET_SLOTS):
                 fields += _walk(nested, f"{prefix}{name}[{i}].", f"{prefix}{name}[{i}]")
         elif nested is not None:

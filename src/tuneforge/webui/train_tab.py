@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 
 from tuneforge.config import Config, check_local_files, parse_yaml, validate
+from tuneforge.config_grpo import own_rewards
 from tuneforge.errors import UserError
 from tuneforge.estimate.report import GPU_SIZES
 from tuneforge.io import atomic_write_text
@@ -27,6 +28,12 @@ def config_from_yaml(text: str) -> Config:
     """The validated config in the YAML editor (every problem at once, as `tuneforge config check` reports them)."""
     cfg = validate(parse_yaml(text, EDITOR), EDITOR)
     check_local_files(cfg)
+    if own := own_rewards(cfg.method.grpo):  # issue 27: the browser may not run a file's code
+        key, name = own[0]
+        raise UserError(
+            f"{key}: {name} runs that file's code, which the web UI does not accept from the browser; "
+            "start this run with `tuneforge train CONFIG` instead"
+        )
     return cfg
 
 

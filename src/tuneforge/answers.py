@@ -1,4 +1,6 @@
-"""Answers out of model output: the thinking split, choice letters, and the outcome of an item.
+"""Answers out of model output: the thinking split, choice letters, math equivalence, and the outcome of an item.
+
+Shared by evaluation (eval/tasks.py) and the GRPO rewards (train/rewards.py), so both grade an answer alike.
 
 Reasoning models write `<think>…</think>` before the answer; Qwen3's template may open `<think>` in the prompt,
 so the output then has only the closing tag (unpaired). The answer is what follows the **last** `</think>`.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tuneforge.infer.parse import THINK_CLOSE, THINK_OPEN
+from tuneforge.constants import THINK_CLOSE, THINK_OPEN
 
 CORRECT, WRONG, TRUNCATED = "correct", "wrong", "thinking_truncated"
 
@@ -68,3 +70,14 @@ def extract_choice(answer: str, letters: str = "ABCD") -> str | None:
 def gsm8k_gold(answer: str) -> str:
     """The final number of a GSM8K solution (after `####`), without thousands separators."""
     return answer.rsplit("####", 1)[-1].strip().replace(",", "")
+
+
+def math_equal(pred: str, gold: str) -> tuple[bool, str | None]:
+    """Whether the prediction's final answer equals `gold` by math-verify, and the answer it read (None: none)."""
+    from math_verify import parse, verify
+
+    gold_parsed = parse(gold if "$" in gold or "\\boxed" in gold else f"${gold}$")
+    pred_parsed = parse(pred)
+    if not pred_parsed:
+        return False, None
+    return bool(verify(gold_parsed, pred_parsed)), str(pred_parsed[-1])
