@@ -14,7 +14,7 @@ from tuneforge.objective import OBJECTIVES, Objective, Scored, log_sigmoid
 
 def test_the_config_offers_exactly_the_objectives_that_have_an_entry():
     choices = typing.get_args(MethodConfig.model_fields["objective"].annotation)
-    assert choices == tuple(OBJECTIVES) == ("sft", "dpo", "orpo", "simpo", "kto")
+    assert choices == tuple(OBJECTIVES) == ("sft", "dpo", "orpo", "simpo", "kto", "grpo")
     assert all(Objective.of(MethodConfig(objective=name)).name == name for name in choices)
 
 
@@ -35,8 +35,10 @@ def test_each_objective_names_a_trainer_that_builds_itself_and_arguments_it_acce
     trainer = trainer_class(objective)
     assert trainer.__name__ == {"sft": "SFTTrainer", "simpo": "SimPOTrainer"}.get(name, f"{name.upper()}Trainer")
     assert issubclass(trainer, SFTTrainer if name == "sft" else PreferenceMixin)
-    # What the eval reports and the plots draw follow the same entry: sft has no rewards, kto no pairs.
-    assert (objective.reward is None, objective.pair_loss is None) == (name == "sft", name in ("sft", "kto"))
+    # What the eval reports and the plots draw follow the same entry: sft has no rewards, kto no pairs, and grpo's
+    # rewards are its reward functions' (metrics.jsonl), not a log-ratio of one answer.
+    no_reward = name in ("sft", "grpo")
+    assert (objective.reward is None, objective.pair_loss is None) == (no_reward, no_reward or name == "kto")
 
 
 def test_held_out_pair_metrics_follow_trls_formulas():
