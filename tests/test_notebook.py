@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import DATA_DIR, needs_assets
 
-from tuneforge.api import apply_keywords
+from tuneforge.train.notebook import apply_keywords
 
 
 def test_keywords_merge_sections_and_set_dotted_keys():

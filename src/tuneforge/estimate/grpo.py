@@ -12,12 +12,19 @@ for LoRA and a second copy of the weights for full fine-tuning; beta 0 has none.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tuneforge.estimate.memory import Job
+from typing import Any, Protocol
 
 FP32 = 4
+
+
+class Job(Protocol):
+    """What these terms read of estimate/memory.py's Job (named here so memory.py can import this module alone)."""
+
+    shape: Any
+    dtype_bytes: int
+    method: Any
+    train: Any
+    max_length: int
 
 
 def grpo_parts(job: Job, lora: float, weights: float) -> dict[str, float]:
