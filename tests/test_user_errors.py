@@ -355,3 +355,26 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, case):
     assert "Traceback" not in result.output
     line = error_line(result)
     assert expected in line, line
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "choices"),
+    [
+        (["data", "preview", "c.yaml", "--split", "nope"], "--split", "'train', 'validation'"),
+        (["export", "gguf", "--model", "m", "--out", "o.gguf", "--type", "nope"], "--type", "'f32', 'f16', 'bf16'"),
+        (["serve", "--engine", "nope"], "--engine", "'auto', 'transformers', 'vllm', 'sglang'"),
+        (["estimate", "--method", "nope"], "--method", "'lora', 'qlora', 'full'"),
+        (["download", "x/y", "--hub", "nope"], "--hub", "'huggingface', 'modelscope'"),
+    ],
+)
+def test_bad_choice_is_one_usage_error_naming_the_choices(tmp_path, args, option, choices):
+    env = {**os.environ, "COLUMNS": "300"}  # the message is one line; a narrow terminal would wrap its box
+    result = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", *args], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "Invalid value" in line]
+    assert len(lines) == 1, result.stderr
+    assert f"Invalid value for '{option}'" in lines[0] and f"'nope' is not one of {choices}" in lines[0]
+    assert not list(tmp_path.iterdir())  # refused before anything ran

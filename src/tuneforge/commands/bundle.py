@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from tuneforge.commands.common import user_errors
 
+
+@user_errors
 def bundle(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option(help="New folder to write the bundle into.")] = None,
@@ -45,6 +47,7 @@ def bundle(
     typer.echo(f"wrote {out}: {count} files, {size / 2**20:.0f} MiB; on the target: sh {out}/install.sh")
 
 
+@user_errors
 def verify(bundle_dir: Annotated[Path, typer.Argument(help="A folder made by `tuneforge bundle`.")]) -> None:
     """Check every file's sha256 and size, and that all requirements install from the bundle alone."""
     from tuneforge.bundle.verify import verify_bundle
@@ -57,9 +60,9 @@ def verify(bundle_dir: Annotated[Path, typer.Argument(help="A folder made by `tu
     typer.echo(f"{bundle_dir}: every file matches the manifest; {count} wheels install from the bundle alone")
 
 
-def register(app: typer.Typer, user_errors: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """Add the `bundle` group to the CLI, its commands wrapped in the CLI's one-line error handling."""
+def register(app: typer.Typer) -> None:
+    """Add the `bundle` group to the CLI."""
     group = typer.Typer(help="Offline bundles: build one, verify one.")
-    group.callback(invoke_without_command=True)(user_errors(bundle))
-    group.command("verify")(user_errors(verify))
+    group.callback(invoke_without_command=True)(bundle)
+    group.command("verify")(verify)
     app.add_typer(group, name="bundle")

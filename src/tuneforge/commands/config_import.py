@@ -1,7 +1,4 @@
-"""`tuneforge config import`: another tool's config or command line → a tuneforge config and a report beside it.
-
-Registered in tuneforge.cli, which wraps it in user_errors (imported from there, this module would be circular).
-"""
+"""`tuneforge config import`: another tool's config or command line → a tuneforge config and a report beside it."""
 
 from __future__ import annotations
 
@@ -10,7 +7,11 @@ from typing import Annotated
 
 import typer
 
+from tuneforge.commands.common import choice, user_errors
+from tuneforge.importers.convert import TOOLS
 
+
+@user_errors
 def config_import(
     file: Annotated[
         Path, typer.Argument(help="LLaMA-Factory YAML, or a script with llamafactory-cli / swift sft / swift rlhf.")
@@ -20,7 +21,7 @@ def config_import(
     ] = None,
     out: Annotated[Path, typer.Option(help="Where to write the tuneforge config.")] = Path("tuneforge.yaml"),
     source: Annotated[
-        str | None, typer.Option("--from", help="llamafactory or swift (default: told by the file).")
+        choice(TOOLS) | None, typer.Option("--from", help="The tool the file is for (default: told by the file).")
     ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="key.sub=value applied to the written config (repeatable).")
@@ -28,12 +29,9 @@ def config_import(
     check_data: Annotated[bool, typer.Option(help="Load and render every dataset and report kept/dropped.")] = True,
 ) -> None:
     """Write a tuneforge config equivalent to a LLaMA-Factory config or an ms-swift command line, and a report."""
-    from tuneforge.errors import UserError
-    from tuneforge.importers.convert import TOOLS, import_config, write_import
+    from tuneforge.importers.convert import import_config, write_import
 
-    if source is not None and source not in TOOLS:
-        raise UserError(f"--from {source}: expected one of {', '.join(TOOLS)}")
-    raw, cfg, report = import_config(file, source, dataset_info, overrides)  # type: ignore[arg-type]
+    raw, cfg, report = import_config(file, source, dataset_info, overrides)
     if check_data:
         from tuneforge.importers.data_check import check_datasets
 
@@ -46,6 +44,7 @@ def config_import(
     console.print(f"wrote {out} and its report {md}; check it with: tuneforge config check {out}")
 
 
+@user_errors
 def config_export(
     config: Annotated[Path, typer.Argument(help="tuneforge YAML config.")],
     to: Annotated[str, typer.Option(help="The tool to write a config for: llamafactory.")] = "llamafactory",
@@ -61,3 +60,9 @@ def config_export(
 
     md = export_config(config, to, out, overrides)
     typer.echo(f"wrote {out}, {out.parent / 'dataset_info.json'} and the report {md}")
+
+
+def register(group: typer.Typer) -> None:
+    """Add import and export to the `config` group."""
+    group.command("import")(config_import)
+    group.command("export")(config_export)

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from tuneforge.commands.common import user_errors
 
+
+@user_errors
 def synth_command(
     config: Annotated[
         Path | None, typer.Argument(help="Synth YAML (docs/synth.md); flags and KEY=VALUE override it.")
@@ -70,3 +73,8 @@ def synth_command(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add synth to the CLI."""
+    app.command("synth")(synth_command)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
 from tuneforge.eval.judge import check_baseline, check_judges
+from tuneforge.eval.request import ENGINES
 from tuneforge.infer.cache import model_fingerprints
 from tuneforge.infer.offline_vllm import VllmEngine
 from tuneforge.infer.remote import RemoteEngine, Router, client_api_key, is_url
@@ -68,8 +69,8 @@ def check_flags(request: EvalRequest) -> None:
         )
     if request.baseline_model and not (is_url(request.baseline) or (request.baseline == "base" and request.endpoint)):
         raise UserError("eval: --baseline-model goes with --baseline URL, or with --endpoint for its base")
-    if request.engine not in ("transformers", "vllm"):
-        raise UserError(f"eval: --engine {request.engine}: expected transformers or vllm")
+    if request.engine not in ENGINES:
+        raise UserError(f"eval: --engine {request.engine}: expected {' or '.join(ENGINES)}")
     if request.engine == "vllm" and request.endpoint:
         raise UserError("eval: --engine vllm runs a local model; --endpoint already names a server")
     if request.nproc > 1 and (request.endpoint or is_url(request.baseline) or request.engine == "vllm"):

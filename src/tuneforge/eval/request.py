@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+ENGINES = ("transformers", "vllm")  # the built-in engine, or offline vLLM (generation tasks only)
+
 
 @dataclass(frozen=True)
 class EvalRequest:
@@ -24,7 +26,7 @@ class EvalRequest:
     served_model: str | None = None
     api_key_file: Path | None = None
     baseline_model: str | None = None
-    engine: str = "transformers"  # transformers | vllm
+    engine: str = "transformers"  # one of ENGINES
     concurrency: int = 8  # requests in flight per endpoint
     nproc: int = 1  # processes (GPUs), each with its own model copy
     quantize: bool | None = None  # --load-in-4bit / --no-quantize (None: a QLoRA run's base as it was trained)
