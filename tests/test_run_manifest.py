@@ -189,7 +189,7 @@ def test_every_export_requirement_is_checked_before_merging(tmp_path, tiny_qwen3
         export_run(run, ["gguf", "ollama"], "f16")
     lines = str(err.value).splitlines()
     assert lines[0].startswith(f"{base / 'config.json'}: model_type 'llava' cannot be exported to GGUF")
-    assert lines[1].startswith(f"--to ollama: the run's ({run}) chat template is not a Qwen3 one")
+    assert lines[1].startswith(f"--to ollama: the run's ({run}) chat template is not one export ollama can restate")
     assert not (run / "merged").exists()
 
     (base / "config.json").write_text(json.dumps(config))

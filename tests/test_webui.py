@@ -69,7 +69,7 @@ def test_every_config_key_has_an_editable_component_with_a_plain_label_and_its_y
     from tuneforge.config import MethodConfig
 
     assert [c[1] for c in fields["method.type"].choices] == list(get_args(MethodConfig.model_fields["type"].annotation))
-    assert [c[1] for c in fields["method.objective"].choices] == ["sft", "dpo", "orpo", "simpo", "kto"]
+    assert [c[1] for c in fields["method.objective"].choices] == ["sft", "dpo", "orpo", "simpo", "kto", "grpo"]
     assert list(ESSENTIALS)[:4] == ["model.name_or_path", "method.type", "method.objective", "data.datasets[0].path"]
 
 

@@ -35,11 +35,11 @@ def thinking_default(run: str | None) -> tuple[bool, str]:
     from tuneforge.infer.spec import thinking_for
     from tuneforge.rundir import Run
 
-    try:
+    try:  # a folder that is not a readable run (its config invalid, say) records no mode
         opened = Run.open(run) if run else None
+        trained = opened.trained_thinking() if opened else None
     except UserError:
-        opened = None
-    trained = opened.trained_thinking() if opened else None
+        opened, trained = None, None
     if opened is None or trained is None:
         return False, "thinking off: the run does not record one mode it trained in"
     return trained, thinking_for(None, trained, opened.name)[1]

@@ -75,6 +75,51 @@ KEYS: dict[str, tuple[str, str, str]] = {
         "dpo、kto：model：每步计算参考对数概率；precomputed：训练前算好。",
     ),
     "method.simpo_gamma": ("SimPO gamma", "SimPO gamma", "simpo：chosen 与 rejected 之间的目标奖励间隔。"),
+    "method.grpo.loss": (
+        "GRPO loss",
+        "GRPO 损失",
+        "TRL 的 loss_type：grpo（每条回答的平均 token 损失）、dapo（整批 token 平均，TRL 默认）、"
+        "dr_grpo（按 token 求和再除以 max_completion_length，配合 scale_rewards: none）。",
+    ),
+    "method.grpo.num_generations": (
+        "Completions per prompt",
+        "每个提示的采样数",
+        "每个提示采样的回答数；全局批大小须是它的整数倍。",
+    ),
+    "method.grpo.max_completion_length": (
+        "Max completion length",
+        "最大回答长度",
+        "回答的最大 token 数（更长的被截断）。",
+    ),
+    "method.grpo.beta": ("KL beta", "KL 系数", "向参考模型拉近的强度；0：不用参考模型（省显存、更快）。"),
+    "method.grpo.temperature": ("Sampling temperature", "采样温度", "采样回答时的温度。"),
+    "method.grpo.scale_rewards": (
+        "Scale rewards",
+        "奖励归一化",
+        "优势值除以组内、批内的标准差，或不除（Dr. GRPO：none）。",
+    ),
+    "method.grpo.mask_truncated": (
+        "Mask truncated",
+        "屏蔽截断回答",
+        "被 max_completion_length 截断的回答不计入损失（DAPO 的超长过滤）。",
+    ),
+    "method.grpo.generation": (
+        "Generation backend",
+        "采样后端",
+        "谁来采样：transformers 的 generate（CPU 与 GPU）；vllm：与训练同卡；"
+        "vllm_server：vllm_server_url 处的 `trl vllm-serve` 服务。",
+    ),
+    "method.grpo.vllm_server_url": ("vLLM server URL", "vLLM 服务地址", "vllm_server：服务的基础 URL。"),
+    "method.grpo.instruction": (
+        "Prompt instruction",
+        "提示附加说明",
+        "另起一行追加到每个提示的最后一个用户轮次，例如 `tuneforge eval --suite math` 使用的数学说明。",
+    ),
+    "method.grpo.completions_every": (
+        "Log completions every",
+        "记录回答间隔",
+        "每 N 步把该步的提示、回答和奖励追加到 RUN/completions.jsonl（0：不记录）。",
+    ),
     "method.desirable_weight": ("Desirable weight", "正例权重", "kto：正例损失的权重（正例较少时调高）。"),
     "method.undesirable_weight": ("Undesirable weight", "负例权重", "kto：负例损失的权重（负例较少时调高）。"),
     "train.epochs": ("Epochs", "训练轮数", "遍历训练集的次数（可以是小数）。"),
@@ -99,6 +144,12 @@ KEYS: dict[str, tuple[str, str, str]] = {
     "train.resume": ("Resume from", "从检查点继续", "auto（本运行最新的检查点）或检查点路径。"),
     "train.preflight": ("Pre-flight check", "训练前检查", "数据准备好后打印显存估算和步数，放不下时停止。"),
     "train.report_to": ("Experiment tracker", "实验跟踪", "实验跟踪工具（安装同名 extra）；metrics.jsonl 总会写入。"),
+    "train.run_name": ("Run name (tracker)", "运行名称（跟踪）", "实验跟踪里的运行名称（默认：运行目录的名字）。"),
+    "train.project": (
+        "Project (tracker)",
+        "项目（跟踪）",
+        "跟踪工具的项目（W&B、SwanLab）或实验（MLflow）；默认：跟踪工具自己的。",
+    ),
     "output.dir": ("Run folder", "运行目录", "运行目录：配置、适配器或模型、检查点、指标。"),
     "output.overwrite": ("Overwrite a finished run", "覆盖已完成的运行", "允许在已有完成运行的目录里重新训练。"),
     "distributed.nproc": (
