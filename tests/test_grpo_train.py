@@ -57,6 +57,7 @@ def logged(run, key: str) -> list[float]:
 
 
 @needs_assets
+@pytest.mark.slow  # about 45 s of CPU: the fast suite stays under 15 min on 2 cores
 def test_run_folder_metrics_completions_and_resume(ending_model, tmp_path):
     grpo = {
         "num_generations": 4,
