@@ -121,6 +121,9 @@ def test_dataset_summary_counts_detects_and_renders_the_first_sample(tiny_qwen3_
     raw["model"]["name_or_path"] = "Qwen/Qwen3-8B"  # no local model: the messages as they are
     assert "user: 你是谁？\nassistant: 我是{{name}}" in pickers.dataset_summary(raw)
     assert "a hub dataset" in pickers.dataset_summary({"data": {"datasets": [{"path": "org/set"}]}})
+    raw["method"] = {"objective": "ppo"}  # an objective no trainer has: named, not read as sft
+    with pytest.raises(UserError, match=r"^form: objective: Input should be .sft., .dpo."):
+        pickers.dataset_summary(raw)
 
 
 @needs_assets

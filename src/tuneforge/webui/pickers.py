@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tuneforge.config import DatasetConfig, ModelConfig, describe_validation, looks_like_path, read_yaml
+from tuneforge.config import DatasetConfig, MethodConfig, ModelConfig, describe_validation, looks_like_path, read_yaml
 from tuneforge.errors import UserError
 from tuneforge.rundir import Run
 from tuneforge.webui.jobs import list_runs
@@ -103,7 +103,7 @@ def dataset_summary(raw: dict[str, Any]) -> str:
 def _summary(wanted_json: str, _mtime_ns: int) -> str:
     from tuneforge.data.formats import detect_format
     from tuneforge.data.sources import load_conversations, messages_view, raw_records
-    from tuneforge.objective import OBJECTIVES, SFT
+    from tuneforge.objective import Objective
 
     raw = json.loads(wanted_json)
     model = raw.get("model") or {}
@@ -111,9 +111,9 @@ def _summary(wanted_json: str, _mtime_ns: int) -> str:
     try:
         ds = DatasetConfig.model_validate(raw["dataset"])
         model_cfg = ModelConfig.model_validate(model) if local else None
+        objective = Objective.of(MethodConfig.model_validate(raw.get("method") or {}))
     except ValidationError as exc:
         raise UserError(describe_validation(exc, "form")) from None
-    objective = OBJECTIVES.get((raw.get("method") or {}).get("objective", "sft"), SFT)
     notes: list[str] = []
     samples = load_conversations(ds, log=notes.append, objective=objective)
     fmt = ds.format if ds.format != "auto" else detect_format(next(raw_records(ds)).record, ds.columns)
