@@ -26,22 +26,12 @@ from gguf import GGMLQuantizationType as Q
 
 from tuneforge.errors import UserError, unreadable
 from tuneforge.export import interrupt_as_user_error, refuse_existing
+from tuneforge.export.gguf_types import DIRECT_TYPES, GGUF_TYPES, LLAMA_CPP_TYPES
 
-# --type values written by this module, and their GGUF file types.
-DIRECT_TYPES: dict[str, tuple[Q, gguf.LlamaFileType]] = {
-    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
-    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-}
-# --type values made by llama.cpp's quantizer (llama-cpp-python), with their llama_ftype.
-LLAMA_CPP_TYPES: dict[str, gguf.LlamaFileType] = {
-    "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M,
-    "q5_k_m": gguf.LlamaFileType.MOSTLY_Q5_K_M,
-    "q6_k": gguf.LlamaFileType.MOSTLY_Q6_K,
-}
-GGUF_TYPES = (*DIRECT_TYPES, *LLAMA_CPP_TYPES)
-RUN_TYPE = "q4_k_m"  # what a run is exported as unless --type says otherwise (`tuneforge export --run`, the web UI)
+
+def _file_type(qtype: str) -> gguf.LlamaFileType:
+    """The GGUF file type a --type name stands for (gguf's enum spells them ALL_F32, MOSTLY_Q4_K_M, ...)."""
+    return gguf.LlamaFileType["ALL_F32" if qtype == "f32" else f"MOSTLY_{qtype.upper()}"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +97,7 @@ def export_gguf(model_dir: Path, out: Path, qtype: str = "f16", force: bool = Fa
             quantize = _llama_cpp_quantizer()
             with _temporary(out) as intermediate:
                 _write(model_dir, config, arch, tensors, intermediate, _lossless_type(tensors))
-                quantize(intermediate, tmp, LLAMA_CPP_TYPES[qtype])
+                quantize(intermediate, tmp, _file_type(qtype))
         os.replace(tmp, out)
     return out
 
@@ -224,7 +214,7 @@ def _unpack(f: BinaryIO, fmt: str) -> Any:
 def _write(
     model_dir: Path, config: dict[str, Any], arch: Arch, tensors: dict[str, StoredTensor], path: Path, qtype: str
 ) -> None:
-    qt, file_type = DIRECT_TYPES[qtype]
+    qt, file_type = Q[qtype.upper()], _file_type(qtype)
     writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
     try:
         _add_hparams(writer, config, model_dir)

@@ -11,7 +11,7 @@ import gradio as gr
 from tuneforge.errors import UserError
 from tuneforge.eval.report import HEADER, table_rows
 from tuneforge.eval.suite import shipped_suites
-from tuneforge.export.gguf import GGUF_TYPES, RUN_TYPE
+from tuneforge.export.gguf_types import GGUF_TYPES, RUN_TYPE
 from tuneforge.rundir import Run
 from tuneforge.webui import jobs
 from tuneforge.webui.i18n import t
