@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synth_server import ScriptedServer
+from synth_server import ScriptedServer, journal_request_id
 from test_synth_documents import DEBIAN_PDFS, _docx
 
 from tuneforge.config import DatasetConfig
@@ -158,12 +158,12 @@ def _cli(config: Path, *args: str) -> subprocess.Popen:
 
 
 def _journal_prompts(out: Path) -> set[str]:
-    """Prompt hashes of every complete journal line (the key is chunk:step:prompt:model)."""
+    """The server's request ids of every complete journal line (the key is chunk:step:prompt:model)."""
     found = set()
     for path in (out / "journal").glob("*.jsonl"):
         for line in path.read_bytes().splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # the torn line of a kill
-                found.add(json.loads(line)["key"].split(":")[2])
+                found.add(journal_request_id(json.loads(line)["key"]))
     return found
 
 
