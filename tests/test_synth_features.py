@@ -249,7 +249,7 @@ def test_config_checks_of_the_new_keys():
         assert str(raised.value) == f"synth.yaml: {message}"
 
 
-@pytest.mark.slow  # trains a tiny model for 2 DPO steps (~30-60 s on 2 loaded cores)
+@pytest.mark.slow  # trains a tiny model for 2 DPO steps (about 4 min on 2 cores shared by 7 sessions)
 def test_dpo_trains_on_synth_preference_pairs(tiny_qwen3_dir, tmp_path):
     """The preference file trains with `tuneforge train` and method.objective: dpo as it is."""
     docs = _small_docs(tmp_path / "docs")

@@ -171,14 +171,21 @@ def _lines(path: Path) -> int:
     return sum(1 for _ in path.open("rb")) if path.is_file() else 0
 
 
-@pytest.mark.slow  # ~50 s: six process starts and two full runs
+# Every later step too: synthesized reasoning, a follow-up, tags, rated preference pairs (a second sample, judged).
+FEATURES = {
+    "generate": {"questions_per_chunk": 3, "reasoning": "synthesize", "follow_ups": 1, "tags": ["rules", "people"]},
+    "preference": {"source": "rated"},
+}
+
+
+@pytest.mark.slow  # ~50-90 s: six process starts and two full runs
 def test_kill9_at_five_moments_then_resume(tmp_path):
     """kill -9 five times mid-run, then finish: the same dataset as an unbroken run, no finished request re-sent."""
     docs = _docs(tmp_path / "docs")
     rng = random.Random(23)
     with ScriptedServer(latency=0.05, timeout_sleep=3.5) as server:
         config = tmp_path / "synth.yaml"
-        config.write_text(yaml.safe_dump(_config(server.url, docs, tmp_path / "out")), encoding="utf-8")
+        config.write_text(yaml.safe_dump(_config(server.url, docs, tmp_path / "out", **FEATURES)), encoding="utf-8")
         journal = tmp_path / "out/journal/journal.jsonl"
         for kill in range(5):
             start = _lines(journal)
@@ -203,9 +210,13 @@ def test_kill9_at_five_moments_then_resume(tmp_path):
         report = json.loads((tmp_path / "out/report.json").read_text())
 
     with ScriptedServer(latency=0.0, timeout_sleep=3.5) as server:
-        unbroken = validate_synth(_config(server.url, docs, tmp_path / "unbroken"), "test")
+        unbroken = validate_synth(_config(server.url, docs, tmp_path / "unbroken", **FEATURES), "test")
         reference = synth(unbroken, "EMPTY", log=lambda *_: None)
     assert resumed_files == _records(tmp_path / "unbroken")  # nothing lost, nothing duplicated
+    for name in ("preference.jsonl", "preference_eval.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "unbroken" / name).read_bytes()
+    assert report["preference"] == reference["preference"] and reference["preference"]["written"] > 0
+    assert {"reasoning", "follow_up", "tags", "second_answer"} <= set(reference["requests"]["sent_by_step"])
     questions = [r["messages"][0]["content"] for r in resumed_files[0] + resumed_files[1]]
     assert len(questions) == len(set(questions))
     assert {k: report[k] for k in ("requested", "written", "failed", "filtered")} == {

@@ -158,9 +158,13 @@ def preview(pairs: list[Pair]) -> str:
     return "\n".join(parts)
 
 
-def train_snippet(out: Path, layout: str) -> str:
-    """The `data:` section of a training config that reads this dataset as it is."""
-    data = {"data": {"datasets": [{"path": str(out / "train.jsonl"), "format": layout}], "thinking": "auto"}}
+def train_snippet(out: Path, layout: str, preference: bool = False) -> str:
+    """The `data:` section of a training config that reads this dataset as it is (with `preference`: the
+    preference pairs, and the `method.objective: dpo` that trains on them)."""
+    name, layout = ("preference.jsonl", "messages_preference") if preference else ("train.jsonl", layout)
+    data: dict[str, Any] = {"data": {"datasets": [{"path": str(out / name), "format": layout}], "thinking": "auto"}}
+    if preference:
+        data["method"] = {"objective": "dpo"}
     return yaml.safe_dump(data, sort_keys=False)
 
 
