@@ -18,6 +18,7 @@ from tuneforge.data.sources import load_conversations
 from tuneforge.errors import UserError
 from tuneforge.objective import OBJECTIVES
 from tuneforge.synth.config import validate_synth
+from tuneforge.synth.output import train_snippet
 from tuneforge.synth.run import synth
 
 VARIATIONS = [
@@ -259,14 +260,11 @@ def test_dpo_trains_on_synth_preference_pairs(tiny_qwen3_dir, tmp_path):
         raw["preference"] = {"source": "weak_model", "weak": {"name": WEAK}}
         report = synth(validate_synth(raw, "test"), "EMPTY", log=lambda *_: None)
     assert report["preference"]["written"] == report["written"]["total"] > 0
+    snippet = yaml.safe_load(train_snippet(tmp_path / "out", "messages", preference=True))  # what synth prints
     config = {
         "model": {"name_or_path": str(tiny_qwen3_dir), "init": "random"},
-        "data": {
-            "datasets": [{"path": str(tmp_path / "out/preference.jsonl"), "format": "messages_preference"}],
-            "max_length": 256,
-            "cache_dir": str(tmp_path / "cache"),
-        },
-        "method": {"type": "lora", "rank": 4, "alpha": 8, "objective": "dpo"},
+        "data": {**snippet["data"], "max_length": 256, "cache_dir": str(tmp_path / "cache")},
+        "method": {"type": "lora", "rank": 4, "alpha": 8, **snippet["method"]},
         "train": {"max_steps": 2, "per_device_batch_size": 2, "save_steps": 1000, "logging_steps": 1},
         "output": {"dir": str(tmp_path / "run")},
     }

@@ -178,7 +178,7 @@ FEATURES = {
 }
 
 
-@pytest.mark.slow  # ~50-90 s: six process starts and two full runs
+@pytest.mark.slow  # 1-4 min (2 cores shared by 7 sessions): six process starts and two full runs
 def test_kill9_at_five_moments_then_resume(tmp_path):
     """kill -9 five times mid-run, then finish: the same dataset as an unbroken run, no finished request re-sent."""
     docs = _docs(tmp_path / "docs")
@@ -206,6 +206,7 @@ def test_kill9_at_five_moments_then_resume(tmp_path):
             later = server.ledger.delivered[delivered:]
             assert not done & set(later)
         assert "train on it with this data section:" in output and "format: messages" in output
+        assert "or DPO on the preference pairs:" in output and "format: messages_preference" in output
         resumed_files = _records(tmp_path / "out")
         report = json.loads((tmp_path / "out/report.json").read_text())
 

@@ -1,6 +1,7 @@
 """Requests to an OpenAI-compatible endpoint for synth: bounded concurrency, journal first, JSON replies checked.
 
-- At most `concurrency` requests in flight (an asyncio semaphore over one async `openai` client); the count is
+- At most `concurrency` requests in flight (an asyncio semaphore over an async `openai` client per server: the
+  model's, and the weak model's when it has its own); the count is
   measured (mean and peak in flight) so a limit that is not reached shows in the report.
 - Retries on 429, 5xx and timeouts are the `openai` client's own (exponential backoff, Retry-After honoured).
 - JSON is asked for with `response_format: json_schema` (vLLM, SGLang, OpenAI, `tuneforge serve` honour it);
