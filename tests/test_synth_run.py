@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synth_server import ScriptedServer
+from synth_server import ScriptedServer, journal_request_id
 from test_synth_documents import DEBIAN_PDFS, _docx
 
 from tuneforge.config import DatasetConfig
@@ -158,12 +158,12 @@ def _cli(config: Path, *args: str) -> subprocess.Popen:
 
 
 def _journal_prompts(out: Path) -> set[str]:
-    """Prompt hashes of every complete journal line (the key is chunk:step:prompt:model)."""
+    """The server's request ids of every complete journal line (the key is chunk:step:prompt:model)."""
     found = set()
     for path in (out / "journal").glob("*.jsonl"):
         for line in path.read_bytes().splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # the torn line of a kill
-                found.add(json.loads(line)["key"].split(":")[2])
+                found.add(journal_request_id(json.loads(line)["key"]))
     return found
 
 
@@ -171,14 +171,21 @@ def _lines(path: Path) -> int:
     return sum(1 for _ in path.open("rb")) if path.is_file() else 0
 
 
-@pytest.mark.slow  # ~50 s: six process starts and two full runs
+# Every later step too: synthesized reasoning, a follow-up, tags, rated preference pairs (a second sample, judged).
+FEATURES = {
+    "generate": {"questions_per_chunk": 3, "reasoning": "synthesize", "follow_ups": 1, "tags": ["rules", "people"]},
+    "preference": {"source": "rated"},
+}
+
+
+@pytest.mark.slow  # 1-4 min (2 cores shared by 7 sessions): six process starts and two full runs
 def test_kill9_at_five_moments_then_resume(tmp_path):
     """kill -9 five times mid-run, then finish: the same dataset as an unbroken run, no finished request re-sent."""
     docs = _docs(tmp_path / "docs")
     rng = random.Random(23)
     with ScriptedServer(latency=0.05, timeout_sleep=3.5) as server:
         config = tmp_path / "synth.yaml"
-        config.write_text(yaml.safe_dump(_config(server.url, docs, tmp_path / "out")), encoding="utf-8")
+        config.write_text(yaml.safe_dump(_config(server.url, docs, tmp_path / "out", **FEATURES)), encoding="utf-8")
         journal = tmp_path / "out/journal/journal.jsonl"
         for kill in range(5):
             start = _lines(journal)
@@ -199,13 +206,18 @@ def test_kill9_at_five_moments_then_resume(tmp_path):
             later = server.ledger.delivered[delivered:]
             assert not done & set(later)
         assert "train on it with this data section:" in output and "format: messages" in output
+        assert "or DPO on the preference pairs:" in output and "format: messages_preference" in output
         resumed_files = _records(tmp_path / "out")
         report = json.loads((tmp_path / "out/report.json").read_text())
 
     with ScriptedServer(latency=0.0, timeout_sleep=3.5) as server:
-        unbroken = validate_synth(_config(server.url, docs, tmp_path / "unbroken"), "test")
+        unbroken = validate_synth(_config(server.url, docs, tmp_path / "unbroken", **FEATURES), "test")
         reference = synth(unbroken, "EMPTY", log=lambda *_: None)
     assert resumed_files == _records(tmp_path / "unbroken")  # nothing lost, nothing duplicated
+    for name in ("preference.jsonl", "preference_eval.jsonl"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "unbroken" / name).read_bytes()
+    assert report["preference"] == reference["preference"] and reference["preference"]["written"] > 0
+    assert {"reasoning", "follow_up", "tags", "second_answer"} <= set(reference["requests"]["sent_by_step"])
     questions = [r["messages"][0]["content"] for r in resumed_files[0] + resumed_files[1]]
     assert len(questions) == len(set(questions))
     assert {k: report[k] for k in ("requested", "written", "failed", "filtered")} == {

@@ -62,8 +62,19 @@ def synth_command(
             typer.echo(f"  {count:6d}  {reason}")
     for problem in report["documents"]["without_text"]:
         typer.echo(f"  skipped {problem['file']}: {problem['problem']}")
+    pairs = report["preference"]
+    if pairs is not None:
+        typer.echo(
+            f"preference pairs: requested {pairs['requested']}, written {pairs['written']}, failed "
+            f"{pairs['failed']['total']}, filtered {pairs['filtered']['total']}"
+        )
+        for what in (pairs["failed"], pairs["filtered"]):
+            for reason, count in what["by_reason"].items():
+                typer.echo(f"  {count:6d}  {reason}")
     if parse_shard(shard)[1] == 1:
         typer.echo(f"train on it with this data section:\n{train_snippet(Path(cfg.out), cfg.output.format)}")
+        if pairs is not None:
+            typer.echo(f"or DPO on the preference pairs:\n{train_snippet(Path(cfg.out), '', preference=True)}")
     if report["failure_rate"] > cfg.budget.max_failure_rate:
         typer.secho(
             f"error: {report['failure_rate']:.1%} of the pairs failed (budget.max_failure_rate "

@@ -1,6 +1,7 @@
 """Requests to an OpenAI-compatible endpoint for synth: bounded concurrency, journal first, JSON replies checked.
 
-- At most `concurrency` requests in flight (an asyncio semaphore over one async `openai` client); the count is
+- At most `concurrency` requests in flight (an asyncio semaphore over an async `openai` client per server: the
+  model's, and the weak model's when it has its own); the count is
   measured (mean and peak in flight) so a limit that is not reached shows in the report.
 - Retries on 429, 5xx and timeouts are the `openai` client's own (exponential backoff, Retry-After honoured).
 - JSON is asked for with `response_format: json_schema` (vLLM, SGLang, OpenAI, `tuneforge serve` honour it);
@@ -89,15 +90,25 @@ class Client:
 
         access = cfg.model
         self.cfg, self.journal, self.meter = cfg, journal, Meter()
-        self._client = openai.AsyncOpenAI(
-            base_url=api_base(access.endpoint), api_key=key, timeout=access.timeout, max_retries=access.max_retries
-        )
+        self._clients = {
+            endpoint: openai.AsyncOpenAI(
+                base_url=api_base(endpoint), api_key=key, timeout=access.timeout, max_retries=access.max_retries
+            )
+            for endpoint in {access.endpoint, *self._other_endpoints(cfg)}
+        }
         self._slots = asyncio.Semaphore(access.concurrency)
         self._schema_ok = access.structured_output != "prompt"
 
+    @staticmethod
+    def _other_endpoints(cfg: SynthConfig) -> list[str]:
+        """The weak model's server, when preference pairs take it from another one (same key, same limits)."""
+        weak = cfg.preference.weak if cfg.preference is not None else None
+        return [weak.endpoint] if weak is not None and weak.endpoint else []
+
     async def close(self) -> None:
         """Close the HTTP connections."""
-        await self._client.close()
+        for client in self._clients.values():
+            await client.close()
 
     async def ask_json(
         self,
@@ -134,15 +145,18 @@ class Client:
         *,
         schema: type[BaseModel] | None = None,
         temperature: float | None = None,
+        endpoint: str | None = None,
+        seed: int | None = None,
     ) -> Reply:
-        """One request: from the journal when it was answered before, else sent (within budget) and journaled."""
+        """One request: from the journal when it was answered before, else sent (within budget) and journaled.
+        `endpoint`: another server than model.endpoint; `seed`: a second, different sample of the same prompt."""
         key = request_key(chunk, step, messages, model)
         entry = self.journal.get(key)
         if entry is None:
             budget = self.cfg.budget.max_tokens
             if budget is not None and self.meter.tokens_in + self.meter.tokens_out >= budget:
                 raise Failed(f"{step}: token budget reached (budget.max_tokens)")
-            entry = await self._send(key, step, model, messages, schema, temperature)
+            entry = await self._send(key, step, model, messages, schema, temperature, endpoint, seed)
             await self.journal.append(entry)
             self.meter.sent += 1
             self.meter.by_step[step] = self.meter.by_step.get(step, 0) + 1
@@ -162,16 +176,21 @@ class Client:
         messages: list[dict[str, Any]],
         schema: type[BaseModel] | None,
         temperature: float | None,
+        endpoint: str | None,
+        seed: int | None,
     ) -> dict[str, Any]:
         import openai
 
         access = self.cfg.model
+        client = self._clients[endpoint or access.endpoint]
         request: dict[str, Any] = {
             "model": model,
             "messages": messages,
             "max_tokens": access.max_tokens,
             "temperature": access.temperature if temperature is None else temperature,
         }
+        if seed is not None:
+            request["seed"] = seed
         if access.thinking is not None:
             request["extra_body"] = {"chat_template_kwargs": {"enable_thinking": access.thinking}}
         async with self._slots:
@@ -181,7 +200,7 @@ class Client:
                     if schema is not None and self._schema_ok:
                         request["response_format"] = _response_format(schema)
                     try:
-                        response = await self._client.chat.completions.create(**request)
+                        response = await client.chat.completions.create(**request)
                         break
                     except openai.BadRequestError as exc:
                         if "response_format" in request and self.cfg.model.structured_output == "auto":

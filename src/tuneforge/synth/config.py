@@ -17,6 +17,8 @@ from pydantic import Field, ValidationError, model_validator
 from tuneforge.config import Section, apply_overrides, describe_validation, read_yaml
 from tuneforge.errors import UserError
 
+Step = Literal["questions", "questions_variation", "answer", "judge", "reasoning", "follow_up", "tags", "free_tags"]
+
 
 class ModelAccess(Section):
     """An OpenAI-compatible endpoint (vLLM, SGLang, `tuneforge serve`, a hosted API) and how hard to use it."""
@@ -50,14 +52,33 @@ class ChunkConfig(Section):
     )
 
 
+class Variation(Section):
+    """One style of question: who it is written for and in what form."""
+
+    genre: str = Field(description="The form of the questions, e.g. exam question, customer support ticket.")
+    audience: str = Field(description="Who asks, e.g. new employee, expert auditor.")
+
+
 class GenerateConfig(Section):
     questions_per_chunk: int | None = Field(None, ge=1, description="Fixed count; default: from the chunk's length.")
     tokens_per_question: int = Field(128, ge=8, description="Default count: one question per this many tokens.")
     max_questions: int = Field(8, ge=1, description="Most questions asked of one chunk.")
-    prompts: dict[Literal["questions", "answer", "judge"], str] = Field(
+    prompts: dict[Step, str] = Field(
         default_factory=dict,
         description="Override a step's prompt template: a file path or the text; fields {chunk}, {count}, {question}, "
-        "{answer}, {language}.",
+        "{answer}, {language}, {genre}, {audience}, {history}, {tags} (docs/synth.md lists each step's).",
+    )
+    variations: list[Variation] = Field(
+        default_factory=list,
+        description="(genre, audience) pairs: a chunk's questions are asked once per variation; []: plain questions.",
+    )
+    reasoning: Literal["keep", "synthesize", "drop"] = Field(
+        "keep",
+        description="keep: the model's own reasoning; synthesize: also ask for it when an answer has none; drop: none.",
+    )
+    follow_ups: int = Field(0, ge=0, le=8, description="Follow-up user turns per pair, each answered from the chunk.")
+    tags: list[str] | Literal["free"] | None = Field(
+        None, description="Domain tags the model assigns to each pair: a list to choose from, or free; null: none."
     )
     language: Literal["auto", "en", "zh"] = Field("auto", description="Prompt language; auto: by the chunk's text.")
 
@@ -72,6 +93,29 @@ class QualityConfig(Section):
         lt=1,
         description="Questions with estimated Jaccard similarity at least this are near-duplicates; null: keep all.",
     )
+
+
+class WeakModel(Section):
+    """The model whose answers are the rejected side of preference pairs."""
+
+    name: str = Field(description="Its model name.")
+    endpoint: str | None = Field(None, description="Its server [default: model.endpoint, with model's API key].")
+
+
+class PreferenceConfig(Section):
+    """Preference pairs for `method.objective: dpo` (OUT/preference.jsonl, messages_preference format)."""
+
+    source: Literal["weak_model", "rated"] = Field(
+        description="weak_model: chosen = model's answer, rejected = weak's; rated: a second sample of model, "
+        "both rated by the judge, chosen = the higher score (ties dropped)."
+    )
+    weak: WeakModel | None = Field(None, description="The weak model (source: weak_model).")
+
+    @model_validator(mode="after")
+    def _weak_given(self) -> PreferenceConfig:
+        if (self.source == "weak_model") != (self.weak is not None):
+            raise ValueError("preference.weak is needed with source: weak_model and only there")
+        return self
 
 
 class OutputSection(Section):
@@ -99,11 +143,16 @@ class SynthConfig(Section):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     output: OutputSection = Field(default_factory=OutputSection)
     budget: Budget = Field(default_factory=Budget)
+    preference: PreferenceConfig | None = Field(None, description="Also build preference pairs; null: none.")
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> SynthConfig:
         if self.chunk.overlap >= self.chunk.tokens:
             raise ValueError(f"chunk.overlap ({self.chunk.overlap}) must be below chunk.tokens ({self.chunk.tokens})")
+        if self.preference is not None and self.preference.source == "rated" and not self.quality.judge:
+            raise ValueError("preference.source: rated needs quality.judge: true (the judge rates both samples)")
+        if self.generate.follow_ups and self.output.format == "alpaca":
+            raise ValueError("generate.follow_ups: alpaca holds one turn; use output.format messages or sharegpt")
         return self
 
 

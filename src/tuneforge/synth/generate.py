@@ -1,4 +1,5 @@
-"""The generation steps over all chunks: questions → near-duplicate removal → grounded answers → judge.
+"""The generation steps over all chunks: questions (per variation) → near-duplicate removal → grounded answers →
+judge → synthesized reasoning → follow-ups → tags → preference pairs (enrich.py, preference.py).
 
 Each step runs over every item at once (the client bounds the requests in flight), and every requested pair
 ends in exactly one fate: written, failed (a request or reply that gave nothing usable) or filtered (a
@@ -9,28 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from tuneforge.synth.chunk import Chunk
-from tuneforge.synth.client import Client, Failed, Reply
-from tuneforge.synth.config import SynthConfig
-from tuneforge.synth.prompts import Judgement, Questions, Templates, fill
-
-
-@dataclass
-class Pair:
-    """One requested question slot of a chunk and what became of it."""
-
-    chunk: Chunk
-    index: int
-    question: str = ""
-    answer: Reply | None = None
-    judgement: Judgement | None = None
-    fate: str = "pending"  # pending, written, failed, filtered
-    reason: str = ""
-    versions: dict[str, str] = field(default_factory=dict)  # step → template version
+from tuneforge.synth.client import Client, Failed
+from tuneforge.synth.config import SynthConfig, Variation
+from tuneforge.synth.enrich import follow_ups, synthesize_reasoning, tag
+from tuneforge.synth.pair import Pair, answer, answer_prompt, each, judge, prompt
+from tuneforge.synth.preference import prefer
+from tuneforge.synth.prompts import Questions, Templates
 
 
 def question_count(chunk: Chunk, cfg: SynthConfig, tokens: int) -> int:
@@ -45,41 +33,40 @@ async def generate(
     chunks: list[tuple[Chunk, int]], cfg: SynthConfig, client: Client, templates: Templates
 ) -> list[Pair]:
     """Every pair requested from `chunks` ((chunk, question count) each), each with its fate."""
-    slots = await asyncio.gather(*(_questions(c, n, cfg, client, templates) for c, n in chunks))
+    gen = cfg.generate
+    variations: list[Variation | None] = list(gen.variations) or [None]
+    slots = await asyncio.gather(*(_questions(c, n, v, cfg, client, templates) for c, n in chunks for v in variations))
     pairs = [pair for group in slots for pair in group]
     if cfg.quality.dedup_threshold is not None:
         remove_near_duplicates([p for p in pairs if p.fate == "pending"], cfg.quality.dedup_threshold)
-    await _each(pairs, lambda p: _answer(p, cfg, client, templates))
+    await each(pairs, lambda p: _answer(p, cfg, client, templates))
     if cfg.quality.judge:
-        await _each(pairs, lambda p: _judge(p, cfg, client, templates))
+        await each(pairs, lambda p: _judge(p, cfg, client, templates))
+    if gen.reasoning == "synthesize":
+        await each(pairs, lambda p: synthesize_reasoning(p, cfg, client, templates))
+    if gen.follow_ups:
+        await each(pairs, lambda p: follow_ups(p, cfg, client, templates))
+    if gen.tags is not None:
+        await each(pairs, lambda p: tag(p, cfg, client, templates))
     for pair in pairs:
         if pair.fate == "pending":
             pair.fate = "written"
+    if cfg.preference is not None:
+        await asyncio.gather(*(prefer(p, cfg, client, templates) for p in pairs if p.fate == "written"))
     return pairs
 
 
-async def _each(pairs: list[Pair], step: Callable[[Pair], Awaitable[None]]) -> None:
-    """Run `step` on every still-pending pair; a Failed marks that pair failed with its reason."""
-
-    async def one(pair: Pair) -> None:
-        try:
-            await step(pair)
-        except Failed as exc:
-            pair.fate, pair.reason = "failed", str(exc)
-
-    await asyncio.gather(*(one(p) for p in pairs if p.fate == "pending"))
-
-
-def _prompt(templates: Templates, step: str, chunk: Chunk, pair_versions: dict[str, str], **fields: str) -> list[dict]:
-    text, version = templates.get(step, chunk.language)
-    pair_versions[step] = version
-    return [{"role": "user", "content": fill(text, chunk=chunk.text, language=chunk.language, **fields)}]
-
-
-async def _questions(chunk: Chunk, count: int, cfg: SynthConfig, client: Client, templates: Templates) -> list[Pair]:
-    versions: dict[str, str] = {}
-    messages = _prompt(templates, "questions", chunk, versions, count=str(count))
-    pairs = [Pair(chunk, i, versions=versions) for i in range(count)]
+async def _questions(
+    chunk: Chunk, count: int, variation: Variation | None, cfg: SynthConfig, client: Client, templates: Templates
+) -> list[Pair]:
+    pairs = [Pair(chunk, i, variation) for i in range(count)]
+    if variation is None:
+        messages = prompt(templates, "questions", pairs[0], count=str(count))
+    else:
+        fields = {"count": str(count), "genre": variation.genre, "audience": variation.audience}
+        messages = prompt(templates, "questions_variation", pairs[0], **fields)
+    for pair in pairs[1:]:
+        pair.versions = dict(pairs[0].versions)
     try:
         reply, _ = await client.ask_json(chunk.id, "questions", cfg.model.name, messages, Questions)
     except Failed as exc:
@@ -88,7 +75,6 @@ async def _questions(chunk: Chunk, count: int, cfg: SynthConfig, client: Client,
         return pairs
     asked = reply.questions  # type: ignore[attr-defined]
     for pair in pairs:
-        pair.versions = dict(versions)
         if pair.index >= len(asked):
             pair.fate, pair.reason = "filtered", "questions: fewer questions than asked"
         elif not asked[pair.index].strip():
@@ -99,26 +85,16 @@ async def _questions(chunk: Chunk, count: int, cfg: SynthConfig, client: Client,
 
 
 async def _answer(pair: Pair, cfg: SynthConfig, client: Client, templates: Templates) -> None:
-    messages = _prompt(templates, "answer", pair.chunk, pair.versions, question=pair.question)
-    reply = await client.ask(pair.chunk.id, "answer", cfg.model.name, messages)
-    if reply.finish_reason == "length":
-        raise Failed("answer: cut off at model.max_tokens")
-    if not reply.content:
-        raise Failed("answer: empty")
-    pair.answer = reply
+    pair.answer = await answer(pair, answer_prompt(pair, templates), cfg.model.name, client)
 
 
 async def _judge(pair: Pair, cfg: SynthConfig, client: Client, templates: Templates) -> None:
     assert pair.answer is not None  # every pending pair was answered
-    messages = _prompt(
-        templates, "judge", pair.chunk, pair.versions, question=pair.question, answer=pair.answer.content
-    )
-    model = cfg.quality.judge_model or cfg.model.name
-    judgement, _ = await client.ask_json(pair.chunk.id, "judge", model, messages, Judgement, temperature=0.0)
-    pair.judgement = judgement  # type: ignore[assignment]
-    if not judgement.supported:  # type: ignore[attr-defined]
+    judgement = await judge(pair, pair.answer.content, cfg, client, templates)
+    pair.judgement = judgement
+    if not judgement.supported:
         pair.fate, pair.reason = "filtered", "judge: not supported by the chunk"
-    elif judgement.score < cfg.quality.min_score:  # type: ignore[attr-defined]
+    elif judgement.score < cfg.quality.min_score:
         pair.fate, pair.reason = "filtered", f"judge: score below {cfg.quality.min_score}"
 
 

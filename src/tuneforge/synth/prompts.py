@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from tuneforge.errors import UserError
 
-STEPS = ("questions", "answer", "judge")
-FIELD = re.compile(r"\{(chunk|count|question|answer|language)\}")
+FIELD = re.compile(r"\{(chunk|count|question|answer|language|genre|audience|history|tags)\}")
 
 DEFAULTS: dict[tuple[str, str], str] = {
     ("questions", "en"): (
@@ -47,6 +47,56 @@ DEFAULTS: dict[tuple[str, str], str] = {
         "<text>\n{chunk}\n</text>\n\n问题：{question}\n\n回答：{answer}\n\n"
         '只回复 JSON：{"score": 1-10, "supported": true|false, "reason": "一句话"}'
     ),
+    ("questions_variation", "en"): (
+        "Read the text below and write {count} distinct questions that it answers, in the form of {genre}, as "
+        "{audience} would ask them. Each question must be self-contained and answerable from the text alone.\n\n"
+        '<text>\n{chunk}\n</text>\n\nReply with JSON only: {"questions": ["...", "..."]}'
+    ),
+    ("questions_variation", "zh"): (
+        "阅读下面的文本，以“{genre}”的形式、站在“{audience}”的角度，提出 {count} 个不同的问题，"
+        "答案都必须能在文本中找到。每个问题要独立完整，只凭文本即可回答。\n\n"
+        '<text>\n{chunk}\n</text>\n\n只回复 JSON：{"questions": ["...", "..."]}'
+    ),
+    ("reasoning", "en"): (
+        "Here are a reference text, a question and its answer. Write the step-by-step reasoning that leads from "
+        "the text to this answer, in the first person, as thinking before answering. Reply with the reasoning "
+        "only, without restating the final answer.\n\n<text>\n{chunk}\n</text>\n\n"
+        "Question: {question}\n\nAnswer: {answer}"
+    ),
+    ("reasoning", "zh"): (
+        "下面是参考文本、一个问题和它的回答。写出从文本推出这个回答的逐步推理过程，用第一人称，"
+        "就像回答之前的思考。只回复推理过程，不要重复最终回答。\n\n<text>\n{chunk}\n</text>\n\n"
+        "问题：{question}\n\n回答：{answer}"
+    ),
+    ("follow_up", "en"): (
+        "Here are a reference text and a conversation about it. Write the next question the user would ask: "
+        "a natural follow-up to the conversation that the text answers.\n\n<text>\n{chunk}\n</text>\n\n"
+        '<conversation>\n{history}\n</conversation>\n\nReply with JSON only: {"question": "..."}'
+    ),
+    ("follow_up", "zh"): (
+        "下面是参考文本和一段关于它的对话。写出用户接下来会问的问题：顺着对话自然追问，且文本能回答。\n\n"
+        '<text>\n{chunk}\n</text>\n\n<conversation>\n{history}\n</conversation>\n\n只回复 JSON：{"question": "..."}'
+    ),
+    ("tags", "en"): (
+        "Label the question and answer below with the domain tags that fit them, chosen only from: {tags}.\n\n"
+        "<text>\n{chunk}\n</text>\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
+        'Reply with JSON only: {"tags": ["..."]}'
+    ),
+    ("tags", "zh"): (
+        "给下面的问题和回答标注合适的领域标签，只能从这些标签中选：{tags}。\n\n"
+        "<text>\n{chunk}\n</text>\n\n问题：{question}\n\n回答：{answer}\n\n"
+        '只回复 JSON：{"tags": ["..."]}'
+    ),
+    ("free_tags", "en"): (
+        "Label the question and answer below with one to three short lowercase domain tags of your choice.\n\n"
+        "<text>\n{chunk}\n</text>\n\nQuestion: {question}\n\nAnswer: {answer}\n\n"
+        'Reply with JSON only: {"tags": ["..."]}'
+    ),
+    ("free_tags", "zh"): (
+        "给下面的问题和回答标注一到三个简短的领域标签，标签由你决定。\n\n"
+        "<text>\n{chunk}\n</text>\n\n问题：{question}\n\n回答：{answer}\n\n"
+        '只回复 JSON：{"tags": ["..."]}'
+    ),
 }
 
 
@@ -64,6 +114,19 @@ class Judgement(BaseModel):
     reason: str = ""
 
 
+class FollowUp(BaseModel):
+    """Reply of the follow-up step."""
+
+    question: str = Field(min_length=1)
+
+
+def tags_schema(labels: list[str] | None) -> type[BaseModel]:
+    """Reply of the tags step: one or more of `labels` (enforced by the schema, so also by structured output),
+    or free tags when there is no list."""
+    tag = Literal[tuple(labels)] if labels else str  # type: ignore[valid-type]
+    return create_model("Tags", tags=(list[tag], Field(min_length=1)))  # type: ignore[valid-type]
+
+
 class Templates:
     """The template of each (step, language): the user's override for a step, else the default."""
 
@@ -77,7 +140,7 @@ class Templates:
 
 
 def fill(template: str, **fields: str) -> str:
-    """The template with {chunk}, {count}, {question}, {answer}, {language} replaced in one pass (other braces stay)."""
+    """The template with its fields ({chunk}, {count}, {question}, ...) replaced in one pass (other braces stay)."""
     return FIELD.sub(lambda m: fields.get(m[1], m[0]), template)
 
 

@@ -19,9 +19,10 @@ from tuneforge.io import atomic_write_json
 from tuneforge.synth.chunk import Chunk, chunk_document, token_counter
 from tuneforge.synth.config import SynthConfig
 from tuneforge.synth.documents import convert, find_documents
-from tuneforge.synth.generate import Pair, generate, question_count
+from tuneforge.synth.generate import generate, question_count
 from tuneforge.synth.journal import Journal
 from tuneforge.synth.output import held_out, write_outputs
+from tuneforge.synth.pair import Pair
 from tuneforge.synth.prompts import Templates
 
 
@@ -93,12 +94,8 @@ async def _generate(chunks: list[tuple[Chunk, int]], cfg: SynthConfig, key: str,
 
 
 def _report(cfg, files, problems, chunks, pairs: list[Pair], meter, split, elapsed: float) -> dict[str, Any]:
-    failed = Counter(p.reason for p in pairs if p.fate == "failed")
-    filtered = Counter(p.reason for p in pairs if p.fate == "filtered")
-    requested = len(pairs)
-    written = split["train"] + split["eval"]
-    # The accounting identity the report promises; a pair without a fate would be a bug, not a user error.
-    assert requested == written + sum(failed.values()) + sum(filtered.values())
+    requested, written = len(pairs), split["train"] + split["eval"]
+    failed, filtered = _fates(pairs, written)
     budget, holdout = cfg.budget, (cfg.output.eval_fraction, cfg.output.seed)
     cost = None
     if budget.price_in is not None or budget.price_out is not None:
@@ -109,9 +106,10 @@ def _report(cfg, files, problems, chunks, pairs: list[Pair], meter, split, elaps
         "eval_chunks": len({p.chunk.id for p in pairs if p.fate == "written" and held_out(p.chunk.id, *holdout)}),
         "requested": requested,
         "written": {**split, "total": written},
-        "failed": {"total": sum(failed.values()), "by_reason": dict(failed.most_common())},
-        "filtered": {"total": sum(filtered.values()), "by_reason": dict(filtered.most_common())},
-        "failure_rate": round(sum(failed.values()) / requested, 6) if requested else 0.0,
+        "failed": failed,
+        "filtered": filtered,
+        "failure_rate": round(failed["total"] / requested, 6) if requested else 0.0,
+        "preference": _preference_report(pairs) if cfg.preference is not None else None,
         "requests": {"sent": meter.sent, "from_journal": meter.cached, "sent_by_step": meter.by_step},
         "tokens": {"in": meter.tokens_in, "out": meter.tokens_out},
         "cost": cost,
@@ -123,3 +121,23 @@ def _report(cfg, files, problems, chunks, pairs: list[Pair], meter, split, elaps
         "generation_s": round(meter.span, 3),
         "elapsed_s": round(elapsed, 2),
     }
+
+
+def _fates(items: list[Any], written: int) -> tuple[dict, dict]:
+    """(failed, filtered) of pairs or preference choices, each a total and counts by reason; `written` + both
+    must add up to all of them (the identity the report promises: a miss is a bug, not a user error)."""
+    found = {}
+    for fate in ("failed", "filtered"):
+        counts = Counter(item.reason for item in items if item.fate == fate)
+        found[fate] = {"total": sum(counts.values()), "by_reason": dict(counts.most_common())}
+    assert len(items) == written + found["failed"]["total"] + found["filtered"]["total"]
+    return found["failed"], found["filtered"]
+
+
+def _preference_report(pairs: list[Pair]) -> dict[str, Any]:
+    """Preference pairs: one requested per written pair; written, failed (a request) or filtered (a tie)."""
+    choices = [p.preference for p in pairs if p.fate == "written"]
+    assert all(choices)  # every written pair was offered one
+    written = sum(c.fate == "written" for c in choices)  # type: ignore[union-attr]
+    failed, filtered = _fates(choices, written)
+    return {"requested": len(choices), "written": written, "failed": failed, "filtered": filtered}
