@@ -15,7 +15,8 @@ from conftest import ASSETS, DATA_DIR, ROOT, needs_assets
 
 from tuneforge.config import validate
 from tuneforge.errors import UserError
-from tuneforge.estimate.memory import GIB, QWEN3_SHAPES, Job, Shape, estimate
+from tuneforge.estimate.memory import GIB, Job, Shape, estimate
+from tuneforge.estimate.shapes import PUBLISHED_SHAPES, QWEN3_SHAPES
 from tuneforge.estimate.steps import count_steps
 
 QWEN3_8B = Shape(

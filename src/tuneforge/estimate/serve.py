@@ -46,11 +46,18 @@ class ServeEstimate:
         """The peak: weights, the whole KV cache, one prefill, and the framework's share."""
         return self.weights + self.kv_cache + self.prefill + self.overhead
 
+    @property
+    def vllm_fixed(self) -> float:
+        """What vLLM holds before KV blocks: the weights, its profiled prefill (up to its batched tokens), CUDA."""
+        return self.weights + self.prefill_of(min(self.context, VLLM_BATCHED_TOKENS)) + CUDA_CONTEXT
+
     def vllm_kv_tokens(self, gpu_bytes: float, utilization: float) -> int:
         """Tokens of KV cache vLLM has room for in `utilization` of a GPU of `gpu_bytes` (0: the weights do not fit)."""
-        prefill = self.prefill_of(min(self.context, VLLM_BATCHED_TOKENS))
-        room = utilization * gpu_bytes - self.weights - prefill - CUDA_CONTEXT
-        return max(0, int(room // self.kv_per_token))
+        return max(0, int((utilization * gpu_bytes - self.vllm_fixed) // self.kv_per_token))
+
+    def vllm_gpu_bytes(self, utilization: float) -> float:
+        """The smallest GPU on which vLLM at `utilization` holds its fixed part and every sequence's full KV cache."""
+        return (self.vllm_fixed + self.kv_cache) / utilization
 
     def prefill_of(self, tokens: int) -> float:
         """One layer's transient tensors over `tokens` prompt tokens, plus a row of fp32 logits per sequence."""
