@@ -88,7 +88,7 @@ def inference_table() -> str:
     for model in PUBLISHED_SHAPES:
         bf16, nf4 = (estimate_serve(job(model, m, CONTEXT), CONTEXT) for m in ("full", "qlora"))
         shape = bf16.job.shape
-        cells = [gb(bf16.total), gb(nf4.total), gb(bf16.vllm_gpu_bytes(UTILIZATION)), gb(nf4.vllm_gpu_bytes(UTILIZATION))]
+        cells = [gb(e.total) for e in (bf16, nf4)] + [gb(e.vllm_gpu_bytes(UTILIZATION)) for e in (bf16, nf4)]
         cells += [f"{bf16.kv_per_token / 1024:,.0f} KiB", gb(host(shape)), gb(checkpoint(shape))]
         lines.append(f"| {model.split('/')[1]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

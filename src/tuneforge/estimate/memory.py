@@ -130,7 +130,7 @@ class Shape:
 
 
 def load_shape(model: ModelConfig) -> Shape:
-    """The model's shape from its config.json (local folder or hub); published ids also work offline (estimate/shapes.py)."""
+    """The model's shape from its config.json (local folder or hub); published ids (estimate/shapes.py) work offline."""
     from tuneforge.model.load import load_model_config
 
     try:

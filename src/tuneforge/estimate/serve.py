@@ -8,7 +8,8 @@ From config.json alone, as the training estimate (estimate/memory.py), whose wei
   sequences generated together (`--max-num-seqs`): the worst case, every sequence at the full context;
 - prefill: one layer's transient tensors over the tokens of one prompt (q, k, v, attention output, the MLP's gate, up
   and their product; freed layer by layer), and one row of logits per sequence;
-- on a GPU the CUDA context and the caching allocator's slack, as for training.
+- on a GPU the CUDA context and the caching allocator's slack, as for training; on a CPU the tokenizer and, for
+  more than one sequence, the engine's prepacked copy of the output embedding.
 
 vLLM takes `gpu_memory_utilization` × the GPU for itself; after the weights and its profiled prefill (up to
 `max_num_batched_tokens` tokens at once) the rest holds KV blocks: how many tokens fit, and so how many sequences of
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneforge.estimate.host import tokenizer_bytes
 from tuneforge.estimate.memory import ALLOCATOR_SLACK, CUDA_CONTEXT, GIB, Job, estimate, gib, loaded_quantization
 
 VLLM_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens with chunked prefill (V1 engine)
@@ -75,7 +77,10 @@ def estimate_serve(job: Job, context: int, sequences: int = 1) -> ServeEstimate:
     est = ServeEstimate(job, context, sequences, weights, kv_per_token, 0.0, 0.0)
     prefill = est.prefill_of(context)
     tensors = weights + est.kv_cache + prefill
-    overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * tensors if job.device == "cuda" else 0.0
+    if job.device == "cuda":
+        overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * tensors
+    else:  # the tokenizer (estimate/host.py); batches of rows multiply a prepacked copy of the head (infer/cpu_head.py)
+        overhead = tokenizer_bytes(s.vocab) + (s.vocab * s.hidden * job.dtype_bytes if sequences > 1 else 0)
     return ServeEstimate(job, context, sequences, weights, kv_per_token, prefill, overhead)
 
 

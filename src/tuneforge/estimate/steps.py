@@ -53,9 +53,7 @@ class StepPlan:
         )
 
 
-def count_steps(
-    samples: int, train: TrainConfig, world_size: int = 1, longest: int = 0, tokens: int = 0
-) -> StepPlan:
+def count_steps(samples: int, train: TrainConfig, world_size: int = 1, longest: int = 0, tokens: int = 0) -> StepPlan:
     """Optimizer steps for `samples` training samples on `world_size` processes, as the Trainer will run them."""
     batch, accumulation = train.per_device_batch_size, train.gradient_accumulation
     batches = math.ceil(samples / (batch * world_size))
