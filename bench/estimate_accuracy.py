@@ -29,13 +29,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from estimate_process import process_rows, process_table, serve_worker
 from machine import ASSETS, TINY, machine
 from qlora_memory import add_base_flag, release_freed_heap, training_peak, write_base
 from worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ASSETS / "model-configs"
-SHAPES = {"tiny": ("Qwen3-0.6B", TINY), "0.6B": ("Qwen3-0.6B", {}), "8B": ("Qwen3-8B", {})}
+# A bitsandbytes nf4 checkpoint as transformers saves one (its config.json carries quantization_config), trained with
+# method.type lora: the estimate reads the checkpoint's own quantization (issue 25).
+NF4 = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+       "bnb_4bit_use_double_quant": False, "bnb_4bit_compute_dtype": "float32"}  # fmt: skip
+# A tiny Qwen3-MoE (transformers' Qwen3MoeConfig): 8 experts of width 64, 2 per token, on the tiny shape.
+MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "num_experts": 8, "num_experts_per_tok": 2,
+       "moe_intermediate_size": 64, "decoder_sparse_step": 1, "mlp_only_layers": []}  # fmt: skip
+SHAPES = {
+    "tiny": ("Qwen3-0.6B", TINY),
+    "tiny-nf4": ("Qwen3-0.6B", TINY | {"quantization_config": NF4}),
+    "tiny-moe": ("Qwen3-0.6B", TINY | MOE),
+    "0.6B": ("Qwen3-0.6B", {}),
+    "8B": ("Qwen3-8B", {}),
+}
+LENGTHS = {"0.6B": 256, "8B": 2048}  # default tokens per sample; 512 for the tiny shapes
 METHODS = ("lora", "qlora", "full")
 # What identifies a measured row, so that --resume can skip it.
 ROW_KEYS = ("shape", "method", "checkpointing", "packing", "max_length", "batch", "steps")
@@ -120,6 +135,22 @@ def shape_config(shape: str) -> dict[str, Any]:
     return json.loads((CONFIGS / f"{name}.config.json").read_text()) | overrides
 
 
+def write_shape_base(shape: str, folder: Path) -> Path:
+    """Random weights of `shape` in `folder`; a quantized shape: its 16-bit original, quantized and saved as such."""
+    config = shape_config(shape)
+    saved = config.pop("quantization_config", None)
+    if saved is None:
+        return write_base(config, folder)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    original = write_base(config, folder.with_name(f"{folder.name}-16bit"))
+    quantization = BitsAndBytesConfig.from_dict(saved | {"bnb_4bit_compute_dtype": torch.float32})
+    AutoModelForCausalLM.from_pretrained(original, quantization_config=quantization).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(original).save_pretrained(folder)
+    return folder
+
+
 def estimated(row: dict[str, Any], device: str) -> dict[str, float]:
     """tuneforge's estimate of a measured row's job, by component (its shape from config.json alone)."""
     from tuneforge.config import validate
@@ -187,6 +218,21 @@ def load_record(path: Path, resume: bool) -> dict[str, Any]:
     return record
 
 
+def measure_processes(out: Path) -> None:
+    """The whole-process rows (train under /usr/bin/time, the serving engine), glibc untuned, written to `out`."""
+    from tuneforge.io import atomic_write_json
+
+    environment = machine("transformers", "peft", "bitsandbytes")
+    with tempfile.TemporaryDirectory(prefix="tf-estimate-process-") as work:
+        tiny = write_base(shape_config("tiny"), Path(work) / "tiny")
+        serve_shape = shape_config("0.6B") | {"num_hidden_layers": 4}
+        serve_base = write_base(serve_shape, Path(work) / "serve")
+        rows = process_rows(Path(work), tiny, serve_base, serve_shape, __file__)
+    command = ("python bench/estimate_accuracy.py " + " ".join(sys.argv[1:])).strip()
+    atomic_write_json(out, {"command": command, "environment": environment, "results": rows})
+    print(process_table(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["tiny", "0.6B"], choices=sorted(SHAPES))
@@ -194,17 +240,19 @@ def main() -> None:
     parser.add_argument("--checkpointing", nargs="+", default=["on", "off"], choices=["on", "off"])
     parser.add_argument("--layouts", nargs="+", default=["packed", "padded"], choices=["packed", "padded"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--max-length", type=int, help="tokens per sample (default: tiny 512, 0.6B 256, 8B 2048)")
+    parser.add_argument("--max-length", type=int, help="tokens per sample (tiny shapes 512, 0.6B 256, 8B 2048)")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "estimate_accuracy.json")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --out, measure the others")
     parser.add_argument("--rescore", type=Path, help="recompute the estimates of a results JSON (measurements kept)")
     add_base_flag(parser)
+    parser.add_argument("--process", action="store_true", help="whole-process rows instead (estimate_process.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(serve_worker(spec["serve"]) if "serve" in spec else worker(spec)))
         return
     if args.rescore:
         rescore(args.rescore, args.device)
@@ -215,6 +263,9 @@ def main() -> None:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the workers; see the docstring
     from tuneforge.io import atomic_write_json
 
+    if args.process:
+        measure_processes(args.out)
+        return
     record = load_record(args.out, args.resume)
     rows = record["results"]
     done = {tuple(r[k] for k in ROW_KEYS) for r in rows}
@@ -227,7 +278,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="tf-estimate-bench-") as work:
         for shape in args.shapes:
-            length = args.max_length or {"tiny": 512, "0.6B": 256, "8B": 2048}[shape]
+            length = args.max_length or LENGTHS.get(shape, 512)
             specs = [
                 {
                     "shape": shape,
@@ -245,7 +296,7 @@ def main() -> None:
             specs = [s for s in specs if tuple(s[k] for k in ROW_KEYS) not in done]
             if not specs:
                 continue
-            base = args.base or write_base(shape_config(shape), Path(work) / shape)
+            base = args.base or write_shape_base(shape, Path(work) / shape)
             for spec in specs:
                 spec |= {"model": str(base), "out": str(Path(work) / "run")}
                 row = {**spec, **run_worker(__file__, spec, f"{shape} {spec['method']}")}

@@ -15,7 +15,8 @@ from conftest import ASSETS, DATA_DIR, ROOT, needs_assets
 
 from tuneforge.config import validate
 from tuneforge.errors import UserError
-from tuneforge.estimate.memory import GIB, QWEN3_SHAPES, Job, Shape, estimate
+from tuneforge.estimate.memory import GIB, Job, Shape, estimate
+from tuneforge.estimate.shapes import PUBLISHED_SHAPES, QWEN3_SHAPES
 from tuneforge.estimate.steps import count_steps
 
 QWEN3_8B = Shape(
@@ -412,3 +413,68 @@ def test_a_moe_counts_every_experts_weights_and_the_active_ones_activations():
     assert est.parts["weights"] == 2 * moe.params
     assert est.parts["LoRA weights"] == 4 * 48 * 8 * sum(i + o for i, o in moe.linears().values())
     assert est.notes["weights"] == "30.53 B params (128 experts, 8 active), 16-bit"
+
+
+def test_a_cpu_total_adds_the_tokenizer_and_the_prepared_data_to_the_tensors():
+    from tuneforge.estimate.memory import CUDA_CONTEXT
+
+    cpu = _job(method={"type": "lora"}).but(device="cpu", tokens=170_048)  # alpaca_en_demo prepared at 512 tokens
+    est = estimate(cpu)
+    # 900 bytes per vocabulary entry (transformers 5's fast tokenizer), 116 per prepared token (estimate/host.py).
+    assert est.parts["framework overhead"] == 900 * 151936 + 116 * 170_048
+    assert est.total - est.tensors == 900 * 151936 + 116 * 170_048
+    assert est.notes["framework overhead"] == "tokenizer, 170,048 prepared tokens (not tensors)"
+    assert estimate(cpu.but(tokens=0)).parts["framework overhead"] == 900 * 151936  # flags only: no data prepared
+    gpu = estimate(_job(method={"type": "lora"}))  # a GPU's overhead is its CUDA context and slack, not the host's
+    assert gpu.parts["framework overhead"] == CUDA_CONTEXT + 0.05 * gpu.tensors
+
+
+def test_the_step_plan_counts_every_prepared_token_for_the_pre_flight():
+    import datasets
+
+    from tuneforge.estimate.steps import steps_of
+
+    cfg = validate({"model": {"name_or_path": "x"}, "data": {"datasets": [{"path": "x"}]}, "output": {"dir": "x"}})
+    train = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9]], "labels": [[0]] * 3})
+    plan = steps_of(cfg, train)
+    assert (plan.longest, plan.tokens) == (4, 9)
+
+
+def test_published_moe_and_qwq_shapes_count_every_expert_and_give_the_cards_sizes():
+    big = Shape.from_config(PUBLISHED_SHAPES["Qwen/Qwen3-235B-A22B"])
+    experts = 94 * 128 * (3 * 4096 * 1536 + 4096)  # every layer's 128 experts (gate, up, down) and its router
+    attention = 94 * (4096 * 64 * 128 * 2 + 4096 * 4 * 128 * 2)
+    norms = 94 * (2 * 4096 + 2 * 128) + 4096
+    assert big.params == 2 * 151936 * 4096 + attention + experts + norms
+    assert round(big.params / 1e9) == 235 and big.intermediate == 8 * 1536  # activations: the 8 active experts
+    job = Job.from_config(
+        validate({"model": {"name_or_path": "Qwen/Qwen3-235B-A22B"}, "data": {"datasets": [{"path": "x"}]},
+                  "method": {"type": "qlora"}, "output": {"dir": "x"}}), big,
+    )  # fmt: skip
+    # QLoRA quantizes the attention's linears only: the experts stay bf16.
+    assert estimate(job).parts["weights"] == attention * (0.5 + 1 / 64 + 4 / (64 * 256)) + 2 * (big.params - attention)
+    assert round(Shape.from_config(PUBLISHED_SHAPES["Qwen/Qwen3-30B-A3B"]).params / 1e9, 1) == 30.5
+    qwq = Shape.from_config(PUBLISHED_SHAPES["Qwen/QwQ-32B"])
+    assert (qwq.vocab, qwq.layers, qwq.kv_heads, qwq.head_dim, qwq.tied) == (152064, 64, 8, 128, False)
+
+
+def test_cpu_serve_estimate_counts_the_tokenizer_and_the_packed_head_and_vllm_sizes_its_gpu():
+    from tuneforge.estimate.serve import estimate_serve
+
+    cpu = _job(method={"type": "full"}).but(device="cpu")
+    one, four = estimate_serve(cpu, 1024, 1), estimate_serve(cpu, 1024, 4)
+    assert one.overhead == 900 * 151936  # the tokenizer; one row multiplies the head unpacked
+    assert four.overhead == 900 * 151936 + 151936 * 4096 * 4  # plus the engine's prepacked fp32 head
+    assert four.kv_cache == 2 * 36 * 8 * 128 * 4 * 1024 * 4  # fp32 K and V on a CPU
+    gpu = estimate_serve(_job(method={"type": "qlora"}), 4096, 2)
+    needed = gpu.vllm_gpu_bytes(0.9)
+    assert gpu.vllm_kv_tokens(needed, 0.9) == 2 * 4096  # exactly room for both sequences' full context
+    assert gpu.vllm_kv_tokens(needed * 0.99, 0.9) < 2 * 4096
+
+
+def test_docs_estimate_tables_are_the_scripts_output():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from estimate_tables import BEGIN, DOC, END, render
+
+    generated = DOC.read_text().split(BEGIN)[1].split(END)[0]
+    assert generated == f"\n\n{render()}\n\n"

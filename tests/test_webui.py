@@ -75,7 +75,7 @@ def test_every_config_key_has_an_editable_component_with_a_plain_label_and_its_y
 
 def test_pickers_list_local_models_data_files_presets_and_earlier_runs(tmp_path):
     from tuneforge.demo import write_data
-    from tuneforge.estimate.memory import QWEN3_SHAPES
+    from tuneforge.estimate.shapes import QWEN3_SHAPES
 
     models = tmp_path / "models"
     for folder in ("tiny", "org/other"):

@@ -16,7 +16,8 @@ worst case: packed rows are never wider than the longest sample, data/collate.py
   checkpointing, the layer inputs plus one recomputed layer with it; eager attention adds its score matrices;
 - the logits/loss buffer: full [tokens × vocab] logits with their fp32 copies for train.loss standard, one chunk
   for chunked (model/loss.py), plus an fp32 gradient of lm_head where it trains;
-- framework overhead: on a GPU the CUDA context and cuBLAS workspace plus the caching allocator's slack;
+- framework overhead: on a GPU the CUDA context and cuBLAS workspace plus the caching allocator's slack; on a CPU
+  the tokenizer and the prepared data, which share the RAM (estimate/host.py);
 - ZeRO-2 shards gradients and optimizer state over the processes, ZeRO-3 and FSDP the weights too (plus the
   gathered layers in flight); offload moves optimizer state (and for ZeRO-3 / FSDP the weights) to CPU memory;
 - preference objectives (train/preference.py): a pair runs as two rows (chosen and rejected), so activations and
@@ -39,6 +40,8 @@ from typing import Any
 from tuneforge.config import Config, DistributedConfig, MethodConfig, ModelConfig, TrainConfig
 from tuneforge.errors import UserError
 from tuneforge.estimate.checkpoint import Experts, SavedQuantization, experts, saved_quantization, skipped
+from tuneforge.estimate.host import host_overhead
+from tuneforge.estimate.shapes import PUBLISHED_SHAPES
 from tuneforge.objective import Objective
 from tuneforge.strategy import Strategy
 
@@ -49,36 +52,6 @@ NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes 4-bit block size and double-qu
 CUDA_CONTEXT = 0.6 * GIB  # CUDA context, cuBLAS/cuDNN workspaces: outside torch's allocator, inside the GPU
 ALLOCATOR_SLACK = 0.05  # the caching allocator's fragmentation, as a share of the tensors
 BNB_8BIT_MIN_SIZE = 4096  # bitsandbytes 8-bit optimizers keep smaller tensors' state in 32 bits
-
-
-def _qwen3(hidden: int, intermediate: int, layers: int, heads: int, tied: bool) -> dict[str, Any]:
-    """The config.json keys of a dense Qwen3 that memory depends on (vocabulary, head size and KV heads are shared)."""
-    return {
-        "vocab_size": 151936,
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "tie_word_embeddings": tied,
-    }
-
-
-# The memory-relevant keys of the official Qwen3 config.json files (huggingface.co/Qwen/Qwen3-*/blob/main/config.json),
-# used when a hub id cannot be fetched (offline). 0.6B and 8B are checked against ../shared/assets/model-configs; the
-# others against verbatim copies of the published files (github.com/citsjtu2020/LLM-Prof sglang/Model_Config.md: 4B,
-# 8B, 14B, 32B) and litgpt's transcription (github.com/Lightning-AI/litgpt litgpt/config.py: all six). All six have
-# vocab_size 151936, head_dim 128 and max_position_embeddings 40960 (not a memory term); 1.7B's tied embeddings also
-# follow from its model card (1.7 B parameters, 1.4 B without embeddings: one 151936 × 2048 matrix).
-QWEN3_SHAPES: dict[str, dict[str, Any]] = {
-    "Qwen/Qwen3-0.6B": _qwen3(1024, 3072, 28, 16, tied=True),
-    "Qwen/Qwen3-1.7B": _qwen3(2048, 6144, 28, 16, tied=True),
-    "Qwen/Qwen3-4B": _qwen3(2560, 9728, 36, 32, tied=True),
-    "Qwen/Qwen3-8B": _qwen3(4096, 12288, 36, 32, tied=False),
-    "Qwen/Qwen3-14B": _qwen3(5120, 17408, 40, 40, tied=False),
-    "Qwen/Qwen3-32B": _qwen3(5120, 25600, 64, 64, tied=False),
-}
 
 
 @dataclass(frozen=True)
@@ -157,15 +130,15 @@ class Shape:
 
 
 def load_shape(model: ModelConfig) -> Shape:
-    """The model's shape from its config.json (local folder or hub); known Qwen3 ids also work offline."""
+    """The model's shape from its config.json (local folder or hub); published ids (estimate/shapes.py) work offline."""
     from tuneforge.model.load import load_model_config
 
     try:
         return Shape.from_config(load_model_config(model))
     except UserError:
-        if model.name_or_path not in QWEN3_SHAPES:
+        if model.name_or_path not in PUBLISHED_SHAPES:
             raise
-    return Shape.from_config(QWEN3_SHAPES[model.name_or_path])
+    return Shape.from_config(PUBLISHED_SHAPES[model.name_or_path])
 
 
 @dataclass(frozen=True)
@@ -180,14 +153,16 @@ class Job:
     max_length: int = 2048
     packing: bool = True
     device: str = "cuda"  # "cuda": a GPU (auto dtype bf16); "cpu": this machine's RAM (auto dtype fp32)
+    tokens: int = 0  # tokens of the prepared data (0: not prepared), which a CPU run holds beside its tensors
 
     @classmethod
-    def from_config(cls, cfg: Config, shape: Shape, device: str = "cuda", longest: int = 0) -> Job:
-        """The job a full config describes; `longest` (the longest prepared sample) narrows rows below max_length."""
+    def from_config(cls, cfg: Config, shape: Shape, device: str = "cuda", longest: int = 0, tokens: int = 0) -> Job:
+        """The job a full config describes; `longest` (the longest prepared sample) narrows rows below max_length,
+        `tokens` (all prepared tokens) sizes the prepared data a CPU run holds."""
         width = min(cfg.data.max_length, longest) if longest else cfg.data.max_length
         if Objective.of(cfg.method).sample == "prompt":  # GRPO (issue 27): a row is a prompt and its completion
             width = longest or cfg.data.max_length + cfg.method.grpo.max_completion_length
-        return cls(shape, cfg.model, cfg.method, cfg.train, cfg.distributed, width, cfg.data.packing, device)
+        return cls(shape, cfg.model, cfg.method, cfg.train, cfg.distributed, width, cfg.data.packing, device, tokens)
 
     def but(self, **changes: Any) -> Job:
         """A copy with section fields changed, e.g. but(train={'per_device_batch_size': 1})."""
@@ -242,7 +217,7 @@ class Estimate:
 
     @property
     def tensors(self) -> float:
-        """What torch allocates (all but the CUDA context and allocator slack)."""
+        """What torch allocates (all but the framework overhead: CUDA context and slack, or tokenizer and data)."""
         return self.total - self.parts.get("framework overhead", 0.0)
 
 
@@ -469,6 +444,9 @@ def estimate(job: Job) -> Estimate:
     est = Estimate(job, parts, notes, offloaded)
     if job.device == "cuda":
         parts["framework overhead"] = CUDA_CONTEXT + ALLOCATOR_SLACK * est.tensors
+    else:  # the same RAM holds the tokenizer and the prepared data (estimate/host.py)
+        parts["framework overhead"] = host_overhead(job.shape.vocab, job.tokens)
+        notes["framework overhead"] = f"tokenizer, {job.tokens:,} prepared tokens (not tensors)"
     notes.setdefault("weights", _weights_note(job))
     if "reference" in parts:
         copy = f"a frozen copy of the {'weights' if job.method.type == 'full' else 'adapter'}"

@@ -44,7 +44,7 @@ def preflight(cfg: Config, train: Any, log: Callable[..., None] = print) -> None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     steps = steps_of(cfg, train)
     # Rows are never wider than the longest prepared sample: size them by the data, not by data.max_length.
-    est = estimate(Job.from_config(cfg, load_shape(cfg.model), device, steps.longest))
+    est = estimate(Job.from_config(cfg, load_shape(cfg.model), device, steps.longest, steps.tokens))
     limit, what = device_memory()
     log(
         f"estimate: {gib(est.total)} per device ("

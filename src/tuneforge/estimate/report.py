@@ -143,5 +143,5 @@ def config_report(cfg: Config, console, cpu: bool = False, sizes: tuple[float, .
     """What `tuneforge estimate CONFIG` prints: the data prepared for the exact step count, the memory table, the
     verdicts for `sizes` (none on CPU)."""
     plan = plan_steps(cfg, console.print)
-    job = Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda", plan.longest)
+    job = Job.from_config(cfg, load_shape(cfg.model), "cpu" if cpu else "cuda", plan.longest, plan.tokens)
     print_report(estimate(job), plan, () if cpu else sizes, console)

@@ -8,7 +8,8 @@ From config.json alone, as the training estimate (estimate/memory.py), whose wei
   sequences generated together (`--max-num-seqs`): the worst case, every sequence at the full context;
 - prefill: one layer's transient tensors over the tokens of one prompt (q, k, v, attention output, the MLP's gate, up
   and their product; freed layer by layer), and one row of logits per sequence;
-- on a GPU the CUDA context and the caching allocator's slack, as for training.
+- on a GPU the CUDA context and the caching allocator's slack, as for training; on a CPU the tokenizer and, for
+  more than one sequence, the engine's prepacked copy of the output embedding.
 
 vLLM takes `gpu_memory_utilization` × the GPU for itself; after the weights and its profiled prefill (up to
 `max_num_batched_tokens` tokens at once) the rest holds KV blocks: how many tokens fit, and so how many sequences of
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneforge.estimate.host import tokenizer_bytes
 from tuneforge.estimate.memory import ALLOCATOR_SLACK, CUDA_CONTEXT, GIB, Job, estimate, gib, loaded_quantization
 
 VLLM_BATCHED_TOKENS = 8192  # vLLM's default max_num_batched_tokens with chunked prefill (V1 engine)
@@ -46,11 +48,18 @@ class ServeEstimate:
         """The peak: weights, the whole KV cache, one prefill, and the framework's share."""
         return self.weights + self.kv_cache + self.prefill + self.overhead
 
+    @property
+    def vllm_fixed(self) -> float:
+        """What vLLM holds before KV blocks: the weights, its profiled prefill (up to its batched tokens), CUDA."""
+        return self.weights + self.prefill_of(min(self.context, VLLM_BATCHED_TOKENS)) + CUDA_CONTEXT
+
     def vllm_kv_tokens(self, gpu_bytes: float, utilization: float) -> int:
         """Tokens of KV cache vLLM has room for in `utilization` of a GPU of `gpu_bytes` (0: the weights do not fit)."""
-        prefill = self.prefill_of(min(self.context, VLLM_BATCHED_TOKENS))
-        room = utilization * gpu_bytes - self.weights - prefill - CUDA_CONTEXT
-        return max(0, int(room // self.kv_per_token))
+        return max(0, int((utilization * gpu_bytes - self.vllm_fixed) // self.kv_per_token))
+
+    def vllm_gpu_bytes(self, utilization: float) -> float:
+        """The smallest GPU on which vLLM at `utilization` holds its fixed part and every sequence's full KV cache."""
+        return (self.vllm_fixed + self.kv_cache) / utilization
 
     def prefill_of(self, tokens: int) -> float:
         """One layer's transient tensors over `tokens` prompt tokens, plus a row of fp32 logits per sequence."""
@@ -68,7 +77,10 @@ def estimate_serve(job: Job, context: int, sequences: int = 1) -> ServeEstimate:
     est = ServeEstimate(job, context, sequences, weights, kv_per_token, 0.0, 0.0)
     prefill = est.prefill_of(context)
     tensors = weights + est.kv_cache + prefill
-    overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * tensors if job.device == "cuda" else 0.0
+    if job.device == "cuda":
+        overhead = CUDA_CONTEXT + ALLOCATOR_SLACK * tensors
+    else:  # the tokenizer (estimate/host.py); batches of rows multiply a prepacked copy of the head (infer/cpu_head.py)
+        overhead = tokenizer_bytes(s.vocab) + (s.vocab * s.hidden * job.dtype_bytes if sequences > 1 else 0)
     return ServeEstimate(job, context, sequences, weights, kv_per_token, prefill, overhead)
 
 

@@ -37,6 +37,7 @@ class StepPlan:
     total_steps: int
     epochs: float  # epochs the run covers (with train.max_steps, possibly a fraction or more than configured)
     longest: int = 0  # tokens in the longest prepared sample (0: not known)
+    tokens: int = 0  # tokens of all prepared samples (0: not known)
 
     @property
     def global_batch(self) -> int:
@@ -52,7 +53,7 @@ class StepPlan:
         )
 
 
-def count_steps(samples: int, train: TrainConfig, world_size: int = 1, longest: int = 0) -> StepPlan:
+def count_steps(samples: int, train: TrainConfig, world_size: int = 1, longest: int = 0, tokens: int = 0) -> StepPlan:
     """Optimizer steps for `samples` training samples on `world_size` processes, as the Trainer will run them."""
     batch, accumulation = train.per_device_batch_size, train.gradient_accumulation
     batches = math.ceil(samples / (batch * world_size))
@@ -63,7 +64,7 @@ def count_steps(samples: int, train: TrainConfig, world_size: int = 1, longest: 
     else:
         total = math.ceil(train.epochs * per_epoch)
         epochs = train.epochs
-    return StepPlan(samples, world_size, batch, accumulation, batches, per_epoch, total, epochs, longest)
+    return StepPlan(samples, world_size, batch, accumulation, batches, per_epoch, total, epochs, longest, tokens)
 
 
 def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
@@ -81,14 +82,15 @@ def plan_steps(cfg: Config, log: Callable[..., None] = print) -> StepPlan:
 
 
 def steps_of(cfg: Config, train: Any) -> StepPlan:
-    """The run's optimizer steps over `train`, its prepared training set; `longest` is its widest row."""
+    """The run's optimizer steps over `train`, its prepared training set; `longest` is its widest row, `tokens` all."""
     from tuneforge.data.prepare import widest_rows
 
     world = cfg.distributed.nproc * cfg.distributed.nnodes
     objective = Objective.of(cfg.method)
     if objective.sample == "prompt":  # GRPO (issue 27): a sample is one completion, num_generations per prompt
         g = cfg.method.grpo
-        return count_steps(
-            len(train) * g.num_generations, cfg.train, world, max(train["length"]) + g.max_completion_length
-        )
-    return count_steps(len(train), cfg.train, world, max(widest_rows(train, objective)))
+        lengths = train["length"]
+        longest = max(lengths) + g.max_completion_length
+        return count_steps(len(train) * g.num_generations, cfg.train, world, longest, sum(lengths))
+    widths = widest_rows(train, objective)
+    return count_steps(len(train), cfg.train, world, max(widths), sum(widths))

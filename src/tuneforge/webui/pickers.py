@@ -24,7 +24,7 @@ MAX_LISTED = 500  # entries a picker lists from one folder (a data lake stays us
 
 def model_choices(models_dir: Path | None) -> list[str]:
     """Local model folders (a config.json in them, one or two levels under `models_dir`), then the Qwen3 family."""
-    from tuneforge.estimate.memory import QWEN3_SHAPES
+    from tuneforge.estimate.shapes import QWEN3_SHAPES
 
     local: list[str] = []
     if models_dir is not None and models_dir.is_dir():
