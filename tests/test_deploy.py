@@ -18,6 +18,8 @@ import pytest
 from conftest import DATA_DIR, ROOT, make_tiny_qwen3, needs_assets
 from dockerd import LABEL, Docker, base_image, running_dockerd
 
+from tuneforge.eval.suite import PROBE_QUESTIONS
+
 MODEL_ID = "tuneforge-test/tiny-qwen3"  # lives in a Hugging Face cache the test writes, as a downloaded model does
 EXTRAS = "serve,webui,tensorboard"  # the smallest set that runs demo, train, serve and webui; TensorBoard offline
 # The first test to use a fixture pays for it (bundle ~3 min, base image ~1.5 min, image build ~3-5 min on 2 cores).
@@ -97,15 +99,21 @@ def test_bundle_holds_what_it_lists_and_resolves_alone(bundle):
 
 @pytest.mark.slow
 @needs_assets
-def test_bundle_installs_and_trains_in_a_network_namespace_without_network(bundle, tmp_path):
+def test_bundle_installs_trains_and_evaluates_in_a_network_namespace_without_network(bundle, tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("unshare -n (a network namespace) is not available here: needs root or user namespaces")
     config = {
         "model": {"name_or_path": MODEL_ID},  # found through the bundle's hub cache, as on the offline machine
         "data": {
-            "datasets": [{"path": str(bundle / "data" / "identity.json"), "format": "alpaca"}],
+            "datasets": [
+                {
+                    "path": str(bundle / "data" / "identity.json"),
+                    "format": "alpaca",
+                    "placeholders": {"name": "Tuney", "author": "Forge"},  # what the self-cognition probe expects
+                }
+            ],
             "max_length": 128,
-            "val_size": 0,
+            "val_size": 4,  # the held-out loss's rows
         },
         "method": {"type": "lora", "rank": 4, "alpha": 8},
         "train": {
@@ -127,6 +135,7 @@ sh {bundle}/install.sh {tmp_path}/venv
 python -c "import tuneforge; print('tuneforge from', tuneforge.__file__)"
 tuneforge demo --workdir {tmp_path}/demo
 tuneforge train {tmp_path}/train.yaml
+tuneforge eval --run {tmp_path}/runs/offline --suite self-cognition
 """
     started = time.monotonic()
     done = subprocess.run(
@@ -143,10 +152,20 @@ tuneforge train {tmp_path}/train.yaml
     assert "offline check: ok" in done.stdout
     assert f"tuneforge from {tmp_path}/venv/lib/python3.11/site-packages/tuneforge/__init__.py" in done.stdout
     assert "the model should now say it is" in done.stdout  # the demo's before/after table
-    summary = json.loads((tmp_path / "runs" / "offline" / "summary.json").read_text())
-    assert summary["steps"] == 2
-    assert (tmp_path / "runs" / "offline" / "adapter" / "adapter_model.safetensors").is_file()
-    assert list((tmp_path / "runs" / "offline" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    run = tmp_path / "runs" / "offline"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    # TensorBoard's own reader finds the loss of both steps in the run's logs (train.report_to: tensorboard).
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = event_accumulator.EventAccumulator(str(run / "logs" / "tensorboard")).Reload()
+    assert [scalar.step for scalar in events.Scalars("train/loss")] == [1, 2]
+    # The evaluation: held-out loss of both models, and the probe's questions asked of both.
+    results = json.loads((run / "eval" / "self-cognition" / "results.json").read_text())
+    loss = results["tasks"]["heldout-loss"]["metrics"]["loss"]
+    assert results["tasks"]["heldout-loss"]["n"] == 4 and loss["tuned"] > 0 and loss["baseline"] > 0
+    probe = results["tasks"]["self-cognition"]
+    assert probe["n"] == sum(len(questions) for questions in PROBE_QUESTIONS.values())
+    assert set(probe["metrics"]["accuracy"]) == {"baseline", "tuned"}
     activate = (tmp_path / "venv" / "bin" / "activate").read_text()
     assert f'HF_HUB_CACHE="{bundle}/hf-cache"' in activate and "HF_HUB_OFFLINE=1" in activate
 
