@@ -1,23 +1,27 @@
 """Deployment proven here: an offline bundle installed and trained on in a network namespace with no network, and the
 Docker image built from that bundle (demo without network, serve answering the openai client, the web UI in a
-headless browser, training into a mounted runs folder). One bundle serves both (built once per module)."""
+headless browser, training into a mounted runs folder, docker/compose.yaml's webui and serve under Debian's
+docker-compose). One bundle, one image and one training run serve all the tests (module fixtures)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import DATA_DIR, ROOT, make_tiny_qwen3, needs_assets
+from dockerd import LABEL, Docker, base_image, running_dockerd
+
+from tuneforge.eval.suite import PROBE_QUESTIONS
 
 MODEL_ID = "tuneforge-test/tiny-qwen3"  # lives in a Hugging Face cache the test writes, as a downloaded model does
-EXTRAS = "serve,webui"  # the smallest set that runs demo, train, serve and webui
+EXTRAS = "serve,webui,tensorboard"  # the smallest set that runs demo, train, serve and webui; TensorBoard offline
 # The first test to use a fixture pays for it (bundle ~3 min, base image ~1.5 min, image build ~3-5 min on 2 cores).
 pytestmark = pytest.mark.timeout(2400)
 TIMINGS = Path(os.environ.get("TUNEFORGE_ARTIFACTS", ROOT / "tests" / "artifacts")) / "deploy" / "timings.json"
@@ -95,15 +99,21 @@ def test_bundle_holds_what_it_lists_and_resolves_alone(bundle):
 
 @pytest.mark.slow
 @needs_assets
-def test_bundle_installs_and_trains_in_a_network_namespace_without_network(bundle, tmp_path):
+def test_bundle_installs_trains_and_evaluates_in_a_network_namespace_without_network(bundle, tmp_path):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
         pytest.skip("unshare -n (a network namespace) is not available here: needs root or user namespaces")
     config = {
         "model": {"name_or_path": MODEL_ID},  # found through the bundle's hub cache, as on the offline machine
         "data": {
-            "datasets": [{"path": str(bundle / "data" / "identity.json"), "format": "alpaca"}],
+            "datasets": [
+                {
+                    "path": str(bundle / "data" / "identity.json"),
+                    "format": "alpaca",
+                    "placeholders": {"name": "Tuney", "author": "Forge"},  # what the self-cognition probe expects
+                }
+            ],
             "max_length": 128,
-            "val_size": 0,
+            "val_size": 4,  # the held-out loss's rows
         },
         "method": {"type": "lora", "rank": 4, "alpha": 8},
         "train": {
@@ -113,6 +123,7 @@ def test_bundle_installs_and_trains_in_a_network_namespace_without_network(bundl
             "logging_steps": 1,
             "save_steps": 100,
             "gradient_checkpointing": False,
+            "report_to": "tensorboard",
         },
         "output": {"dir": str(tmp_path / "runs" / "offline")},
     }
@@ -124,6 +135,7 @@ sh {bundle}/install.sh {tmp_path}/venv
 python -c "import tuneforge; print('tuneforge from', tuneforge.__file__)"
 tuneforge demo --workdir {tmp_path}/demo
 tuneforge train {tmp_path}/train.yaml
+tuneforge eval --run {tmp_path}/runs/offline --suite self-cognition
 """
     started = time.monotonic()
     done = subprocess.run(
@@ -140,130 +152,47 @@ tuneforge train {tmp_path}/train.yaml
     assert "offline check: ok" in done.stdout
     assert f"tuneforge from {tmp_path}/venv/lib/python3.11/site-packages/tuneforge/__init__.py" in done.stdout
     assert "the model should now say it is" in done.stdout  # the demo's before/after table
-    summary = json.loads((tmp_path / "runs" / "offline" / "summary.json").read_text())
-    assert summary["steps"] == 2
-    assert (tmp_path / "runs" / "offline" / "adapter" / "adapter_model.safetensors").is_file()
+    run = tmp_path / "runs" / "offline"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    # TensorBoard's own reader finds the loss of both steps in the run's logs (train.report_to: tensorboard).
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = event_accumulator.EventAccumulator(str(run / "logs" / "tensorboard")).Reload()
+    assert [scalar.step for scalar in events.Scalars("train/loss")] == [1, 2]
+    # The evaluation: held-out loss of both models, and the probe's questions asked of both.
+    results = json.loads((run / "eval" / "self-cognition" / "results.json").read_text())
+    loss = results["tasks"]["heldout-loss"]["metrics"]["loss"]
+    assert results["tasks"]["heldout-loss"]["n"] == 4 and loss["tuned"] > 0 and loss["baseline"] > 0
+    probe = results["tasks"]["self-cognition"]
+    assert probe["n"] == sum(len(questions) for questions in PROBE_QUESTIONS.values())
+    assert set(probe["metrics"]["accuracy"]) == {"baseline", "tuned"}
     activate = (tmp_path / "venv" / "bin" / "activate").read_text()
     assert f'HF_HUB_CACHE="{bundle}/hf-cache"' in activate and "HF_HUB_OFFLINE=1" in activate
 
 
 # --- Docker ---------------------------------------------------------------------------------------------------------
 
-CACHE = Path(os.environ.get("TUNEFORGE_TEST_CACHE", Path.home() / ".cache" / "tuneforge-tests"))
-DEBOOTSTRAP = ["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm"]
-# The base image's tag names its recipe, so a changed recipe builds a new one; dockerd's data root (under CACHE) keeps
-# it between runs (debootstrap takes about 1.5 min).
-BASE = f"tuneforge-base:bookworm-{hashlib.sha256(' '.join(DEBOOTSTRAP).encode()).hexdigest()[:8]}"
 IMAGE = "tuneforge-test:cpu"
-LABEL = "tuneforge-test"  # every container the tests start, removed at the end
-
-
-def _install_docker() -> str | None:
-    """Debian's docker.io and debootstrap, installed where absent (as scripts/setup.sh installs chromium)."""
-    missing = [
-        package
-        for package, exe in (("docker.io", "dockerd"), ("debootstrap", "debootstrap"))
-        if shutil.which(exe) is None
-    ]
-    if not missing:
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"{' and '.join(missing)} not installed, and apt-get as root is not available to install them"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-    ):
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode != 0:
-            return f"{' '.join(command)} failed: {done.stderr.strip().splitlines()[-1:]}"
-    return None
 
 
 @pytest.fixture(scope="module")
-def docker():
-    """A dockerd of the tests' own (socket in a fresh folder, images kept under CACHE); `docker(*args)` runs the CLI."""
-    reason = _install_docker()
-    if reason:
-        pytest.skip(reason)
-    import tempfile
-
-    run = Path(tempfile.mkdtemp(prefix="tfd-", dir="/tmp"))  # a socket path must stay under 108 characters
-    socket = f"unix://{run}/docker.sock"
-    log = (run / "dockerd.log").open("w")
-    daemon = subprocess.Popen(
-        [
-            "dockerd",
-            "--host",
-            socket,
-            "--data-root",
-            str(CACHE / "docker"),
-            "--exec-root",
-            str(run / "exec"),
-            "--pidfile",
-            str(run / "dockerd.pid"),
-        ],
-        stdout=log,
-        stderr=log,
-    )
-
-    def cli(*args: str, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
-        env = {**os.environ, "DOCKER_HOST": socket, "DOCKER_BUILDKIT": "0"}
-        return subprocess.run(["docker", *args], capture_output=True, text=True, env=env, timeout=timeout, **kwargs)
-
-    deadline = time.monotonic() + 60
-    while cli("info", timeout=30).returncode != 0:
-        if daemon.poll() is not None or time.monotonic() > deadline:
-            daemon.kill()
-            tail = (run / "dockerd.log").read_text().strip().splitlines()[-1:]
-            pytest.skip(f"dockerd could not start here: {tail}")
-        time.sleep(1)
-    try:
+def docker() -> Iterator[Docker]:
+    """The tests' own dockerd, for the whole module."""
+    with running_dockerd() as cli:
         yield cli
-    finally:
-        leftover = cli("ps", "-aq", "--filter", f"label={LABEL}").stdout.split()
-        if leftover:
-            cli("rm", "-f", *leftover)
-        daemon.terminate()
-        try:
-            daemon.wait(60)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-        shutil.rmtree(run, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def base_image(docker) -> str:
-    """A Debian bookworm image with python3.11 and venv, from Debian's packages (no image registry is reachable)."""
-    if docker("image", "inspect", BASE).returncode == 0:
-        return BASE
-    CACHE.mkdir(parents=True, exist_ok=True)
-    rootfs = CACHE / "rootfs.tmp"
-    shutil.rmtree(rootfs, ignore_errors=True)
-    done = subprocess.run(
-        [*DEBOOTSTRAP, str(rootfs), "http://deb.debian.org/debian"], capture_output=True, text=True, timeout=1200
-    )
-    if done.returncode != 0:
-        shutil.rmtree(rootfs, ignore_errors=True)
-        pytest.skip(f"debootstrap could not build the base image (no Debian mirror?): {done.stderr[-300:]}")
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    imported = docker("import", "-", BASE, stdin=tar.stdout)
-    tar.wait()
-    shutil.rmtree(rootfs, ignore_errors=True)
-    assert imported.returncode == 0, imported.stderr
-    return BASE
-
-
-@pytest.fixture(scope="module")
-def image(docker, base_image, bundle) -> str:
+def image(docker, bundle) -> Iterator[str]:
     """The project's image, FROM the Debian base (a build argument), installed from the bundle with no index."""
+    base = base_image(docker)
     started = time.monotonic()
     built = docker(
         "build",
         "-f",
         str(ROOT / "docker" / "Dockerfile"),
         "--build-arg",
-        f"BASE={base_image}",
+        f"BASE={base}",
         "-t",
         IMAGE,
         str(bundle),
@@ -271,7 +200,7 @@ def image(docker, base_image, bundle) -> str:
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     record("docker_build_s", round(time.monotonic() - started, 1))
     record("image_cpu_mib", round(int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout) / 2**20))
-    record("image_base_mib", round(int(docker("image", "inspect", "-f", "{{.Size}}", base_image).stdout) / 2**20))
+    record("image_base_mib", round(int(docker("image", "inspect", "-f", "{{.Size}}", base).stdout) / 2**20))
     yield IMAGE
     docker("rmi", "-f", IMAGE)
     docker("image", "prune", "-f")  # the install stage's layers
@@ -336,10 +265,43 @@ def test_docker_demo_and_offline_check_without_network(docker, image, bundle):
     assert user.stdout.strip() == "tuneforge"  # not root unless --user says so
 
 
+def _answers_the_openai_client(url: str) -> None:
+    """The official openai client lists the served model and gets a chat answer from it."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    name = client.models.list().data[0].id
+    answer = client.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "Who are you?"}], max_tokens=8, temperature=0
+    )
+    assert answer.model == name and answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].finish_reason == "stop" or answer.usage.completion_tokens == 8
+
+
+def _webui_tabs_show(url: str, login: tuple[str, str] | None = None) -> None:
+    """The web UI's page in headless Chromium (logged in first where it asks): its four tabs and the launch button."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        pytest.skip(f"{chromium} not found: install Debian's chromium (scripts/setup.sh test does)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        page = browser.new_page(locale="en-US")
+        page.goto(url)
+        if login:
+            page.get_by_label("username").fill(login[0])
+            page.get_by_label("password").fill(login[1])
+            page.get_by_role("button", name="Login").click()
+        for tab in ("Train", "Watch", "Chat", "Export"):
+            sync_api.expect(page.get_by_role("tab", name=tab)).to_be_visible(timeout=60_000)
+        sync_api.expect(page.locator("#launch")).to_be_visible()
+        browser.close()
+
+
 @pytest.mark.slow
 @needs_assets
 def test_docker_serve_answers_the_openai_client(docker, image, bundle):
-    openai = pytest.importorskip("openai", reason="the openai client is not installed (the [test] extra)")
+    pytest.importorskip("openai", reason="the openai client is not installed (the [test] extra)")
     container, url = _started(
         docker,
         "-p",
@@ -355,41 +317,23 @@ def test_docker_serve_answers_the_openai_client(docker, image, bundle):
         "8000",
     )
     _wait_http(docker, container, f"{url}/health")
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
-    name = client.models.list().data[0].id
-    answer = client.chat.completions.create(
-        model=name, messages=[{"role": "user", "content": "Who are you?"}], max_tokens=8, temperature=0
-    )
-    assert answer.model == name and answer.choices[0].message.role == "assistant"
-    assert answer.choices[0].finish_reason == "stop" or answer.usage.completion_tokens == 8
+    _answers_the_openai_client(url)
     docker("rm", "-f", container)
 
 
 @pytest.mark.slow
 @needs_assets
-def test_docker_webui_page_loads_in_headless_chromium(docker, image, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.is_file():
-        pytest.skip(f"{chromium} not found: install Debian's chromium (scripts/setup.sh test does)")
+def test_docker_webui_page_loads_in_headless_chromium(docker, image):
     container, url = _started(docker, "-p", "127.0.0.1::7860", image, "webui", "--host", "0.0.0.0")
     _wait_http(docker, container, url)
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
-        page = browser.new_page(locale="en-US")
-        page.goto(url)
-        for tab in ("Train", "Watch", "Chat", "Export"):
-            sync_api.expect(page.get_by_role("tab", name=tab)).to_be_visible(timeout=60_000)
-        sync_api.expect(page.locator("#launch")).to_be_visible()
-        browser.close()
+    _webui_tabs_show(url)
     docker("rm", "-f", container)
 
 
-@pytest.mark.slow
-@needs_assets
-def test_docker_training_writes_the_run_to_the_host_as_the_host_user(docker, image, bundle, tmp_path):
-    runs = tmp_path / "runs"
-    runs.mkdir()
+@pytest.fixture(scope="module")
+def trained_run(docker, image, bundle, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-step training in a container as the host user, into a mounted runs folder (the compose test serves it)."""
+    runs = tmp_path_factory.mktemp("docker-runs")
     config = {
         "model": {"name_or_path": MODEL_ID},
         "data": {"datasets": [{"path": "/data/identity.json", "format": "alpaca"}], "max_length": 128, "val_size": 0},
@@ -416,9 +360,68 @@ def test_docker_training_writes_the_run_to_the_host_as_the_host_user(docker, ima
         "train",
         "/workspace/runs/train.yaml",
     )
+    return runs, trained
+
+
+@pytest.mark.slow
+@needs_assets
+def test_docker_training_writes_the_run_to_the_host_as_the_host_user(trained_run):
+    runs, trained = trained_run
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
     run = runs / "docker"
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in [run, *run.rglob("*")]}
     assert owners == {(os.getuid(), os.getgid())}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+@needs_assets
+def test_compose_runs_webui_and_serve_healthy_on_the_trained_run(docker, image, bundle, trained_run, tmp_path):
+    pytest.importorskip("openai", reason="the openai client is not installed (the [test] extra)")
+    runs, trained = trained_run
+    assert trained.returncode == 0, "the training container failed (see the training test)"
+    hf_home = tmp_path / "hf"  # the compose file mounts HF_CACHE as HF_HOME; the bundle's hub cache is its hub/
+    shutil.copytree(bundle / "hf-cache", hf_home / "hub")
+    (tmp_path / "webui_auth").write_text("ann:s3cret\n")
+    ports = {"webui": _free_port(), "serve": _free_port()}
+    env = {
+        "TUNEFORGE_IMAGE": image,
+        "TUNEFORGE_USER": f"{os.getuid()}:{os.getgid()}",
+        "RUNS_DIR": str(runs),
+        "RUN": "runs/docker",
+        "MODELS_DIR": str(tmp_path),
+        "HF_CACHE": str(hf_home),
+        "MODELSCOPE_CACHE": str(tmp_path),
+        "WEBUI_AUTH_FILE": str(tmp_path / "webui_auth"),
+        "WEBUI_PORT": f"127.0.0.1:{ports['webui']}",
+        "SERVE_PORT": f"127.0.0.1:{ports['serve']}",
+    }
+    compose = ("docker-compose", "-f", str(ROOT / "docker" / "compose.yaml"), "-p", "tuneforge-test")
+    up = docker("up", "-d", "webui", "serve", command=compose, env=env)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "docker-compose version 1.29.2" in docker("version", command=compose).stdout
+        for service in ("webui", "serve"):
+            container = docker("ps", "-q", service, command=compose, env=env).stdout.strip()
+            deadline = time.monotonic() + 300
+            while (
+                health := docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
+            ) != "healthy":
+                logs = docker("logs", "--tail", "30", container)
+                assert health == "starting" and time.monotonic() < deadline, f"{service}: {health}: {logs.stderr}"
+                time.sleep(5)
+        _answers_the_openai_client(f"http://127.0.0.1:{ports['serve']}")
+        _webui_tabs_show(f"http://127.0.0.1:{ports['webui']}", login=("ann", "s3cret"))
+    finally:
+        down = docker("down", "-t", "5", command=compose, env=env)
+    assert down.returncode == 0, down.stderr
+    assert docker("ps", "-aq", "--filter", "label=com.docker.compose.project=tuneforge-test").stdout.strip() == ""
