@@ -125,8 +125,8 @@ class Grammars:
             grammar = str(xgr.Grammar.from_json_schema(fmt.schema or JSON_OBJECT, any_whitespace=False))
             return self._compiler.compile_grammar(xgr.Grammar.from_ebnf(grammar.replace(_BOUNDED_CHAR, _JSON_CHAR)))
         except RuntimeError as exc:
-            first = (str(exc).strip().splitlines() or ["not a schema"])[0]
-            raise UserError(f"response_format: the JSON schema was refused: {_XGRAMMAR_PREFIX.sub('', first)}") from None
+            first = _XGRAMMAR_PREFIX.sub("", (str(exc).strip().splitlines() or ["not a schema"])[0])
+            raise UserError(f"response_format: the JSON schema was refused: {first}") from None
 
     def constraint(self, fmt: ResponseFormat, prompt: str | None) -> Constraint:
         """A fresh row constraint for output that follows `prompt` (None: a raw completion, no thinking)."""
