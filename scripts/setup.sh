@@ -15,8 +15,8 @@ VENV=.venv
 LOCK=(-c constraints.txt)
 case "$PROFILE" in
   demo) EXTRAS="" ;;
-  test) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference,grpo,webui,synth]" ;;
-  latest) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference,grpo,webui,synth]" VENV=.venv-latest LOCK=(--upgrade --upgrade-strategy eager) ;;
+  test) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference,grpo,webui,synth,structured]" ;;
+  latest) EXTRAS="[test,serve,qlora,llamacpp,deepspeed,tensorboard,eval,preference,grpo,webui,synth,structured]" VENV=.venv-latest LOCK=(--upgrade --upgrade-strategy eager) ;;
   *) echo "scripts/setup.sh: unknown profile '$PROFILE'; use demo, test or latest" >&2; exit 2 ;;
 esac
 say() { echo "setup ($PROFILE, ${SECONDS}s): $*"; }

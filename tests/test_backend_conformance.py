@@ -10,6 +10,7 @@ an NVIDIA GPU); what it shares with the others is checked statically below (`tes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +19,7 @@ from tiny_adapter import make_tiny_adapter
 
 from tuneforge.data.conversation import Message
 from tuneforge.errors import UserError
-from tuneforge.infer.backend import ChatBackend, ChatResult, SamplingParams
+from tuneforge.infer.backend import ChatBackend, ChatResult, ResponseFormat, SamplingParams
 
 KEY = "sk-conformance"
 CONVERSATIONS = [
@@ -28,6 +29,15 @@ CONVERSATIONS = [
 ]
 GREEDY = SamplingParams(max_new_tokens=5, temperature=0)
 LETTERS = ["A", "B", "C", "D"]
+VERDICT = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "blue"]},
+        "sure": {"type": "boolean"},
+        "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+    },
+    "required": ["colour", "sure", "stars"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +103,25 @@ def test_every_backend_answers_the_scripted_conversations_alike(backend, models)
     # One name for all, and the default (the tuned model), give the same as naming it per item.
     assert backend.generate_batch(CONVERSATIONS, GREEDY, model=names["tuned"], enable_thinking=False) == want[3:]
     assert backend.generate_batch(CONVERSATIONS, GREEDY, enable_thinking=False) == want[3:]
+
+
+def test_every_backend_answers_a_response_format_alike_and_valid(backend, models):
+    """Constrained decoding reaches every backend (the remote client sends `response_format` to `tuneforge serve`)."""
+    pytest.importorskip("xgrammar", reason="the structured extra (xgrammar) is not installed")
+    import jsonschema
+
+    backend, names = backend
+    params = SamplingParams(max_new_tokens=40, temperature=0, response_format=ResponseFormat(json.dumps(VERDICT)))
+    got = backend.generate_batch(
+        CONVERSATIONS, params, model=[names["base"], names["tuned"], names["base"]], enable_thinking=False
+    )
+    want = models["engine"].generate_batch(
+        CONVERSATIONS, params, model=[models["base"], "tuned", models["base"]], enable_thinking=False
+    )
+    assert got == want
+    for result in want:
+        assert result.finish_reason == "stop"
+        jsonschema.validate(json.loads(result.content), VERDICT)
 
 
 def test_every_backend_scores_alike_or_refuses_in_one_line(backend, models):

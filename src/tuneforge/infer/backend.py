@@ -17,6 +17,14 @@ from tuneforge.errors import UserError
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """OpenAI's `response_format`: the answer must be JSON, matching `schema` (JSON text) where one is given."""
+
+    schema: str | None = None  # None: any JSON object ({"type": "json_object"})
+    name: str = "response"  # the json_schema's name (a server may show it; the local engine does not need it)
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How tokens are picked; None takes the model's generation_config.json value (greedy if it has none)."""
 
@@ -26,6 +34,7 @@ class SamplingParams:
     top_k: int | None = None  # 0 or -1: off
     seed: int | None = None  # fixes sampling for this request alone
     stop: tuple[str, ...] = ()  # the output ends before the first of these
+    response_format: ResponseFormat | None = None  # constrained decoding of the answer (infer/structured.py)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tuneforge.errors import UserError
 from tuneforge.infer.backend import SamplingParams
+from tuneforge.infer.structured import Constraint, mask_logits
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +42,7 @@ class _Row:
     max_new_tokens: int
     adapter: str | None
     sampling: _Sampling | None  # None: greedy
+    constraint: Constraint | None = None  # a response_format's grammar (infer/structured.py)
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     produced: int = 0
     last: int = 0
@@ -108,11 +110,16 @@ class Batcher:
         """Rows in a batch now (waiting ones not counted)."""
         return sum(len(g.rows) for g in self._groups.values())
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, name: str) -> Iterator[int]:
-        """Queue the prompt for the next step; return its next-token ids, which end at eos or max tokens."""
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams, name: str, constraint: Constraint | None = None
+    ) -> Iterator[int]:
+        """Queue the prompt for the next step; return its next-token ids, which end at eos or max tokens.
+
+        With a `constraint`, every token is one its grammar allows (the engine makes it from a response_format).
+        """
         model, adapter = self.targets[name]
         sampling = _sampling(params, model.generation_config, model.device)
-        row = _Row(list(prompt_ids), params.max_new_tokens or 1, adapter, sampling)
+        row = _Row(list(prompt_ids), params.max_new_tokens or 1, adapter, sampling, constraint)
         with self._lock:
             self._groups[id(model)].waiting.append(row)
             if self._thread is None:
@@ -186,7 +193,12 @@ class Batcher:
 
     def _emit(self, group: _Group, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token and hand it on; rows at eos or max tokens leave the batch."""
-        for row, token in zip(rows, _pick(rows, logits.float())):
+        logits = logits.float()
+        if any(row.constraint is not None for row in rows):
+            mask_logits([row.constraint for row in rows], logits)
+        for row, token in zip(rows, _pick(rows, logits)):
+            if row.constraint is not None:
+                row.constraint.accept(token)
             row.last = token
             row.produced += 1
             row.out.put(row.last)

@@ -32,9 +32,12 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from tuneforge.infer.spec import ModelSpec
+    from tuneforge.infer.structured import Constraint, Grammars
 
 # (prompt token ids, sampling params, served model name) -> next-token ids (it may end at eos or max tokens).
-TokenSource = Callable[[list[int], SamplingParams, str], Iterator[int]]
+# A source that can constrain its tokens also takes a `constraint` keyword (infer/structured.py): the engine
+# passes one only for a request with a response_format, and only when it was built with `grammars`.
+TokenSource = Callable[..., Iterator[int]]
 # ([(prompt ids, continuation ids), ...], served model name) -> log-probability of each continuation token.
 Scorer = Callable[[list[tuple[list[int], list[int]]], str], list[list[float]]]
 # ([prompt ids, ...], candidate token ids, served model name) -> log-probability of each candidate as the next token.
@@ -72,13 +75,20 @@ class Generation:
     """One generation, run lazily: iterate it for Deltas; counts and finish_reason are set when it ends."""
 
     def __init__(
-        self, engine: Engine, model: str, prompt_ids: list[int], params: SamplingParams, parser: OutputParser
+        self,
+        engine: Engine,
+        model: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        parser: OutputParser,
+        constraint: Constraint | None = None,
     ) -> None:
         self.model = model
         self.prompt_tokens = len(prompt_ids)
         self.completion_tokens = 0
         self.finish_reason: str | None = None
         self._engine, self._prompt_ids, self._params, self._parser = engine, prompt_ids, params, parser
+        self._constraint = constraint
         self._reasoning: list[str] = []
         self._content: list[str] = []
         self._tool_calls: list[ToolCall] = []
@@ -88,7 +98,8 @@ class Generation:
     def start(self) -> None:
         """Hand the prompt to the token source now (generate_batch starts a whole batch before reading any)."""
         if self._tokens is None:
-            self._tokens = self._engine.source(self._prompt_ids, self._params, self.model)
+            extra = {"constraint": self._constraint} if self._constraint is not None else {}
+            self._tokens = self._engine.source(self._prompt_ids, self._params, self.model, **extra)
 
     def cancel(self) -> None:
         """Stop before the next token (safe from another thread); the model is free at once."""
@@ -161,8 +172,10 @@ class Engine:
         eos_ids: set[int] | None = None,
         scorer: Scorer | None = None,
         next_scorer: NextScorer | None = None,
+        grammars: Grammars | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        self.grammars = grammars  # None: the source cannot constrain tokens, so a response_format is refused
         self.models = dict(models)  # served name -> name of the base it adapts (None for a base)
         self.source = source
         self.scorer = scorer
@@ -229,7 +242,9 @@ class Engine:
         """
         prompt = self.render(messages, tools=tools, enable_thinking=enable_thinking, template_kwargs=template_kwargs)
         parser = parser_after(prompt, tools=bool(tools) if parse_tools is None else parse_tools)
-        return self._start(prompt, params, model, parser, special_tokens=False, default_max_tokens=default_max_tokens)
+        return self._start(
+            prompt, params, model, parser, special_tokens=False, default_max_tokens=default_max_tokens, chat=True
+        )
 
     def complete(
         self,
@@ -368,6 +383,7 @@ class Engine:
         *,
         special_tokens: bool,
         default_max_tokens: int | None = None,
+        chat: bool = False,
     ) -> Generation:
         model = self.names[-1] if model is None else model
         if model not in self.models:
@@ -386,7 +402,12 @@ class Engine:
             )
         if params.max_new_tokens is None:
             params = replace(params, max_new_tokens=min(room, default_max_tokens or room))
-        return Generation(self, model, prompt_ids, params, parser)
+        constraint = None
+        if params.response_format is not None:
+            if self.grammars is None:
+                raise UserError("response_format: this engine cannot constrain its output (no model weights)")
+            constraint = self.grammars.constraint(params.response_format, prompt if chat else None)
+        return Generation(self, model, prompt_ids, params, parser, constraint)
 
 
 def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_size: int = 32) -> Engine:
@@ -397,6 +418,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
     import torch
 
     from tuneforge.infer.cpu_head import pack_cpu_head
+    from tuneforge.infer.structured import Grammars
     from tuneforge.model.load import load_model, load_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -422,6 +444,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
     eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
     models = {spec.name: None, **{name: spec.name for name in spec.adapters}, **{name: None for name in spec.others}}
     batcher = Batcher(targets, eos_ids, max_batch_size)
+    vocab_size = base.config.get_text_config().vocab_size
     return Engine(
         tokenizer,
         models,
@@ -430,4 +453,5 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
         eos_ids=eos_ids,
         scorer=batcher.score,
         next_scorer=batcher.next_token,
+        grammars=Grammars(tokenizer, vocab_size, eos_ids),
     )

@@ -104,6 +104,9 @@ class VllmEngine(GenerationOnly):
         from tuneforge.infer.parse import split_output
 
         params = params or SamplingParams()
+        if params.response_format is not None:
+            # vLLM's own structured outputs could take it (StructuredOutputsParams); not wired up or tested here.
+            raise UserError("response_format: the offline vLLM engine does not take it; use `tuneforge serve`")
         names = model_per_item(model, len(conversations), self.names[-1])
         sampling = vllm.SamplingParams(
             temperature=params.temperature or 0.0,

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from tuneforge.errors import UserError
 from tuneforge.infer.backend import ChatBackend, ChatResult, GenerationOnly, SamplingParams, model_per_item
+from tuneforge.infer.structured import openai_response_format
 
 if TYPE_CHECKING:
     from tuneforge.data.conversation import Message
@@ -144,6 +145,8 @@ class RemoteEngine(GenerationOnly):
             request["seed"] = params.seed
         if params.stop:
             request["stop"] = list(params.stop)
+        if params.response_format is not None:
+            request["response_format"] = openai_response_format(params.response_format)
         if think is not None:
             # vLLM's and tuneforge's way to reach the template's enable_thinking; only sent when asked for,
             # since a hosted API may refuse a field it does not know.

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.data.conversation import Message, ToolCall
 from tuneforge.infer.backend import SamplingParams
+from tuneforge.infer.structured import parse_response_format
 
 # torch.Generator.manual_seed takes a 64-bit integer; vLLM bounds `seed` the same way.
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
@@ -49,9 +50,12 @@ class _Sampling(_Body):
     n: Literal[1] = Field(1, description="Only one choice per request.")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = Field(
+        None, description="text, json_object or json_schema: the answer is decoded to match (infer/structured.py)."
+    )
 
     def sampling(self) -> SamplingParams:
-        """The engine's sampling parameters for this request."""
+        """The engine's sampling parameters for this request (a bad response_format is a UserError)."""
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or []
         return SamplingParams(
             max_new_tokens=self.max_completion_tokens or self.max_tokens,
@@ -60,6 +64,7 @@ class _Sampling(_Body):
             top_k=self.top_k,
             seed=self.seed,
             stop=tuple(stop),
+            response_format=parse_response_format(self.response_format),
         )
 
     @property
