@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from conftest import DATA_DIR, ROOT, needs_assets
@@ -674,11 +675,19 @@ def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_e
         sync_api.expect(page.locator("#watch-progress")).to_contain_text("ETA")
 
         # Stop: SIGINT, so training saves a checkpoint where it is and exits 130; Resume continues from it.
+        # The training process is frozen while the stop is sent, so that on a fast machine the run cannot reach its
+        # last step between the click and the signal (it would then finish, exit 0, and not be "stopped").
+        trainer = psutil.Process(json.loads(Run(run).job_status("train").read_text(encoding="utf-8"))["child"])
         page.get_by_role("tab", name="Train").click()
-        page.locator("#stop").click()
-        sync_api.expect(page.locator("#train-message")).to_contain_text("stop sent", timeout=30_000)
-        _wait("the stop", lambda: jobs.job_state(run, "train").state == "stopped", 120)
-        assert jobs.job_state(run, "train").exit_code == 130
+        trainer.suspend()
+        try:
+            page.locator("#stop").click()
+            sync_api.expect(page.locator("#train-message")).to_contain_text("stop sent", timeout=30_000)
+        finally:
+            trainer.resume()
+        _wait("the job to end", lambda: not jobs.job_state(run, "train").running, 120)
+        ended = jobs.job_state(run, "train")
+        assert (ended.state, ended.exit_code) == ("stopped", 130), jobs.log_tail(run, "train")
         assert "train.resume=auto" in jobs.log_tail(run, "train")  # the CLI's resume hint
         stopped_at = Run(run).latest_checkpoint()
         total = jobs.progress(run)["max_steps"]

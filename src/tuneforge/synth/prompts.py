@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from tuneforge.errors import UserError
 
@@ -100,10 +100,15 @@ DEFAULTS: dict[tuple[str, str], str] = {
 }
 
 
+# Bounds on every free string and list of a reply: under structured output they also end a model that would
+# otherwise write one string until max_tokens (a looping model; any random-weight model).
+QUESTION = Annotated[str, StringConstraints(min_length=1, max_length=400)]
+
+
 class Questions(BaseModel):
     """Reply of the questions step."""
 
-    questions: list[str] = Field(min_length=1)
+    questions: list[QUESTION] = Field(min_length=1, max_length=20)
 
 
 class Judgement(BaseModel):
@@ -111,20 +116,20 @@ class Judgement(BaseModel):
 
     score: int = Field(ge=1, le=10)
     supported: bool
-    reason: str = ""
+    reason: str = Field("", max_length=400)
 
 
 class FollowUp(BaseModel):
     """Reply of the follow-up step."""
 
-    question: str = Field(min_length=1)
+    question: QUESTION
 
 
 def tags_schema(labels: list[str] | None) -> type[BaseModel]:
     """Reply of the tags step: one or more of `labels` (enforced by the schema, so also by structured output),
     or free tags when there is no list."""
-    tag = Literal[tuple(labels)] if labels else str  # type: ignore[valid-type]
-    return create_model("Tags", tags=(list[tag], Field(min_length=1)))  # type: ignore[valid-type]
+    tag = Literal[tuple(labels)] if labels else Annotated[str, StringConstraints(max_length=60)]  # type: ignore[valid-type]
+    return create_model("Tags", tags=(list[tag], Field(min_length=1, max_length=5)))  # type: ignore[valid-type]
 
 
 class Templates:
