@@ -4,6 +4,7 @@ a run against the real `tuneforge serve` (a tiny random Qwen3: replies are never
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -11,6 +12,7 @@ from synth_server import ScriptedServer
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
+from tuneforge.errors import UserError
 from tuneforge.synth.config import validate_synth
 from tuneforge.synth.run import synth
 
@@ -68,27 +70,20 @@ def _snippet(out):
 
 
 @pytest.mark.slow  # a real server over a tiny model
-def test_synth_against_tuneforge_serve_gets_valid_json_and_accounts_for_every_pair(tiny_qwen3_dir, tmp_path):
-    """Through `tuneforge serve`'s structured output even a random-weight model answers the questions step with JSON
-    that validates (its strings end at the schema's bounds); its free-text answer never ends, so that pair fails as
-    cut off. No pair fails for its JSON, and every requested pair is accounted for."""
+def test_synth_with_a_local_model_dir_gets_valid_json_and_accounts_for_every_pair(tiny_qwen3_dir, tmp_path):
+    """`--model-dir`: the model runs in this process behind `tuneforge serve`'s app, whose structured output makes
+    even a random-weight model answer the questions step with JSON that validates (its strings end at the schema's
+    bounds); its free-text answer never ends, so that pair fails as cut off. No pair fails for its JSON, every
+    requested pair is accounted for, and the eval suite has no judge pointing at the server that is gone."""
     pytest.importorskip("xgrammar", reason="the structured extra (xgrammar) is not installed")
-    from tuneforge.infer.engine import load_engine
-    from tuneforge.infer.spec import resolve_spec
-    from tuneforge.serve.app import create_app, serve_in_background
-
-    engine = load_engine(resolve_spec(model=str(tiny_qwen3_dir)))
-    docs = tmp_path / "docs"
+    docs, out = tmp_path / "docs", tmp_path / "out"
     docs.mkdir()
     (docs / "a.md").write_text("# A\n\nThe filter is replaced every spring by the night shift.\n", encoding="utf-8")
-    with serve_in_background(create_app(engine)) as url:
-        raw = {
-            "docs": str(docs),
-            "out": str(tmp_path / "out"),
-            "model": {"endpoint": url, "name": str(tiny_qwen3_dir), "max_tokens": 600, "temperature": 0},
-            "generate": {"questions_per_chunk": 2},
-        }
-        report = synth(validate_synth(raw, "test"), "EMPTY", log=lambda *_: None)
+    args = ["--docs", str(docs), "--model-dir", str(tiny_qwen3_dir), "--out", str(out)]
+    overrides = ["model.max_tokens=600", "model.temperature=0", "generate.questions_per_chunk=2"]
+    result = CliRunner().invoke(app, ["synth", *overrides, *args])
+    assert result.exit_code == 1, result.output  # every pair failed: over budget.max_failure_rate
+    report = json.loads((out / "report.json").read_text())
     assert report["requested"] == 2
     assert report["written"]["total"] + report["failed"]["total"] + report["filtered"]["total"] == 2
     reasons = {**report["failed"]["by_reason"], **report["filtered"]["by_reason"]}
@@ -96,3 +91,27 @@ def test_synth_against_tuneforge_serve_gets_valid_json_and_accounts_for_every_pa
     assert report["requests"]["sent_by_step"]["questions"] == 1  # one valid reply, no retry
     answered = report["requests"]["sent_by_step"]["answer"]  # a request per question the valid reply held
     assert answered >= 1 and reasons.get("answer: cut off at model.max_tokens") == answered
+    suite = yaml.safe_load((out / "eval_suite.yaml").read_text())
+    assert [t["name"] for t in suite["tasks"]] == ["synth-heldout"]
+
+
+def test_a_synth_model_is_an_endpoint_or_a_local_path_and_a_local_one_serves_only_itself(tmp_path):
+    base = {"docs": "d", "out": "o"}
+    for model, problem in [
+        ({"name": "m"}, "give model.endpoint (a server) or model.path (a local model run here), one of them"),
+        (
+            {"endpoint": "http://x", "path": "p"},
+            "give model.endpoint (a server) or model.path (a local model run here), one of them",
+        ),
+        ({"endpoint": "http://x"}, "model.name: the model's name on model.endpoint is needed"),
+    ]:
+        with pytest.raises(UserError, match=f"^s.yaml: {re.escape(problem)}"):
+            validate_synth({**base, "model": model}, "s.yaml")
+    local = {**base, "model": {"path": "p"}}
+    with pytest.raises(UserError, match="quality.judge_model: model.path serves one model here"):
+        validate_synth({**local, "quality": {"judge_model": "j"}}, "s.yaml")
+    weak = {"preference": {"source": "weak_model", "weak": {"name": "w"}}}
+    with pytest.raises(UserError, match="preference.weak.endpoint: model.path serves one model here"):
+        validate_synth({**local, **weak}, "s.yaml")
+    with pytest.raises(UserError, match="model.path p: not served"):
+        synth(validate_synth(local, "s.yaml"), "EMPTY")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +23,10 @@ def synth_command(
     docs: Annotated[str | None, typer.Option(help="Document file or folder (recursive).")] = None,
     endpoint: Annotated[str | None, typer.Option(help="OpenAI-compatible server, e.g. http://localhost:8000.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name on that server.")] = None,
+    model_dir: Annotated[
+        str | None,
+        typer.Option(help="Instead of --endpoint: a local model folder or training run, run in this process."),
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Output folder.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once.")] = None,
     shard: Annotated[str, typer.Option(help="I/N: this machine's share of the documents (journals merge).")] = "0/1",
@@ -43,13 +49,19 @@ def synth_command(
         "out": out,
         "model.endpoint": endpoint,
         "model.name": model,
+        "model.path": model_dir,
         "model.concurrency": concurrency,
     }
     cfg = load_synth_config(config, [*(overrides or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)])
     if api_key_file is not None and cfg.model.api_key_file is not None:
         raise UserError("give the API key file once: --api-key-file or model.api_key_file, not both")
     key_file = api_key_file or (Path(cfg.model.api_key_file).expanduser() if cfg.model.api_key_file else None)
-    report = synth(cfg, client_api_key(key_file, cfg.model.api_key_env), parse_shard(shard), log=typer.echo)
+    key = client_api_key(key_file, cfg.model.api_key_env)
+    if cfg.model.path is None:
+        report = synth(cfg, key, parse_shard(shard), log=typer.echo)
+    else:
+        with _in_process(cfg.model.path) as (url, name):
+            report = synth(cfg.served_at(url, name), key, parse_shard(shard), log=typer.echo)
     written, failed, filtered = report["written"], report["failed"], report["filtered"]
     typer.echo(
         f"requested {report['requested']} pairs: written {written['total']} (train {written['train']}, eval "
@@ -84,6 +96,24 @@ def synth_command(
             err=True,
         )
         raise typer.Exit(1)
+
+
+@contextmanager
+def _in_process(path: str) -> Iterator[tuple[str, str]]:
+    """model.path served by the built-in engine on a free loopback port for the run: synth's requests keep one path
+    (client, journal, retries, accounting) whether the model is local or remote. Yields the URL and served name."""
+    from tuneforge.infer.engine import load_engine
+    from tuneforge.infer.spec import resolve_spec
+    from tuneforge.rundir import Run
+    from tuneforge.serve.app import create_app, serve_in_background
+
+    spec = resolve_spec(run=path) if Run(Path(path)).config_file.is_file() else resolve_spec(model=path)
+    engine = load_engine(spec)
+    try:
+        with serve_in_background(create_app(engine, thinking=spec.thinking)) as url:
+            yield url, engine.names[-1]
+    finally:
+        engine.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -21,10 +21,18 @@ Step = Literal["questions", "questions_variation", "answer", "judge", "reasoning
 
 
 class ModelAccess(Section):
-    """An OpenAI-compatible endpoint (vLLM, SGLang, `tuneforge serve`, a hosted API) and how hard to use it."""
+    """An OpenAI-compatible endpoint (vLLM, SGLang, `tuneforge serve`, a hosted API) and how hard to use it, or a
+    local model run in this process."""
 
-    endpoint: str = Field(description="The server, e.g. http://localhost:8000 (/v1 is added when no path is given).")
-    name: str = Field(description="The model name on that server.")
+    endpoint: str | None = Field(
+        None, description="The server, e.g. http://localhost:8000 (/v1 is added when no path is given)."
+    )
+    name: str | None = Field(None, description="The model name on that server (with path: the served name).")
+    path: str | None = Field(
+        None,
+        description="Instead of endpoint: a local model folder, hub id or training run, served in this process by "
+        "the built-in engine for the duration of the run (structured output with the structured extra).",
+    )
     api_key_env: str | None = Field(
         None, description="Environment variable holding the API key [default: TUNEFORGE_API_KEY, OPENAI_API_KEY]."
     )
@@ -153,7 +161,20 @@ class SynthConfig(Section):
             raise ValueError("preference.source: rated needs quality.judge: true (the judge rates both samples)")
         if self.generate.follow_ups and self.output.format == "alpaca":
             raise ValueError("generate.follow_ups: alpaca holds one turn; use output.format messages or sharegpt")
+        if (self.model.endpoint is None) == (self.model.path is None):
+            raise ValueError("give model.endpoint (a server) or model.path (a local model run here), one of them")
+        if self.model.endpoint is not None and self.model.name is None:
+            raise ValueError("model.name: the model's name on model.endpoint is needed")
+        local = self.model.path is not None
+        if local and self.preference is not None and self.preference.weak and not self.preference.weak.endpoint:
+            raise ValueError("preference.weak.endpoint: model.path serves one model here; serve the weak model too")
+        if local and self.quality.judge_model:
+            raise ValueError("quality.judge_model: model.path serves one model here; it is also the judge")
         return self
+
+    def served_at(self, endpoint: str, name: str) -> SynthConfig:
+        """This config with model.path served at `endpoint` as `name` (path kept: the server ends with the run)."""
+        return self.model_copy(update={"model": self.model.model_copy(update={"endpoint": endpoint, "name": name})})
 
 
 def validate_synth(raw: dict[str, Any], source: str) -> SynthConfig:

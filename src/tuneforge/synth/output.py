@@ -129,7 +129,7 @@ def eval_suite(cfg: SynthConfig) -> dict[str, Any]:
     tasks: list[dict[str, Any]] = [
         {"name": "synth-heldout", "type": "generation", "path": "eval.jsonl", "format": "messages"}
     ]
-    if cfg.quality.judge:
+    if cfg.quality.judge and cfg.model.path is None:  # model.path's in-process server ends with the run
         judge: dict[str, Any] = {"endpoint": cfg.model.endpoint, "model": cfg.quality.judge_model or cfg.model.name}
         if cfg.model.api_key_env:
             judge["api_key_env"] = cfg.model.api_key_env

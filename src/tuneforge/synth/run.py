@@ -40,7 +40,10 @@ def in_shard(name: str, shard: tuple[int, int]) -> bool:
 
 
 def synth(cfg: SynthConfig, key: str, shard: tuple[int, int] = (0, 1), log: Callable[[str], Any] = print) -> dict:
-    """Run the whole pipeline and return the report (also written to OUT/report.json)."""
+    """Run the whole pipeline and return the report (also written to OUT/report.json); a model.path config must
+    first be `served_at` its in-process server (commands/synth.py does)."""
+    if cfg.model.endpoint is None:
+        raise UserError(f"model.path {cfg.model.path}: not served; run it through `tuneforge synth`")
     started = time.monotonic()
     root = Path(cfg.docs).expanduser()
     if not root.exists():
