@@ -127,7 +127,11 @@ def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
     ]
     if unmatched:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
-        experts = " (a mixture of experts: LoRA trains its attention only)" if getattr(skeleton.config, "num_experts", None) else ""
+        experts = (
+            " (a mixture of experts: LoRA trains its attention only)"
+            if getattr(skeleton.config, "num_experts", None)
+            else ""
+        )
         raise UserError(
             f"method.target_modules: {', '.join(map(repr, unmatched))} matches no linear layer of "
             f"{type(skeleton).__name__}; its linear layers are {', '.join(linear)}{experts} (or use all-linear)"

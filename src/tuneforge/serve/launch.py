@@ -153,13 +153,19 @@ def launch(
     spec: ModelSpec, *, engine: str = "auto", options: ServeOptions = ServeOptions(), dry_run: bool = False
 ) -> None:
     """Serve `spec` with the chosen engine (runs until interrupted), or print what would run."""
-    chosen = choose_engine(engine)
+    # --device-map is the built-in engine's own way over several GPUs, so auto picks that engine for it.
+    chosen = "transformers" if spec.device_map and engine == "auto" else choose_engine(engine)
     warning = open_without_key_warning(options.host, options.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     if chosen == "transformers":
         _serve_builtin(spec, options, dry_run)
         return
+    if spec.device_map:
+        raise UserError(
+            f"--device-map is for the built-in engine (--engine transformers); {chosen} splits a model over GPUs "
+            "with --tensor-parallel-size N"
+        )
     if not dry_run:
         _require(chosen)
     cmd, env = build_command(chosen, spec, options)
