@@ -61,15 +61,21 @@ def test_chat_hands_the_device_map_and_max_memory_to_from_pretrained(tiny_qwen3_
 
 
 @needs_assets
-@pytest.mark.slow  # the self-cognition probe on both models
-def test_eval_hands_the_device_map_to_both_models(tiny_qwen3_dir, tmp_path, two_gpus, from_pretrained_calls):
+def test_eval_hands_the_device_map_to_the_one_load_both_models_share(
+    tiny_qwen3_dir, tmp_path, two_gpus, from_pretrained_calls
+):
     adapter = make_tiny_adapter(tiny_qwen3_dir, tmp_path / "adapter")
-    args = ["eval", "--model", str(tiny_qwen3_dir), "--adapter", str(adapter), "--tasks", "self-cognition",
-            "--limit", "2", "--device-map", "sequential", "--out", str(tmp_path / "eval")]  # fmt: skip
+    suite = tmp_path / "probe.yaml"
+    task = "{name: probe, type: probe, max_new_tokens: 2, placeholders: {name: Bot, author: Team}}"
+    suite.write_text(f"name: probe\ntasks:\n  - {task}\n")
+    from_pretrained_calls.clear()  # making the adapter loaded the base once
+    args = ["eval", "--model", str(tiny_qwen3_dir), "--adapter", str(adapter), "--suite", str(suite), "--limit", "2",
+            "--device-map", "sequential", "--out", str(tmp_path / "eval")]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert placement(from_pretrained_calls) == [("sequential", None)]  # one base load, the adapter rides on it
-    assert json.loads((tmp_path / "eval" / "results.json").read_text())["tasks"]["self-cognition"]
+    probe = json.loads((tmp_path / "eval" / "results.json").read_text())["tasks"]["probe"]
+    assert probe["n"] == 2 and set(probe["metrics"]["accuracy"]) == {"baseline", "tuned"}
 
 
 @needs_assets
