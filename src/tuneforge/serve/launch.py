@@ -33,8 +33,8 @@ from tuneforge.infer.spec import ModelSpec
 from tuneforge.serve.protocol import ServerLimits
 
 ENGINES = ("auto", "transformers", "vllm", "sglang")
-# Where a template's think block opens: in the model's output (Qwen3), or in the generation prompt (QwQ, the
-# DeepSeek-R1 distills, R1-0528-Qwen3), whose output then starts inside the reasoning with no <think> of its own.
+# Where a template's think block opens: in the model's output (Qwen3, DeepSeek-R1-0528-Qwen3), or in the generation
+# prompt (QwQ, the DeepSeek-R1 distills), whose output then starts inside the reasoning with no <think> of its own.
 REASONING_PARSERS = {
     "vllm": {"output": "qwen3", "prompt": "deepseek_r1"},
     "sglang": {"output": "qwen3", "prompt": "deepseek-r1"},
@@ -231,9 +231,10 @@ def think_style(spec: ModelSpec) -> str | None:
         tokenizer = load_tokenizer(spec.tokenizer)
         if template_markers(tokenizer).think_on.lstrip().startswith("<think>"):
             return "prompt"
-        return "output" if "<think>" in tokenizer.chat_template else None
+        # R1-0528-Qwen3's template names only </think> (to strip history reasoning); the model writes <think>.
+        return "output" if "think>" in tokenizer.chat_template else None
     name = spec.model.name_or_path.lower()
-    if "qwq" in name or "deepseek-r1" in name:
+    if "qwq" in name or ("deepseek-r1" in name and "0528-qwen3" not in name):
         return "prompt"
     return "output" if "qwen3" in _family(spec.model) else None
 
