@@ -39,18 +39,22 @@ TINY_QWEN3 = dict(
     eos_token_id=151645,
     pad_token_id=151643,
 )
+# The same with Qwen3-MoE's mixture of experts in every layer (Qwen3-30B-A3B's layout: 128 experts, 8 per token,
+# top-k weights renormalised, which llama.cpp's qwen3moe assumes).
+TINY_QWEN3_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
 
 
-def make_tiny_qwen3(folder: Path, seed: int = 0, weights: bool = True, **overrides) -> Path:
-    """Write a tiny Qwen3 (config, real tokenizer, and random weights unless weights=False) into `folder`."""
+def make_tiny_qwen3(folder: Path, seed: int = 0, weights: bool = True, moe: bool = False, **overrides) -> Path:
+    """Write a tiny Qwen3 or Qwen3-MoE (config, real tokenizer, random weights unless weights=False) into `folder`."""
     import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    config = Qwen3Config(**{**TINY_QWEN3, **overrides})
+    config_class, model_class = (Qwen3MoeConfig, Qwen3MoeForCausalLM) if moe else (Qwen3Config, Qwen3ForCausalLM)
+    config = config_class(**{**TINY_QWEN3, **(TINY_QWEN3_MOE if moe else {}), **overrides})
     folder.mkdir(parents=True, exist_ok=True)
     if weights:
         torch.manual_seed(seed)
-        Qwen3ForCausalLM(config).save_pretrained(folder)
+        model_class(config).save_pretrained(folder)
     else:
         config.save_pretrained(folder)
     AutoTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(folder)

@@ -393,7 +393,11 @@ def test_template_lets_ollama_find_think_and_tool_call_tags(template):
 
 # --- QwQ-32B and the DeepSeek-R1 distills: their own templates, restated by the Modelfile --------------------------
 
-FAMILY_TEMPLATES = {"qwq": "Qwen-QwQ-32B.jinja", "r1": "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"}
+FAMILY_TEMPLATES = {
+    "qwq": ASSETS / "chat-templates/Qwen-QwQ-32B.jinja",
+    "r1": ASSETS / "chat-templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+    "r1-0528": Path(__file__).parent / "data/chat-templates/deepseek-ai-DeepSeek-R1-0528-Qwen3-8B.jinja",
+}
 R1_SPECIAL = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]
 
 
@@ -415,12 +419,12 @@ def family(request, tmp_path_factory, qwen3_tokenizer) -> tuple[str, Any, str, s
     """(family, a copy of the Qwen3 tokenizer carrying the family's own template, the Modelfile's TEMPLATE, text)."""
     import copy
 
-    path = ASSETS / "chat-templates" / FAMILY_TEMPLATES[request.param]
+    path = FAMILY_TEMPLATES[request.param]
     if not path.is_file():
         pytest.skip(f"{path} not found (../shared/assets)")
     tokenizer = copy.deepcopy(qwen3_tokenizer)
     tokenizer.chat_template = path.read_text()
-    if request.param == "r1":  # the R1 distills' tokenizer: its turn markers are special tokens, BOS is one of them
+    if request.param.startswith("r1"):  # R1's tokenizers: the turn markers are special tokens, BOS is one of them
         tokenizer.add_special_tokens({"additional_special_tokens": R1_SPECIAL})
         tokenizer.bos_token = R1_SPECIAL[0]
     out = tmp_path_factory.mktemp(request.param)
@@ -431,14 +435,15 @@ def family(request, tmp_path_factory, qwen3_tokenizer) -> tuple[str, Any, str, s
 
 def test_qwq_and_r1_templates_render_like_their_own_jinja_token_by_token(family):
     kind, tokenizer, template, _ = family
-    # The R1 Modelfile leaves tool calls out: Ollama cannot write R1's tool-call blocks.
-    names = [name for name in sorted(CONVERSATIONS) if kind != "r1" or name not in TOOLS]
+    # The R1 Modelfiles leave tool calls out: Ollama cannot write R1's tool-call blocks.
+    names = [name for name in sorted(CONVERSATIONS) if kind == "qwq" or name not in TOOLS]
     assert len(names) == (5 if kind == "qwq" else 3)
     for name in names:
         messages, tools = CONVERSATIONS[name], TOOLS.get(name)
         expected = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
         rendered = render_go(template, ollama_values(messages, tools, None))
-        assert expected.endswith("<think>\n"), name  # both open the reasoning in the prompt
+        # QwQ and the distills open the reasoning in the prompt; R1-0528-Qwen3 ends it with the assistant's header.
+        assert expected.endswith("<｜Assistant｜>" if kind == "r1-0528" else "<think>\n"), name
         if tools:
             assert canonical_json_lines(rendered) == canonical_json_lines(expected), name
             assert rendered.count("\n") == expected.count("\n"), name
@@ -508,3 +513,23 @@ def test_non_qwen3_template_is_refused(tmp_path):
         export_ollama(QWEN2_VOCAB_GGUF, tmp_path)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "Modelfile").exists()
+
+
+def test_several_system_prompts_render_as_each_family_jinja_places_them(family):
+    kind, tokenizer, template, _ = family
+    messages = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "Two and two."},
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "3+3?"},
+    ]
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert render_go(template, ollama_values(messages, None, None)) == expected
+    # QwQ: a later system prompt is a turn of its own; the distills keep the last one; R1-0528-Qwen3 joins them all.
+    starts = {
+        "qwq": "<|im_start|>system\nBe terse.<|im_end|>\n",
+        "r1": "<｜begin▁of▁sentence｜>Answer in French.<｜User｜>",
+        "r1-0528": "<｜begin▁of▁sentence｜>Be terse.\n\nAnswer in French.<｜User｜>",
+    }
+    assert expected.startswith(starts[kind])

@@ -746,8 +746,31 @@ def test_templates_that_open_think_in_the_prompt_get_the_r1_reasoning_parser(no_
         assert code == 0, output
         parsers[engine] = output.split("--reasoning-parser ")[1].split()[0]
     assert parsers == {"vllm": "deepseek_r1", "sglang": "deepseek-r1"}
-    code, output = run_cli("--model", "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", "--engine", "vllm", "--dry-run")
+    code, output = run_cli("--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--engine", "vllm", "--dry-run")
     assert "--reasoning-parser deepseek_r1 " in output  # a hub id not downloaded: judged by its name
+
+
+@needs_assets
+def test_r1_0528_qwen3_writes_its_own_think_so_it_gets_the_qwen3_parser(no_key_env, tmp_path, qwen3_tokenizer):
+    import copy
+
+    from tuneforge.infer.parse import split_output
+
+    r1 = copy.deepcopy(qwen3_tokenizer)
+    r1.chat_template = (
+        Path(__file__).parent / "data/chat-templates/deepseek-ai-DeepSeek-R1-0528-Qwen3-8B.jinja"
+    ).read_text()
+    folder = tmp_path / "r1-0528"
+    r1.save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    code, output = run_cli("--model", str(folder), "--engine", "vllm", "--dry-run")
+    assert code == 0 and "--reasoning-parser qwen3 " in output, output
+    code, output = run_cli("--model", "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", "--engine", "vllm", "--dry-run")
+    assert "--reasoning-parser qwen3 " in output  # by name, the same
+    # The built-in engine splits it the same way: the prompt ends at the assistant header, the output opens <think>.
+    prompt = r1.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<｜User｜>hi<｜Assistant｜>")
+    assert split_output(prompt, "<think>\nplan it\n</think>\n\ndone") == ("plan it", "done")
 
 
 def test_offline_vllm_output_is_split_as_the_built_in_engine_splits_it():

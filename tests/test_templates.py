@@ -1,12 +1,15 @@
 """Reasoning models with other chat templates render token-exactly, with their own thinking conventions.
 
 QwQ-32B and the DeepSeek-R1 distills open `<think>\\n` in the generation prompt and strip reasoning from history;
-R1's template strips it from the last turn too. Each template is set on a copy of the real Qwen3 tokenizer.
+R1's template strips it from the last turn too. DeepSeek-R1-0528-Qwen3-8B's ends each user turn with the assistant's
+header and opens nothing: the model writes `<think>` itself. Each template is set on a copy of the real Qwen3
+tokenizer.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 from conftest import ASSETS, DATA_DIR, needs_assets
@@ -19,12 +22,20 @@ from tuneforge.data.sources import load_conversations
 
 TEMPLATES = {
     # name: (template file, the text after the generation prompt for reasoning r and answer a)
-    "qwq": ("Qwen-QwQ-32B.jinja", "{r}\n</think>\n\n{a}<|im_end|>"),
-    "r1-distill": ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "{r}\n</think>\n\n{a}<｜end▁of▁sentence｜>"),
-    "qwen3": ("Qwen-Qwen3-0.6B.jinja", "<think>\n{r}\n</think>\n\n{a}<|im_end|>"),
+    "qwq": (ASSETS / "chat-templates/Qwen-QwQ-32B.jinja", "{r}\n</think>\n\n{a}<|im_end|>"),
+    "r1-distill": (
+        ASSETS / "chat-templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+        "{r}\n</think>\n\n{a}<｜end▁of▁sentence｜>",
+    ),
+    "r1-0528": (
+        Path(__file__).parent / "data/chat-templates/deepseek-ai-DeepSeek-R1-0528-Qwen3-8B.jinja",
+        "<think>\n{r}\n</think>\n\n{a}<｜end▁of▁sentence｜>",
+    ),
+    "qwen3": (ASSETS / "chat-templates/Qwen-Qwen3-0.6B.jinja", "<think>\n{r}\n</think>\n\n{a}<|im_end|>"),
 }
-# The R1 distills' own tokenizer (the Qwen2.5 vocabulary) has its turn markers as special tokens; without them
-# BPE would merge the ">" ending one turn with the "<" opening the next.
+# The R1 distills' own tokenizer (the Qwen2.5 vocabulary) has its turn markers as special tokens, as
+# R1-0528-Qwen3's (DeepSeek-R1-0528's tokenizer configuration on Qwen3) does; without them BPE would merge the ">"
+# ending one turn with the "<" opening the next.
 R1_SPECIAL = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]
 pytestmark = needs_assets
 
@@ -33,9 +44,10 @@ pytestmark = needs_assets
 def template(request, qwen3_tokenizer):
     """(name, a copy of the Qwen3 tokenizer carrying that template)."""
     tokenizer = copy.deepcopy(qwen3_tokenizer)
-    tokenizer.chat_template = (ASSETS / "chat-templates" / TEMPLATES[request.param][0]).read_text()
-    if request.param == "r1-distill":
+    tokenizer.chat_template = TEMPLATES[request.param][0].read_text()
+    if request.param.startswith("r1"):
         tokenizer.add_special_tokens({"additional_special_tokens": R1_SPECIAL})
+        tokenizer.bos_token = R1_SPECIAL[0]
     return request.param, tokenizer
 
 
@@ -102,5 +114,8 @@ def test_history_reasoning_is_stripped_as_at_inference(template):
 def test_template_reasoning_styles(template):
     name, tokenizer = template
     markers = template_markers(tokenizer)
-    assert markers.reasoning == {"qwq": "content", "r1-distill": "prompt", "qwen3": "field"}[name]
-    assert markers.think_on == ("" if name == "qwen3" else "<think>\n")
+    assert markers.reasoning == {"qwq": "content", "r1-distill": "prompt", "r1-0528": "prompt", "qwen3": "field"}[name]
+    assert markers.think_on == ("<think>\n" if name in ("qwq", "r1-distill") else "")
+    assert markers.header == {"qwen3": "<|im_start|>assistant\n", "qwq": "<|im_start|>assistant\n"}.get(
+        name, "<｜Assistant｜>"
+    )

@@ -252,7 +252,7 @@ def case_unknown_lr_scheduler(tmp_path):
 @needs_assets
 def case_unknown_target_modules(tmp_path):
     args = train(tmp_path, model_folder(tmp_path), method={"target_modules": ["q_proj", "qkv"]})
-    return args, "method.target_modules: 'qkv' matches no module of Qwen3ForCausalLM; its linear layers are"
+    return args, "method.target_modules: 'qkv' matches no linear layer of Qwen3ForCausalLM; its linear layers are"
 
 
 def case_resume_with_another_config(tmp_path):

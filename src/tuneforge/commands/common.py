@@ -17,6 +17,16 @@ QUANTIZE_OPTION = typer.Option(
 )
 
 
+# chat, eval, serve: a base too large for one GPU, spread over all of them (choices owned by model/load.py).
+DEVICE_MAP_OPTION = typer.Option(
+    "--device-map",
+    help="Spread the model over every GPU: auto, balanced or sequential (GPU only; on a CPU all stays on the CPU).",
+)
+MAX_MEMORY_OPTION = typer.Option(
+    help="With --device-map: the most each device may hold, e.g. 0=20GiB,1=24GiB,cpu=64GiB.",
+)
+
+
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Print UserError as one line per problem (no traceback) and exit 2."""
 

@@ -7,8 +7,16 @@ from typing import Annotated
 
 import typer
 
-from tuneforge.commands.common import QUANTIZE_OPTION, choice, err_console, user_errors
+from tuneforge.commands.common import (
+    DEVICE_MAP_OPTION,
+    MAX_MEMORY_OPTION,
+    QUANTIZE_OPTION,
+    choice,
+    err_console,
+    user_errors,
+)
 from tuneforge.eval.request import ENGINES as EVAL_ENGINES
+from tuneforge.model.load import DEVICE_MAPS, DeviceMap
 from tuneforge.serve.launch import ENGINES as SERVE_ENGINES
 
 
@@ -23,6 +31,8 @@ def chat(
         bool | None, typer.Option("--think/--no-think", help="Thinking mode \\[default: the one the run trained in].")
     ] = None,
     quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
+    device_map: Annotated[choice(DEVICE_MAPS) | None, DEVICE_MAP_OPTION] = None,
+    max_memory: Annotated[str | None, MAX_MEMORY_OPTION] = None,
     max_new_tokens: Annotated[
         int | None,
         typer.Option(help="Longest answer in tokens [default: 512, or what the context leaves after the prompt]."),
@@ -39,7 +49,10 @@ def chat(
     from tuneforge.infer.chat import open_session, print_compare, print_streamed, repl
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0 if greedy else temperature, top_p=top_p)
-    session = open_session(model, adapter, run, params, think=think, system=system, quantize=quantize)
+    placement = DeviceMap.parse(device_map, max_memory)
+    session = open_session(
+        model, adapter, run, params, think=think, system=system, quantize=quantize, device_map=placement
+    )
     console = Console(highlight=False)
     console.print(session.thinking_note, style="dim", markup=False)
     if prompt is None:
@@ -90,6 +103,8 @@ def serve(
         typer.Option(help="An argument passed on to vLLM / SGLang as is, e.g. --engine-arg=--enable-prefix-caching."),
     ] = None,
     quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
+    device_map: Annotated[choice(DEVICE_MAPS) | None, DEVICE_MAP_OPTION] = None,
+    max_memory: Annotated[str | None, MAX_MEMORY_OPTION] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the server or command that would run, and exit.")] = False,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API: built-in (CPU too), or one command for vLLM / SGLang."""
@@ -99,7 +114,14 @@ def serve(
     from tuneforge.serve.protocol import ServerLimits
 
     adapters = parse_adapters(adapter or [])
-    spec = resolve_spec(model=model, run=run, adapters=adapters, served_name=served_model_name, quantize=quantize)
+    spec = resolve_spec(
+        model=model,
+        run=run,
+        adapters=adapters,
+        served_name=served_model_name,
+        quantize=quantize,
+        device_map=DeviceMap.parse(device_map, max_memory),
+    )
     sizes = dict(
         max_tokens_default=max_tokens_default, max_queued_requests=max_queued_requests, max_num_seqs=max_num_seqs
     )
@@ -136,6 +158,8 @@ def eval_command(
         typer.Option("--think/--no-think", help="Thinking mode \\[default: the one the run trained in]."),
     ] = None,
     quantize: Annotated[bool | None, QUANTIZE_OPTION] = None,
+    device_map: Annotated[choice(DEVICE_MAPS) | None, DEVICE_MAP_OPTION] = None,
+    max_memory: Annotated[str | None, MAX_MEMORY_OPTION] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder [default: RUN/eval/<suite>].")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Benchmark files of shipped suites [default: .].")] = None,
     endpoint: Annotated[
@@ -184,6 +208,7 @@ def eval_command(
         concurrency=concurrency,
         nproc=nproc,
         quantize=quantize,
+        device_map=DeviceMap.parse(device_map, max_memory),
     )
     result = evaluate(request, log=err_console().print)
     table = Table(title=f"eval: {result.out}")

@@ -75,12 +75,14 @@ def _markers_for(tokenizer) -> TemplateMarkers:
     turn = _chat_text(tokenizer, user + [{"role": "assistant", "content": _PROBE_A}])[len(base) :]
     opening = turn[: turn.index(_PROBE_A)]
     header = _common_prefix(gen_on, gen_off, opening)
+    added = len(header)  # the header's part of what the generation prompt adds
+    if not header and not opening:
+        # The user turn itself ends in the assistant's header (DeepSeek-R1-0528-Qwen3: "<｜User｜>…<｜Assistant｜>").
+        header, added = base[base.index(_PROBE_Q) + len(_PROBE_Q) :], 0
     end = turn[turn.index(_PROBE_A) + len(_PROBE_A) :].rstrip()
     if not header or not end:
         raise ValueError("cannot find the assistant header and end-of-turn text in the chat template")
-    return TemplateMarkers(
-        header, gen_off[len(header) :], gen_on[len(header) :], end, _reasoning_style(tokenizer, user)
-    )
+    return TemplateMarkers(header, gen_off[added:], gen_on[added:], end, _reasoning_style(tokenizer, user))
 
 
 def trained_modes(thinking: Thinking, with_reasoning: int, without_reasoning: int) -> list[str]:

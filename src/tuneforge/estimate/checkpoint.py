@@ -63,7 +63,8 @@ def saved_quantization(get: Any, source: str) -> SavedQuantization | None:
 
 def experts(get: Any) -> Experts | None:
     """The mixture of experts of a Qwen3-MoE config (None for a dense model)."""
-    count = get("num_experts")
+    # Qwen's own config.json says num_experts; transformers 5 saves the same count as num_local_experts.
+    count = get("num_experts") or get("num_local_experts")
     if not count:
         return None
     return Experts(count, get("num_experts_per_tok"), get("moe_intermediate_size"))

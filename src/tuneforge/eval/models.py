@@ -78,6 +78,11 @@ def check_flags(request: EvalRequest) -> None:
             "eval: --nproc N shards a local model over processes; it does not go with --endpoint, "
             "--baseline URL or --engine vllm"
         )
+    if request.device_map and (request.engine == "vllm" or request.nproc > 1):
+        raise UserError(
+            "eval: --device-map spreads one copy of the model over the GPUs in this process; it does not go with "
+            "--engine vllm (which splits with --tensor-parallel-size) or --nproc N (a copy per GPU)"
+        )
     if request.engine == "vllm":
         from tuneforge.infer.offline_vllm import require_vllm
 
@@ -127,7 +132,7 @@ def open_models(
         else:
             from tuneforge.infer.spec import resolve_spec
 
-            baseline_spec = resolve_spec(run=baseline_run, quantize=request.quantize)
+            baseline_spec = resolve_spec(run=baseline_run, quantize=request.quantize, device_map=request.device_map)
             if request.engine == "vllm":
                 raise UserError(
                     f"--engine vllm: --baseline {request.baseline} is not a LoRA on the same base, so it is a second "
@@ -194,6 +199,7 @@ def _local_spec(request: EvalRequest, run: Run | None) -> tuple[ModelSpec, str]:
         adapters={TUNED_ADAPTER: request.adapter} if request.adapter else None,
         with_base=request.baseline == "base",
         quantize=request.quantize,
+        device_map=request.device_map,
     )
     return spec, spec.names[-1]
 

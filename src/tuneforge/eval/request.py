@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuneforge.model.load import DeviceMap
 
 ENGINES = ("transformers", "vllm")  # the built-in engine, or offline vLLM (generation tasks only)
 
@@ -30,3 +34,4 @@ class EvalRequest:
     concurrency: int = 8  # requests in flight per endpoint
     nproc: int = 1  # processes (GPUs), each with its own model copy
     quantize: bool | None = None  # --load-in-4bit / --no-quantize (None: a QLoRA run's base as it was trained)
+    device_map: DeviceMap | None = None  # --device-map / --max-memory: the built-in engine over several GPUs

@@ -1,4 +1,4 @@
-"""Convert a Hugging Face Qwen3 / Qwen2 / Llama folder into one GGUF file that llama.cpp and Ollama run.
+"""Convert a Hugging Face Qwen3 / Qwen3-MoE / Qwen2 / Llama folder into one GGUF file that llama.cpp and Ollama run.
 
 Our own converter on the `gguf` package: architecture metadata, tensor names from gguf's TensorNameMap, the
 GPT-2-style BPE tokenizer (tokens, token types, merges, special ids, chat template). Tensors are streamed:
@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,7 @@ class Arch:
 
 ARCHS = {
     "qwen3": Arch(gguf.MODEL_ARCH.QWEN3),
+    "qwen3_moe": Arch(gguf.MODEL_ARCH.QWEN3MOE),
     "qwen2": Arch(gguf.MODEL_ARCH.QWEN2),
     "llama": Arch(gguf.MODEL_ARCH.LLAMA, permute_qk=True),
 }
@@ -81,6 +83,21 @@ class StoredTensor:
         return math.prod(self.shape[1:])
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """Same-shaped tensors written one after another as one tensor of one more dimension: a MoE's experts."""
+
+    parts: tuple[StoredTensor, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.parts), *self.parts[0].shape)
+
+
+# One expert's projection in a Hugging Face MoE checkpoint: llama.cpp wants each layer's experts as one 3-D tensor.
+_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+
+
 def export_gguf(model_dir: Path, out: Path, qtype: str = "f16", force: bool = False) -> Path:
     """Write the Hugging Face model in `model_dir` as one GGUF file of type `qtype`."""
     if qtype not in GGUF_TYPES:
@@ -113,7 +130,18 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
         )
     if config.get("hidden_act", "silu") != "silu":
         raise UserError(f"{model_dir / 'config.json'}: hidden_act '{config['hidden_act']}' (llama.cpp expects silu)")
+    if model_type == "qwen3_moe":
+        _check_moe(config, model_dir)
     return config
+
+
+def _check_moe(config: dict[str, Any], model_dir: Path) -> None:
+    """llama.cpp's qwen3moe: every layer a MoE block, top-k routing weights renormalised (as Qwen3-30B-A3B's)."""
+    if not config.get("norm_topk_prob") or config.get("mlp_only_layers") or config.get("decoder_sparse_step", 1) != 1:
+        raise UserError(
+            f"{model_dir / 'config.json'}: llama.cpp's qwen3moe runs a MoE block in every layer with top-k weights "
+            "renormalised; this config needs norm_topk_prob: true, mlp_only_layers: [] and decoder_sparse_step: 1"
+        )
 
 
 def _index_safetensors(model_dir: Path) -> dict[str, StoredTensor]:
@@ -235,7 +263,7 @@ def _write(
 
 
 def _stream_tensors(
-    writer: gguf.GGUFWriter, plan: dict[str, tuple[StoredTensor, Q]], arch: Arch, head_dim: int, label: str
+    writer: gguf.GGUFWriter, plan: dict[str, tuple[StoredTensor | Stacked, Q]], arch: Arch, head_dim: int, label: str
 ) -> None:
     """Append every tensor's data, slab by slab, each tensor aligned as its tensor info promised."""
     assert writer.fout is not None
@@ -244,7 +272,8 @@ def _stream_tensors(
     with _progress(sum(_nbytes(s.shape, t) for s, t in plan.values()), label) as advance:
         for name, (stored, tensor_type) in plan.items():
             permute = arch.permute_qk and name.endswith(("attn_q.weight", "attn_k.weight"))
-            for slab in _slabs(stored, whole=permute):
+            parts = stored.parts if isinstance(stored, Stacked) else (stored,)
+            for slab in (slab for part in parts for slab in _slabs(part, whole=permute)):
                 data = gguf.quants.quantize(_permute_rows(slab, head_dim) if permute else slab, tensor_type)
                 data.tofile(fout)
                 advance(data.nbytes)
@@ -270,6 +299,10 @@ def _add_hparams(writer: gguf.GGUFWriter, config: dict[str, Any], model_dir: Pat
     writer.add_rope_dimension_count(_head_dim(config))
     writer.add_layer_norm_rms_eps(need("rms_norm_eps"))
     writer.add_vocab_size(need("vocab_size"))
+    if config["model_type"] == "qwen3_moe":
+        writer.add_expert_count(config.get("num_experts") or need("num_local_experts"))
+        writer.add_expert_used_count(need("num_experts_per_tok"))
+        writer.add_expert_feed_forward_length(need("moe_intermediate_size"))
     # transformers >= 5 keeps rope settings in rope_parameters; older config.json files at the top level.
     rope = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
     writer.add_rope_freq_base(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
@@ -321,24 +354,34 @@ def _pre_tokenizer(tokenizer: dict[str, Any], model_dir: Path) -> str:
 
 def _plan(
     config: dict[str, Any], arch: Arch, tensors: dict[str, StoredTensor], qt: Q, model_dir: Path
-) -> dict[str, tuple[StoredTensor, Q]]:
+) -> dict[str, tuple[StoredTensor | Stacked, Q]]:
     names = gguf.get_tensor_name_map(arch.gguf_arch, config["num_hidden_layers"])
-    plan = {}
+    plan: dict[str, tuple[StoredTensor | Stacked, Q]] = {}
+    experts: dict[str, dict[int, StoredTensor]] = {}
     for hf_name, stored in tensors.items():
         if hf_name == "lm_head.weight" and config.get("tie_word_embeddings"):
             continue  # tied: llama.cpp reuses token_embd
         if stored.dtype not in _STORAGE:
             raise UserError(f"{stored.file}: tensor {hf_name} is {stored.dtype}; export needs a 16/32-bit checkpoint")
+        if expert := _EXPERT.fullmatch(hf_name):
+            experts.setdefault(f"{expert[1]}.{expert[3]}", {})[int(expert[2])] = stored
+            continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise UserError(f"{stored.file}: tensor {hf_name} has no place in a {config['model_type']} GGUF")
         plan[name] = (stored, _tensor_type(name, stored.shape, qt))
+    for hf_name, parts in experts.items():
+        stacked = Stacked(tuple(parts[i] for i in sorted(parts)))
+        if sorted(parts) != list(range(len(parts))) or len({p.shape for p in stacked.parts}) > 1:
+            raise UserError(f"{model_dir}: the experts of {hf_name} are not numbered 0..n-1 with one shape")
+        name = f"{names.get_name(hf_name)}.weight"
+        plan[name] = (stacked, _tensor_type(name, stacked.shape, qt))
     return plan
 
 
 def _tensor_type(name: str, shape: tuple[int, ...], qt: Q) -> Q:
-    if len(shape) == 1 or name.endswith("_norm.weight"):
-        return Q.F32  # norms and biases: tiny, and llama.cpp computes them in f32
+    if len(shape) == 1 or name.endswith(("_norm.weight", "ffn_gate_inp.weight")):
+        return Q.F32  # norms, biases and MoE routers: tiny, and llama.cpp's converter keeps them f32
     if qt == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
         return Q.F16  # rows must fill whole q8_0 blocks
     return qt

@@ -1,8 +1,8 @@
 """Write an Ollama Modelfile for a GGUF: the chat template as a Go template, stop tokens, the family's sampling.
 
 Ollama renders prompts with Go's text/template, not Jinja, so the model's Jinja chat template cannot be
-passed through. Each family's template here (Qwen3; QwQ; the DeepSeek-R1 distills) re-states its Jinja template in
-Go and produces the same text as `tokenizer.apply_chat_template` for the conversations Ollama can send
+passed through. Each family's template here (Qwen3; QwQ; the DeepSeek-R1 distills; R1-0528-Qwen3) re-states its
+Jinja template in Go and produces the same text as `tokenizer.apply_chat_template` for the conversations Ollama can send
 (tests/test_export_ollama.py renders both and compares). The family is read from the GGUF's own chat template.
 Where Ollama itself differs, the template cannot help: it serialises tool schemas and tool-call arguments as
 compact JSON, and merges consecutive messages of the same role.
@@ -157,6 +157,27 @@ R1_TEMPLATE = """\
 {{ end }}
 {{- end }}"""
 
+# DeepSeek-R1-0528-Qwen3-8B's template: every system prompt, joined by blank lines, after the BOS token; each user
+# turn ends with <｜Assistant｜> itself, so the generation prompt adds nothing and the model writes <think> on its
+# own; history keeps only the answer. Tool calls are left out, as for the distills.
+R1_0528_TEMPLATE = """\
+<｜begin▁of▁sentence｜>
+{{- $first := true }}
+{{- range .Messages }}{{ if eq .Role "system" }}{{ if not $first }}
+
+{{ end }}{{ .Content }}{{ $first = false }}{{ end }}{{ end }}
+{{- range $i, $m := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 }}
+{{- if eq .Role "user" }}<｜User｜>{{ .Content }}<｜Assistant｜>
+{{- else if eq .Role "assistant" }}
+{{- if and $last .Thinking }}<think>
+{{ .Thinking }}
+</think>
+
+{{ end }}{{ .Content }}{{ if not $last }}<｜end▁of▁sentence｜>{{ end }}
+{{- end }}
+{{- end }}"""
+
 
 @dataclass(frozen=True)
 class Family:
@@ -170,7 +191,8 @@ class Family:
 
 QWEN_STOPS = ("<|im_end|>", "<|endoftext|>")
 R1_STOPS = ("<｜end▁of▁sentence｜>", "<｜User｜>")
-# The model cards' recommended sampling: Qwen3 in thinking and non-thinking mode (think: false); QwQ-32B; DeepSeek-R1.
+# The model cards' recommended sampling: Qwen3 in thinking and non-thinking mode (think: false); QwQ-32B; DeepSeek-R1
+# (its distills and R1-0528-Qwen3).
 FAMILIES = {
     "qwen3": Family(
         "Qwen3",
@@ -185,6 +207,9 @@ FAMILIES = {
         "QwQ", QWQ_TEMPLATE, QWEN_STOPS, {"thinking": {"temperature": 0.6, "top_p": 0.95, "top_k": 40, "min_p": 0}}
     ),
     "r1": Family("DeepSeek-R1", R1_TEMPLATE, R1_STOPS, {"thinking": {"temperature": 0.6, "top_p": 0.95}}),
+    "r1-0528": Family(
+        "DeepSeek-R1-0528-Qwen3", R1_0528_TEMPLATE, R1_STOPS, {"thinking": {"temperature": 0.6, "top_p": 0.95}}
+    ),
 }
 
 
@@ -262,7 +287,8 @@ def template_family(template: str | None, whose: str) -> Family:
     """The family of chat template `template` (described by `whose`) that a Modelfile can restate, or a UserError."""
     template = template or ""
     if "<｜Assistant｜>" in template and "<｜User｜>" in template:
-        return FAMILIES["r1"]
+        # R1-0528-Qwen3 ends each user turn with the assistant's header; the distills open it in the generation prompt.
+        return FAMILIES["r1-0528" if "'<｜User｜>' + content + '<｜Assistant｜>'" in template else "r1"]
     if "<|im_start|>" in template and "<|im_start|>assistant\\n<think>\\n" in template:
         return FAMILIES["qwq"]  # the generation prompt opens the think block
     if "<|im_start|>" in template and "<think>" in template:

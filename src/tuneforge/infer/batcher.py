@@ -231,7 +231,8 @@ class Batcher:
         if not keep:
             group.cache = group.mask = None
             return
-        index = torch.tensor(keep, device=group.mask.device)
+        # On the CPU: under --device-map the cache's layers sit on several GPUs, and a CPU index selects on any.
+        index = torch.tensor(keep)
         group.cache.batch_select_indices(index)
         group.mask = group.mask[index]
         unused = int((group.mask.sum(0) == 0).cumprod(0).sum())  # leading columns that are padding in every row

@@ -18,6 +18,8 @@ from tuneforge.infer.spec import parse_adapters, resolve_spec, thinking_for
 if TYPE_CHECKING:
     from rich.text import Text
 
+    from tuneforge.model.load import DeviceMap
+
 
 DEFAULT_MAX_NEW_TOKENS = 512  # `chat` without --max-new-tokens: this many, or fewer where the context has less left
 
@@ -71,11 +73,14 @@ def open_session(
     think: bool | None = None,
     system: str | None = None,
     quantize: bool | None = None,
+    device_map: DeviceMap | None = None,
 ) -> ChatSession:
     """Load the base and the fine-tuned model (adapter or run) into one engine, in the thinking mode it trained in
-    unless `think` says otherwise; `quantize` as resolve_spec takes it (None: a QLoRA run's base as trained)."""
+    unless `think` says otherwise; `quantize` and `device_map` as resolve_spec takes them."""
     adapters = parse_adapters([f"adapter={adapter}"]) if adapter else {}
-    spec = resolve_spec(model=model, run=run, adapters=adapters, with_base=True, quantize=quantize)
+    spec = resolve_spec(
+        model=model, run=run, adapters=adapters, with_base=True, quantize=quantize, device_map=device_map
+    )
     engine = load_engine(spec)
     think, note = thinking_for(think, spec.thinking.get(engine.names[-1]), engine.names[-1])
     return ChatSession(engine, engine.names[0], engine.names[-1], params, think, system, note)

@@ -29,7 +29,7 @@ from tuneforge.infer.batcher import Batcher, batched
 from tuneforge.infer.parse import Delta, OutputParser, StopMatcher, parser_after
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tuneforge.infer.spec import ModelSpec
     from tuneforge.infer.structured import Constraint, Grammars
@@ -423,7 +423,12 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(spec.tokenizer)
-    base = pack_cpu_head(load_model(spec.model, spec.quantize).to(device).eval())
+
+    def placed(model: PreTrainedModel) -> PreTrainedModel:
+        # A device map already put every layer where it runs (over several GPUs); else the whole model goes to one.
+        return pack_cpu_head((model if spec.device_map else model.to(device)).eval())
+
+    base = placed(load_model(spec.model, spec.quantize, device_map=spec.device_map))
     targets: dict[str, tuple[Any, str | None]] = {spec.name: (base, None)}
     if spec.adapters:
         from peft import PeftModel
@@ -435,7 +440,7 @@ def load_engine(spec: ModelSpec, *, max_model_len: int | None = None, max_batch_
         peft_model.eval()
         targets = {spec.name: (peft_model, None), **{name: (peft_model, name) for name in spec.adapters}}
     for name, config in spec.others.items():
-        targets[name] = (pack_cpu_head(load_model(config).to(device).eval()), None)
+        targets[name] = (placed(load_model(config, device_map=spec.device_map)), None)
 
     context = base.config.get_text_config().max_position_embeddings
     if max_model_len is not None and max_model_len > context:

@@ -11,11 +11,12 @@ A run's model is run as it was trained: a QLoRA run's base loads quantized with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import UserError
+from tuneforge.model.load import DeviceMap
 from tuneforge.rundir import Run
 
 
@@ -30,6 +31,7 @@ class ModelSpec:
     others: dict[str, ModelConfig] = field(default_factory=dict)  # further full models (a full run + its base)
     quantize: MethodConfig | None = None  # bitsandbytes settings the base loads with (method.type qlora), or 16-bit
     thinking: dict[str, bool] = field(default_factory=dict)  # served name -> the thinking mode its run trained in
+    device_map: DeviceMap | None = None  # --device-map: every model spread over the GPUs (None: each on one device)
 
     @property
     def names(self) -> list[str]:
@@ -58,13 +60,26 @@ def resolve_spec(
     served_name: str | None = None,
     with_base: bool = False,
     quantize: bool | None = None,
+    device_map: DeviceMap | None = None,
 ) -> ModelSpec:
     """Resolve `--model` / `--run` (a path, or the caller's open Run) / `--adapter` into a ModelSpec.
 
     `with_base` also loads a full run's base. `quantize` (`--load-in-4bit/--no-quantize`): None loads a QLoRA
     run's base as it was trained and anything else in 16 bit; True loads the base in 4 bit (a QLoRA run: with its
-    own settings); False in 16 bit.
+    own settings); False in 16 bit. `device_map` spreads the weights over several GPUs.
     """
+    spec = _resolve(model, run, adapters, served_name, with_base, quantize)
+    return replace(spec, device_map=device_map)
+
+
+def _resolve(
+    model: str | None,
+    run: str | Path | Run | None,
+    adapters: dict[str, Path] | None,
+    served_name: str | None,
+    with_base: bool,
+    quantize: bool | None,
+) -> ModelSpec:
     adapters = {
         name: _adapter_dir(Path(folder), f"--adapter {name}={folder}") for name, folder in (adapters or {}).items()
     }

@@ -65,7 +65,7 @@ def apply_method(model, method: MethodConfig, log: Callable = print):
             r=method.rank,
             lora_alpha=method.alpha,
             lora_dropout=method.dropout,
-            target_modules=method.target_modules,
+            target_modules=lora_targets(model, method.target_modules),
             use_rslora=method.use_rslora,
             use_dora=method.use_dora,
             modules_to_save=method.modules_to_save,
@@ -78,6 +78,24 @@ def apply_method(model, method: MethodConfig, log: Callable = print):
     name = "qlora" if method.type != "full" and is_quantized(model) else method.type
     log(f"method {name}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.3f}%)")
     return model
+
+
+def lora_targets(model: nn.Module, targets: str | list[str]) -> str | list[str]:
+    """method.target_modules as peft gets it: on a mixture of experts, all-linear means the attention's layers.
+
+    peft >= 0.18 widens all-linear on a transformers-5 MoE to what it meant on transformers 4: every expert's
+    gate/up/down (fused 3-D parameters, wrapped through target_parameters) and the router. That trains ~70x
+    more LoRA parameters on Qwen3-30B-A3B, rebuilds every expert's delta weight in each forward, changes the
+    routing, and gives adapters vLLM cannot load; tuneforge trains the attention only (docs/methods.md).
+    """
+    if targets != "all-linear" or not getattr(model.config, "num_experts", None):
+        return targets
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if type(m) is torch.nn.Linear and m is not head}
+    )
 
 
 def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
@@ -94,7 +112,9 @@ def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    names = [name for name, _ in skeleton.named_modules() if name]
+    # Only layers LoRA wraps count: a name that matches a MoE's experts or router module only (fused 3-D
+    # parameters, see lora_targets) would fail inside peft with a traceback.
+    names = [name for name, m in skeleton.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
     # peft's own matching: a string is one regular expression matched whole; list entries match name suffixes.
     targets = method.target_modules
     configs = (
@@ -107,9 +127,14 @@ def check_method(model_cfg: ModelConfig, method: MethodConfig) -> None:
     ]
     if unmatched:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in skeleton.named_modules() if isinstance(m, torch.nn.Linear)})
+        experts = (
+            " (a mixture of experts: LoRA trains its attention only)"
+            if getattr(skeleton.config, "num_experts", None)
+            else ""
+        )
         raise UserError(
-            f"method.target_modules: {', '.join(map(repr, unmatched))} matches no module of "
-            f"{type(skeleton).__name__}; its linear layers are {', '.join(linear)} (or use all-linear)"
+            f"method.target_modules: {', '.join(map(repr, unmatched))} matches no linear layer of "
+            f"{type(skeleton).__name__}; its linear layers are {', '.join(linear)}{experts} (or use all-linear)"
         )
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 AMPERE = (8, 0)  # first compute capability with native bf16 and flash-attn 2
+# --device-map: accelerate's strategies for spreading a model over several GPUs (chat, eval, serve).
+DEVICE_MAPS = ("auto", "balanced", "sequential")
 # Any of these makes a folder a tokenizer (fast, or slow BPE / SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
@@ -252,12 +255,60 @@ def _save_on_any_rank(model: PreTrainedModel, folder: Path) -> None:
         del model.should_save_on_this_rank
 
 
+@dataclass(frozen=True)
+class DeviceMap:
+    """How inference spreads a base too large for one GPU over all of them: from_pretrained's device_map."""
+
+    strategy: str  # one of DEVICE_MAPS
+    max_memory: dict[int | str, str] | None = None  # device (GPU index or "cpu") -> the most it may hold
+
+    @classmethod
+    def parse(cls, strategy: str | None, max_memory: str | None) -> DeviceMap | None:
+        """`--device-map` and `--max-memory 0=20GiB,1=24GiB,cpu=64GiB` as one value (None: one device)."""
+        if strategy is None:
+            if max_memory is not None:
+                raise UserError("--max-memory caps what --device-map places on each device; give --device-map too")
+            return None
+        if strategy not in DEVICE_MAPS:
+            raise UserError(f"--device-map {strategy}: expected one of {', '.join(DEVICE_MAPS)}")
+        if max_memory is None:
+            return cls(strategy)
+        limits: dict[int | str, str] = {}
+        for item in max_memory.split(","):
+            device, sep, size = (part.strip() for part in item.partition("="))
+            if not sep or not size or not (device.isdigit() or device == "cpu"):
+                raise UserError(f"--max-memory '{item}': expected DEVICE=SIZE, DEVICE a GPU index or cpu (0=20GiB)")
+            limits[int(device) if device.isdigit() else device] = size
+        return cls(strategy, limits)
+
+    def kwargs(self) -> dict[str, object]:
+        """from_pretrained's arguments; UserError on a machine without the GPUs it names."""
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if not gpus:
+            # accelerate would keep everything on the CPU (or fail on --max-memory's GPU indices): say so instead.
+            raise UserError(
+                f"--device-map {self.strategy} spreads a model over GPUs and this machine has none; leave it out "
+                "(the model runs on the CPU)"
+            )
+        missing = [str(d) for d in self.max_memory or {} if isinstance(d, int) and d >= gpus]
+        if missing:
+            raise UserError(f"--max-memory: no GPU {', '.join(missing)} here; this machine has {gpus}, from 0")
+        return {"device_map": self.strategy, **({"max_memory": self.max_memory} if self.max_memory else {})}
+
+
 def load_model(
-    cfg: ModelConfig, method: MethodConfig | None = None, log: Callable = print, device: str | None = None
+    cfg: ModelConfig,
+    method: MethodConfig | None = None,
+    log: Callable = print,
+    device: str | None = None,
+    device_map: DeviceMap | None = None,
 ) -> PreTrainedModel:
     """The base causal LM: quantized for qlora, as saved when pre-quantized, else 16-bit (method None: inference).
 
     `device` places quantized weights (default: this process's GPU, else the CPU); 16-bit ones load on the CPU.
+    `device_map` (inference) spreads either kind over every GPU instead.
     """
     import torch
     from safetensors import SafetensorError
@@ -278,6 +329,8 @@ def load_model(
     config = load_model_config(cfg, path)
     quant = plan_quantization(config, cfg, method, dtype, log)
     extra = {} if quant is None else {"device_map": {"": device} if device else _quantized_device_map()}
+    if device_map is not None:
+        extra.update(device_map.kwargs())
     if quant is not None and quant.config is not None:
         extra["quantization_config"] = quant.config
     try:

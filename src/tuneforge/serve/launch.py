@@ -33,8 +33,8 @@ from tuneforge.infer.spec import ModelSpec
 from tuneforge.serve.protocol import ServerLimits
 
 ENGINES = ("auto", "transformers", "vllm", "sglang")
-# Where a template's think block opens: in the model's output (Qwen3), or in the generation prompt (QwQ, the
-# DeepSeek-R1 distills, R1-0528-Qwen3), whose output then starts inside the reasoning with no <think> of its own.
+# Where a template's think block opens: in the model's output (Qwen3, DeepSeek-R1-0528-Qwen3), or in the generation
+# prompt (QwQ, the DeepSeek-R1 distills), whose output then starts inside the reasoning with no <think> of its own.
 REASONING_PARSERS = {
     "vllm": {"output": "qwen3", "prompt": "deepseek_r1"},
     "sglang": {"output": "qwen3", "prompt": "deepseek-r1"},
@@ -153,13 +153,19 @@ def launch(
     spec: ModelSpec, *, engine: str = "auto", options: ServeOptions = ServeOptions(), dry_run: bool = False
 ) -> None:
     """Serve `spec` with the chosen engine (runs until interrupted), or print what would run."""
-    chosen = choose_engine(engine)
+    # --device-map is the built-in engine's own way over several GPUs, so auto picks that engine for it.
+    chosen = "transformers" if spec.device_map and engine == "auto" else choose_engine(engine)
     warning = open_without_key_warning(options.host, options.api_key)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     if chosen == "transformers":
         _serve_builtin(spec, options, dry_run)
         return
+    if spec.device_map:
+        raise UserError(
+            f"--device-map is for the built-in engine (--engine transformers); {chosen} splits a model over GPUs "
+            "with --tensor-parallel-size N"
+        )
     if not dry_run:
         _require(chosen)
     cmd, env = build_command(chosen, spec, options)
@@ -225,9 +231,10 @@ def think_style(spec: ModelSpec) -> str | None:
         tokenizer = load_tokenizer(spec.tokenizer)
         if template_markers(tokenizer).think_on.lstrip().startswith("<think>"):
             return "prompt"
-        return "output" if "<think>" in tokenizer.chat_template else None
+        # R1-0528-Qwen3's template names only </think> (to strip history reasoning); the model writes <think>.
+        return "output" if "think>" in tokenizer.chat_template else None
     name = spec.model.name_or_path.lower()
-    if "qwq" in name or "deepseek-r1" in name:
+    if "qwq" in name or ("deepseek-r1" in name and "0528-qwen3" not in name):
         return "prompt"
     return "output" if "qwen3" in _family(spec.model) else None
 
