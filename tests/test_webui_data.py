@@ -138,13 +138,17 @@ def test_the_form_never_puts_a_key_in_the_config_and_refuses_a_typed_key(tmp_pat
 def test_browser_synth_job_survives_a_restart_then_review_and_export(tmp_path):
     """From the Data tab: a synth job against the scripted server, the UI restarted while it runs, its counts once
     it finishes; one pair rejected, one edited and accepted, the rest accepted; the export holds exactly those."""
-    from test_webui import ARTIFACTS, _browser, free_port, start_ui, stop_ui
+    from test_webui import ARTIFACTS, _browser, _wait, free_port, start_ui, stop_ui
 
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the [test] extra)")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     runs, port, log = tmp_path / "runs", free_port(), tmp_path / "ui.log"
     docs = _docs(tmp_path / "docs")
     out = runs / "synth" / "site-data"
+    grpo_run = runs / "grpo"  # a GRPO run's metrics for the Watch tab's rewards row
+    grpo_run.mkdir(parents=True)
+    (grpo_run / "config.yaml").write_text("model: {name_or_path: x}\n")
+    (grpo_run / "metrics.jsonl").write_bytes(GRPO_METRICS.read_bytes())
     playwright, browser = _browser(sync_api)
     # 2 s a reply, three rounds (questions, answers, judge): the job outlives the UI's restart.
     with ScriptedServer(faults=False, latency=2.0) as model_server:
@@ -207,6 +211,12 @@ def test_browser_synth_job_survives_a_restart_then_review_and_export(tmp_path):
             exported = [json.loads(line) for line in (out / "reviewed.jsonl").read_text().splitlines()]
             assert exported == [edited, *records[2:]]
             page.screenshot(path=str(ARTIFACTS / "en-data.png"), full_page=True)
+
+            page.get_by_role("tab", name="Watch").click()
+            sync_api.expect(page.locator("#watch-grpo")).to_be_visible(timeout=30_000)
+            lines = page.locator("#plot-rewards svg [aria-roledescription='line mark'][stroke]")
+            _wait("the rewards chart's 5 series", lambda: lines.count() == 5, 30)
+            page.screenshot(path=str(ARTIFACTS / "en-watch-grpo.png"), full_page=True)
 
             chinese = browser.new_page(locale="zh-CN", viewport={"width": 1280, "height": 900})
             chinese.goto(f"http://127.0.0.1:{port}/")

@@ -140,7 +140,7 @@ def build(run: gr.Dropdown) -> None:
             plots[plot] = _plot(plot)
     with gr.Row(visible=False, elem_id="watch-grpo") as grpo:
         for plot in GRPO_PLOTS:
-            plots[plot] = _plot(plot, color="series")
+            plots[plot] = _plot(plot, color="series", height=300)  # room for the legend of several rewards
     log = gr.Textbox(label=t("log"), lines=16, max_lines=16, autoscroll=True, elem_id="watch-log")
 
     def refresh(selected: str | None, log_loss: bool) -> list[Any]:
@@ -168,4 +168,4 @@ def loss_plot(elem_id: str, **shown: Any) -> gr.LinePlot:
 
 
 def _plot(plot: str, **shown: Any) -> gr.LinePlot:
-    return gr.LinePlot(None, x="step", y="value", label=t(plot), height=240, elem_id=f"plot-{plot}", **shown)
+    return gr.LinePlot(None, x="step", y="value", label=t(plot), elem_id=f"plot-{plot}", **{"height": 240, **shown})
