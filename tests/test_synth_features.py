@@ -145,6 +145,11 @@ def test_reasoning_drop_and_free_tags(tmp_path):
         assert [set(m) for m in r["messages"]] == [{"role", "content"}] * 2
         assert len(r["tags"]) == 1 and r["tags"][0].startswith("topic-")
     assert len({r["tags"][0] for r in train + held}) > 1 and free_tag("x") == "topic-x"
+    # Nothing failed or was filtered: the plan the web UI shows (a questions request per chunk, an answer and a tags
+    # request per pair) is what was sent.
+    progress = json.loads((tmp_path / "out/progress.json").read_text())
+    assert progress["stage"] == "done" and progress["requests_planned"] == report["requests"]["sent"]
+    assert report["requests"]["sent"] == report["chunks"] + 2 * report["requested"]
 
 
 def _preference(out: Path, name: str = "preference.jsonl") -> list[dict]:

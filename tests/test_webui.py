@@ -560,6 +560,7 @@ TABS = {
     "chat": ("Chat", "对话"),
     "evaluate": ("Evaluate", "评估"),
     "export": ("Export", "导出"),
+    "data": ("Data", "数据"),
 }
 ESSENTIAL_IDS = ("preset", "name", "gpu-size", *(elem_id(path) for path in ESSENTIALS), "verdict", "launch", "stop")
 

@@ -23,6 +23,7 @@ from tuneforge.synth.generate import generate, question_count
 from tuneforge.synth.journal import Journal
 from tuneforge.synth.output import held_out, write_outputs
 from tuneforge.synth.pair import Pair
+from tuneforge.synth.progress import Progress
 from tuneforge.synth.prompts import Templates
 
 
@@ -56,13 +57,17 @@ def synth(cfg: SynthConfig, key: str, shard: tuple[int, int] = (0, 1), log: Call
     problems, chunks = _chunks(files, root, cfg)
     log(f"{len(files)} documents ({len(problems)} without text), {len(chunks)} chunks")
     journal = Journal(out / "journal", shard)
+    pairs_requested = sum(n for _, n in chunks) * max(1, len(cfg.generate.variations))
+    progress = Progress(target / "progress.json", len(files), len(chunks), pairs_requested, cfg)
     try:
-        pairs, meter = asyncio.run(_generate(chunks, cfg, key, journal))
+        pairs, meter = asyncio.run(_generate(chunks, cfg, key, journal, progress))
     finally:
         journal.close()
+    progress.write("writing", meter)
     split = write_outputs(target, pairs, cfg)
     report = _report(cfg, files, problems, chunks, pairs, meter, split, time.monotonic() - started)
     atomic_write_json(target / "report.json", report)
+    progress.write("done", meter)
     return report
 
 
@@ -86,13 +91,15 @@ def _chunks(files: list[Path], root: Path, cfg: SynthConfig) -> tuple[list[dict]
     return problems, chunks
 
 
-async def _generate(chunks: list[tuple[Chunk, int]], cfg: SynthConfig, key: str, journal: Journal):
+async def _generate(chunks: list[tuple[Chunk, int]], cfg: SynthConfig, key: str, journal: Journal, progress: Progress):
     from tuneforge.synth.client import Client
 
     client = Client(cfg, key, journal)
+    following = asyncio.ensure_future(progress.follow(client.meter))
     try:
         return await generate(chunks, cfg, client, Templates(dict(cfg.generate.prompts))), client.meter
     finally:
+        following.cancel()
         await client.close()
 
 

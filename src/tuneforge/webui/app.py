@@ -1,4 +1,4 @@
-"""The web UI's page: a run list above the Train, Watch, Compare, Chat, Evaluate and Export tabs; launching it."""
+"""The web UI's page: a run list above the Train, Watch, Compare, Chat, Evaluate, Export and Data tabs; launching it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from tuneforge.errors import UserError
-from tuneforge.webui import chat_tab, compare_tab, jobs, tools_tab, train_tab, watch_tab
+from tuneforge.webui import chat_tab, compare_tab, data_tab, jobs, tools_tab, train_tab, watch_tab
 from tuneforge.webui.i18n import I18N, t
 
 RUNS_REFRESH_S = 5.0
@@ -44,6 +44,8 @@ def build_app(
                 tools_tab.build_eval(run)
             with gr.Tab(t("tab_export"), id="export"):
                 tools_tab.build_export(run)
+            with gr.Tab(t("tab_data"), id="data"):
+                data_tab.build(runs_dir)
         # New runs (launched elsewhere too: another UI, the CLI) join the list; the selection stays.
         gr.Timer(RUNS_REFRESH_S).tick(lambda: gr.Dropdown(choices=choices()), None, run, show_progress="hidden")
     # The page is the only client: no event is an API endpoint. Gradio 6.31 also embeds the API description (every

@@ -83,7 +83,24 @@ WORDS: dict[str, tuple[str, str]] = {
     "final_metrics": ("Final metrics", "最终指标"),
     "config_diff": ("Config keys that differ", "不同的配置项"),
     "eval_reports": ("Eval reports", "评估报告"),
+    "rewards": ("Rewards (GRPO)", "奖励（GRPO）"),
+    "kl": ("KL divergence", "KL 散度"),
+    "completion_length": ("Completion length (tokens)", "回答长度（token）"),
+    "tab_data": ("Data", "数据"),
+    "synth_job": ("Synth job", "数据生成任务"),
+    "synth_start": ("Start synth", "开始生成"),
+    "synth_pairs": ("Pairs (train split)", "问答对（训练集）"),
+    "synth_pair": ("Pair", "问答对"),
+    "synth_question": ("Question", "问题"),
+    "synth_reasoning": ("Reasoning (kept as generated)", "推理过程（保持原样）"),
+    "synth_answer": ("Answer", "回答"),
+    "synth_accept": ("Accept (with edits)", "接受（含修改）"),
+    "synth_reject": ("Reject", "拒绝"),
+    "synth_accept_rest": ("Accept all pending", "接受其余全部"),
+    "synth_export": ("Export accepted", "导出已接受"),
 }
+for _key, (_en, _zh) in labels.SYNTH_KEYS.items():
+    WORDS[f"synth:{_key}"] = (_en, _zh)
 for _field in schema.FIELDS:
     _en, _zh = labels.label(_field.path)
     WORDS[f"label:{_field.path}"] = (_en, _zh)

@@ -1,9 +1,10 @@
-"""Jobs the web UI launches (`tuneforge train|eval|export` as detached processes) and the runs it finds again.
+"""Jobs the web UI launches (`tuneforge train|eval|export|synth` as detached processes) and the runs it finds again.
 
 A job's state lives in its run folder (the layout is rundir.Run's), never in the UI process: RUN/jobs/KIND.json
 (written by runner.py: pid, command, state, exit status), RUN/jobs/KIND.log (the command's output) and, for training,
 RUN/jobs/train.yaml (the config the UI wrote). Closing the browser or restarting the UI leaves jobs running; a new
-UI reads them back. Training's progress is RUN/progress.json, which the trainer rewrites at every step.
+UI reads them back. Training's progress is RUN/progress.json, which the trainer rewrites at every step. A synth job's
+folder is its output folder (OUT/jobs/synth.json, .log, .yaml; its progress OUT/progress.json: data_tab.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from tuneforge.errors import UserError
 from tuneforge.rundir import Run
 
-KINDS = ("train", "eval", "export")
+KINDS = ("train", "eval", "export", "synth")
 _TAIL_BYTES = 64 * 1024
 # Popen objects of the jobs this UI process started, polled so that ended runners do not linger as zombies.
 _children: list[subprocess.Popen] = []

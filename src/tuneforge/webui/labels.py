@@ -199,3 +199,14 @@ def help_zh(path: str, description: str) -> str:
     """The Chinese help of a schema path (its English description where none is written yet)."""
     entry = KEYS.get(key_of(path))
     return entry[2] if entry else description
+
+
+# The Data tab's form: synth config key → (English label, Chinese label); the key is shown beside each.
+SYNTH_KEYS: dict[str, tuple[str, str]] = {
+    "docs": ("Documents folder", "文档文件夹"),
+    "model.endpoint": ("Endpoint URL", "服务地址"),
+    "model.name": ("Model name", "模型名称"),
+    "model.api_key_env": ("API key variable (its name, never the key)", "API 密钥环境变量（填变量名，不填密钥）"),
+    "model.api_key_file": ("API key file", "API 密钥文件"),
+    "generate.questions_per_chunk": ("Questions per chunk (0: by length)", "每块问题数（0：按长度）"),
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,17 @@ CURVES = {
     "train_tokens_per_second": ("tokens_s", "tokens/s"),
     "memory_gib": ("memory", "memory"),
 }
-PLOTS = ("loss", "lr", "grad_norm", "tokens_s", "memory")
+# GRPO (issue 27): TRL logs rewards/NAME/mean and /std per reward function, reward (their weighted sum), kl and
+# completions/mean_length; these plots show only for a run that logged them.
+REWARD = re.compile(r"^rewards/(.+)/(mean|std)$")
+GRPO_CURVES = {
+    "reward": ("rewards", "total"),
+    "kl": ("kl", "KL"),
+    "completions/mean_length": ("completion_length", "mean"),
+    "completions/max_length": ("completion_length", "max"),
+}
+PLOTS = ("loss", "lr", "grad_norm", "tokens_s", "memory", "rewards", "kl", "completion_length")
+GRPO_PLOTS = PLOTS[5:]
 COLORS = {"train": "#ea580c", "validation": "#2563eb"}
 PALETTE = ("#ea580c", "#2563eb", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
 MAX_POINTS = 1000  # per series (see frames)
@@ -41,9 +52,11 @@ def frames(entries: list[dict[str, Any]]) -> dict[str, pd.DataFrame | None]:
     """
     rows: dict[tuple[str, str], list[tuple[int, float, str]]] = {}
     for entry in entries:
-        for key, (plot, series) in CURVES.items():
-            if isinstance(entry.get(key), (int, float)):
-                rows.setdefault((plot, series), []).append((entry["step"], float(entry[key]), series))
+        for key, value in entry.items():
+            curve = curve_of(key)
+            if curve is not None and isinstance(value, (int, float)) and math.isfinite(value):
+                plot, series = curve
+                rows.setdefault((plot, series), []).append((entry["step"], float(value), series))
     points: dict[str, list[tuple[int, float, str]]] = {plot: [] for plot in PLOTS}
     for (plot, _), line in rows.items():
         stride = -(-len(line) // MAX_POINTS)
@@ -52,6 +65,16 @@ def frames(entries: list[dict[str, Any]]) -> dict[str, pd.DataFrame | None]:
         plot: pd.DataFrame(shown, columns=["step", "value", "series"]) if shown else None
         for plot, shown in points.items()
     }
+
+
+def curve_of(key: str) -> tuple[str, str] | None:
+    """The (plot, series) a metrics.jsonl key is drawn as, or None."""
+    if key in CURVES or key in GRPO_CURVES:
+        return {**CURVES, **GRPO_CURVES}[key]
+    reward = REWARD.match(key)
+    if reward:
+        return "rewards", reward.group(1) + (" std" if reward.group(2) == "std" else "")
+    return None
 
 
 def summary(run: Path, entries: list[dict[str, Any]]) -> str:
@@ -113,22 +136,26 @@ def build(run: gr.Dropdown) -> None:
         for plot in PLOTS[1:3]:
             plots[plot] = _plot(plot)
     with gr.Row():
-        for plot in PLOTS[3:]:
+        for plot in PLOTS[3:5]:
             plots[plot] = _plot(plot)
+    with gr.Row(visible=False, elem_id="watch-grpo") as grpo:
+        for plot in GRPO_PLOTS:
+            plots[plot] = _plot(plot, color="series", height=300)  # room for the legend of several rewards
     log = gr.Textbox(label=t("log"), lines=16, max_lines=16, autoscroll=True, elem_id="watch-log")
 
     def refresh(selected: str | None, log_loss: bool) -> list[Any]:
         if not selected:
-            return ["", "", *(None for _ in PLOTS), ""]
+            return ["", "", *(None for _ in PLOTS), gr.Row(visible=False), ""]
         path = Path(selected)
         entries = jobs.metrics(path)
         progress = jobs.progress(path)
         shown = frames(entries)
         total = progress["max_steps"] if progress else 0
         curves = [gr.LinePlot(**stepped(shown[p], total, log_loss and p == "loss")) for p in PLOTS]
-        return [summary(path, entries), progress_html(progress), *curves, jobs.log_tail(path, "train")]
+        grpo_shown = gr.Row(visible=shown["rewards"] is not None)
+        return [summary(path, entries), progress_html(progress), *curves, grpo_shown, jobs.log_tail(path, "train")]
 
-    outputs = [status, bar, *plots.values(), log]
+    outputs = [status, bar, *(plots[p] for p in PLOTS), grpo, log]
     gr.Timer(REFRESH_S).tick(refresh, [run, log_scale], outputs, show_progress="hidden")
     run.change(refresh, [run, log_scale], outputs, show_progress="hidden")
     log_scale.change(refresh, [run, log_scale], outputs, show_progress="hidden")
@@ -140,5 +167,5 @@ def loss_plot(elem_id: str, **shown: Any) -> gr.LinePlot:
     return gr.LinePlot(x="step", y="value", color="series", label=t("loss"), height=240, elem_id=elem_id, **shown)
 
 
-def _plot(plot: str) -> gr.LinePlot:
-    return gr.LinePlot(None, x="step", y="value", label=t(plot), height=240, elem_id=f"plot-{plot}")
+def _plot(plot: str, **shown: Any) -> gr.LinePlot:
+    return gr.LinePlot(None, x="step", y="value", label=t(plot), elem_id=f"plot-{plot}", **{"height": 240, **shown})
