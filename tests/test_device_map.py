@@ -166,3 +166,16 @@ def test_serve_auto_picks_the_builtin_engine_for_a_device_map(tmp_path, monkeypa
     assert capsys.readouterr().out.startswith("vllm serve ")
     launch.launch(replace(spec, device_map=DeviceMap("auto")), dry_run=True)
     assert capsys.readouterr().out.startswith(f"built-in engine: serving {tmp_path} at http://")
+
+
+def test_the_web_chat_tab_hands_its_device_map_choice_to_the_session(monkeypatch):
+    """The Chat tab's Device map choice reaches open_session as --device-map does; a new choice reloads the run."""
+    import tuneforge.infer.chat
+    from tuneforge.webui import chat_tab
+
+    calls = []
+    monkeypatch.setattr(tuneforge.infer.chat, "open_session", lambda *a, **k: calls.append((a[2], k["device_map"])))
+    monkeypatch.setattr(chat_tab, "_sessions", {})
+    for choice in ("balanced", "balanced", chat_tab.ONE_DEVICE):
+        chat_tab.session_for("runs/r", choice)
+    assert calls == [("runs/r", DeviceMap("balanced")), ("runs/r", None)]

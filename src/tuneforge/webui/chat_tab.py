@@ -11,23 +11,28 @@ import gradio as gr
 
 from tuneforge.data.conversation import Message
 from tuneforge.errors import UserError
+from tuneforge.model.load import DEVICE_MAPS
 from tuneforge.webui.i18n import t
 
 # One loaded engine at a time (the selected run's base and fine-tuned weights); a new run replaces it.
 _sessions: dict[str, Any] = {}
 _lock = threading.Lock()
+ONE_DEVICE = "one device"  # the Device map choice that loads everything on one GPU (or the CPU)
 
 
-def session_for(run: str):
-    """The ChatSession of `run` (loaded once, as `tuneforge chat --run RUN --compare` loads it)."""
+def session_for(run: str, device_map: str = ONE_DEVICE):
+    """The ChatSession of `run` (loaded once, as `tuneforge chat --run RUN --compare [--device-map M]` loads it)."""
     from tuneforge.infer.backend import SamplingParams
     from tuneforge.infer.chat import open_session
+    from tuneforge.model.load import DeviceMap
 
+    placement = DeviceMap.parse(None if device_map == ONE_DEVICE else device_map, None)
+    key = f"{run}\0{device_map}"
     with _lock:
-        if run not in _sessions:
+        if key not in _sessions:
             _sessions.clear()  # frees the previous run's weights before loading the next
-            _sessions[run] = open_session(None, None, run, SamplingParams())
-        return _sessions[run]
+            _sessions[key] = open_session(None, None, run, SamplingParams(), device_map=placement)
+        return _sessions[key]
 
 
 def thinking_default(run: str | None) -> tuple[bool, str]:
@@ -65,6 +70,7 @@ def answer(
     temperature: float,
     top_p: float,
     histories: list[list[Message]],
+    device_map: str = ONE_DEVICE,
 ) -> Iterator[tuple[Any, Any, Any, str]]:
     """Stream both answers to `prompt`; yields (base view, fine-tuned view, histories, message)."""
     from tuneforge.infer.backend import SamplingParams
@@ -74,7 +80,7 @@ def answer(
         yield gr.skip(), gr.skip(), histories, "❌ choose a finished run and type a message"
         return
     try:
-        session = session_for(run)
+        session = session_for(run, device_map)
     except UserError as exc:
         yield gr.skip(), gr.skip(), histories, f"❌ {exc}"
         return
@@ -104,6 +110,10 @@ def build(run: gr.Dropdown) -> None:
         max_new_tokens = gr.Number(128, label=t("max_new_tokens"), precision=0, minimum=1, elem_id="chat-max-new")
         temperature = gr.Number(0.0, label=t("temperature"), minimum=0, elem_id="chat-temperature")
         top_p = gr.Number(1.0, label=t("top_p"), minimum=0, maximum=1, elem_id="chat-top-p")
+        device_map = gr.Dropdown(
+            [ONE_DEVICE, *DEVICE_MAPS], value=ONE_DEVICE, label=t("device_map"), info=t("device_map_info"),
+            elem_id="chat-device-map",
+        )  # fmt: skip
     with gr.Row():
         base = gr.Chatbot(label=t("base"), elem_id="chat-base", height=360)
         tuned = gr.Chatbot(label=t("tuned"), elem_id="chat-tuned", height=360)
@@ -112,7 +122,7 @@ def build(run: gr.Dropdown) -> None:
         send = gr.Button(t("send"), variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button(t("clear"), scale=1)
     message = gr.Markdown(elem_id="chat-message")
-    inputs = [run, prompt, system, think, show_thinking, max_new_tokens, temperature, top_p, histories]
+    inputs = [run, prompt, system, think, show_thinking, max_new_tokens, temperature, top_p, histories, device_map]
     outputs = [base, tuned, histories, message]
     send.click(answer, inputs, outputs)
     prompt.submit(answer, inputs, outputs)

@@ -37,6 +37,11 @@ WORDS: dict[str, tuple[str, str]] = {
     "system": ("System prompt", "系统提示词"),
     "think": ("Thinking mode", "思考模式"),
     "show_thinking": ("Show thinking", "显示思考过程"),
+    "device_map": ("Device map", "设备映射"),
+    "device_map_info": (
+        "A base too large for one GPU, spread over all of them (GPU only)",
+        "单卡放不下的基础模型分布到所有 GPU 上（仅限 GPU）",
+    ),
     "max_new_tokens": ("Max new tokens", "最大生成 token 数"),
     "temperature": ("Temperature (0: greedy)", "温度（0：贪心）"),
     "top_p": ("Top-p", "Top-p"),
