@@ -1,10 +1,11 @@
 """Per-token log-probabilities for TRL's fused LM head on the CPU, with their gradient finished in forward.
 
-TRL 1.16's DPOTrainer and GRPOTrainer score answers through `add_fused_lm_head` (trl/trainer/utils.py), which runs
-`ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py). Off CUDA that function scores every position (prompt and
-padding too), folds each [tokens × vocabulary] tile with a dozen full-tile torch passes for outputs DPO logs
-(entropy, mean logit, top-1) and recomputes every tile in backward: LoRA DPO on the tiny Qwen3 trained at a tenth of
-SFT's tokens/s (bench/logprob_speed.py). No library does this on the CPU (Liger's and TRL's kernels are Triton), so
+TRL 1.16's DPOTrainer, KTOTrainer and GRPOTrainer score answers through `add_fused_lm_head` (trl/trainer/utils.py),
+which runs `ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py). Off CUDA that function scores every position
+(prompt and padding too), folds each [tokens × vocabulary] tile with a dozen full-tile torch passes for outputs DPO
+logs (entropy, mean logit, top-1) and recomputes every tile in backward: on the tiny Qwen3, LoRA DPO trained at 0.22×
+SFT's loss tokens/s and GRPO at 0.31× (bench/logprob_speed.py --trl-path; 1.18× and 1.16× with this module). No
+library does this on the CPU (Liger's and TRL's kernels are Triton), so
 `LogProbFunction` here does what model/loss.py does for SFT: only the labelled positions, a chunk of tokens at a
 time, and, where the head is frozen (LoRA, QLoRA), the gradient of each log-probability with respect to its hidden
 state computed while the chunk's logits exist — d log p(t) / dh = c · (W[t] − softmax · W), one [tokens × hidden]
