@@ -4,14 +4,17 @@ First one random base that the model steps share (see steps()). Then, most valua
 throughput and peak memory on the Qwen3-8B shape (train_throughput.py), (2) QLoRA 8B peak memory at 2,048 tokens
 (qlora_memory.py; recorded as skipped where bitsandbytes is not installed), (3) DPO against SFT peak memory on the
 8B shape (preference_memory.py), (4) `tuneforge estimate` against measured memory for an 8B row
-(estimate_accuracy.py), (5) batched generation on the tiny model (generate_batch.py). A failed or timed-out step
-does not stop the others; a step that would start with under MIN_STEP_S left is skipped. Each step writes its JSON
+(estimate_accuracy.py), (5) batched generation on the tiny model (generate_batch.py), (6) GRPO steps on the
+Qwen3-0.6B shape, tuneforge against TRL used directly (grpo.py; vLLM sampling where vllm is importable, transformers'
+generate otherwise; its own 0.6B base). A failed or timed-out step does not stop the others; a step that would start
+with under its `min_s` left (MIN_STEP_S unless it says more) is skipped. Each step writes its JSON
 into --out-dir (flat names, at most 8 files with the summary and a log: the device returns no more); gpu_check.json
 there records per step the command, wall seconds, exit status and result file, or the reason; the exit status is 1
 when a step failed or timed out.
 
     python bench/gpu_check.py --device cuda               # the device call (scripts/gpu_bundle.sh prints it)
     python bench/gpu_check.py --device cpu --tiny --out-dir /tmp/check   # the same steps, tiny shapes, on the CPU
+    python bench/gpu_check.py --device cuda --only grpo   # GRPO alone (docs/grpo.md): the full run rarely has time left
 
 Each step's timeout is its expected time on one H200 with a margin (see steps(); docs/performance.md).
 """
@@ -40,7 +43,8 @@ from machine import ASSETS, ROOT, machine
 BENCH = ROOT / "bench"
 QWEN3_8B = ASSETS / "model-configs" / "Qwen3-8B.config.json"
 MIN_STEP_S = 20  # a step that would get less than this is skipped: it could not finish
-STEP_NAMES = ("base", "throughput", "qlora", "preference", "estimate", "generate")
+STEP_NAMES = ("base", "throughput", "qlora", "preference", "estimate", "generate", "grpo")
+OWN_MODEL = {"generate", "grpo"}  # steps that do not train on the shared base
 # What the steps run on where the device image and the carried wheels (scripts/gpu_bundle.sh) could differ.
 VERSIONS = ("torch", "transformers", "peft", "accelerate", "trl", "datasets", "pyarrow", "fsspec", "bitsandbytes")
 
@@ -54,6 +58,7 @@ class Step:
     args: list[str]
     timeout_s: int
     skip: str | None = None  # why it does not run here
+    min_s: int = MIN_STEP_S  # skipped when less than this is left: it could not finish
 
 
 def steps(device: str, tiny: bool, config: Path, base: Path) -> list[Step]:
@@ -64,6 +69,7 @@ def steps(device: str, tiny: bool, config: Path, base: Path) -> list[Step]:
     them would take the whole budget.
     """
     bnb = None if importlib.util.find_spec("bitsandbytes") else "skipped: bitsandbytes not installed"
+    sampler = "vllm" if device == "cuda" and importlib.util.find_spec("vllm") else "transformers"
     shared = ["--base", str(base)]
     if tiny:
         return [
@@ -84,13 +90,18 @@ def steps(device: str, tiny: bool, config: Path, base: Path) -> list[Step]:
             Step("generate", "generate_batch.json",
                  ["generate_batch.py", "--batch-sizes", "1", "2", "--prompts", "2", "--max-tokens", "4", "--repeats",
                   "1"], 120),
+            Step("grpo", "grpo.json",
+                 ["grpo.py", "--device", device, "--prompts", "2", "--batch", "2", "--generations", "2",
+                  "--completion", "4", "--steps", "2", "--generation", sampler], 180),
         ]  # fmt: skip
     # Expected on one H200 (16 cores), not yet measured: a process and its imports ~10 s; the 8B base (8.2e9
     # parameters built serially at ~100 M/s, then 16 GB written) ~110 s; loading it onto the GPU from the page cache
     # ~15 s; a LoRA step of 16k tokens with checkpointing (~6 × 8.2e9 × 16k FLOPs at ~400 TFLOP/s) ~2 s. So: base
     # ~110 s; throughput 2 configurations × (load + ≤ 6 steps + MFU matmuls) ~90 s; qlora a LoRA and a QLoRA worker
     # (quantizing while loading) ~95 s; preference 2 workers ~60 s; estimate one row ~35 s; generate ~20 s: ~410 s
-    # of the 450 s budget. Timeouts: about 1.3× to 1.8× these.
+    # of the 450 s budget. Timeouts: about 1.3× to 1.8× these. grpo (the 0.6B base ~10 s, then two workers: load,
+    # 3 steps of 16 completions × 256 tokens, ~8 s each with generate, ~4 s with vLLM after its ~60 s start-up)
+    # ~80 s with generate, ~180 s with vLLM: it runs alone (--only grpo) or where the budget has that left.
     return [
         Step("base", None, ["qlora_memory.py", "--config", str(config), "--save-base", str(base)], 200),
         Step("throughput", "train_throughput.json",
@@ -107,6 +118,10 @@ def steps(device: str, tiny: bool, config: Path, base: Path) -> list[Step]:
               "on", "--layouts", "packed", "--max-length", "2048", "--batch", "2", "--steps", "2", *shared], 80),
         Step("generate", "generate_batch.json",
              ["generate_batch.py", "--batch-sizes", "1", "8", "32", "--prompts", "32", "--max-tokens", "64"], 40),
+        Step("grpo", "grpo.json",
+             ["grpo.py", "--device", device, "--shape", "0.6B", "--prompts", "16", "--batch", "16", "--generations",
+              "4", "--completion", "256", "--steps", "3", "--generation", sampler], 300,
+             min_s=180 if sampler == "vllm" else 90),
     ]  # fmt: skip
 
 
@@ -203,7 +218,7 @@ def main() -> None:
             config = Path(work) / "tiny.config.json"
             config.write_text(json.dumps(shape_config("tiny")))
         wanted, base_written = set(args.only or STEP_NAMES), False
-        if wanted - {"generate"}:
+        if wanted - OWN_MODEL:
             wanted.add("base")  # every other step trains on the shared base
         for step in steps(args.device, args.tiny, config, Path(work) / "base"):
             left = deadline - time.perf_counter()
@@ -213,7 +228,7 @@ def main() -> None:
                 records.append({"step": step.name, "status": "skipped", "reason": step.skip})
             elif "--base" in step.args and not base_written:
                 records.append({"step": step.name, "status": "skipped", "reason": "the shared base was not written"})
-            elif left < MIN_STEP_S:
+            elif left < step.min_s:
                 records.append({"step": step.name, "status": "skipped", "reason": f"out of budget ({left:.0f} s left)"})
             else:
                 print(f"== {step.name}: timeout {min(step.timeout_s, left):.0f} s, {left:.0f} s left", flush=True)

@@ -18,10 +18,11 @@ RESULT_KEYS = {
     "preference_memory.json": {"results", "dpo_over_sft", "target", "environment"},
     "estimate_accuracy.json": {"runs", "results"},
     "generate_batch.json": {"command", "machine", "levels"},
+    "grpo.json": {"command", "environment", "results", "ratios"},
 }
 
 
-@pytest.mark.slow  # about 150 s on 2 shared cores: five benches, a dozen fresh Python processes
+@pytest.mark.slow  # 440 s on 2 loaded cores (2026-12-07): six benches, a dozen fresh Python processes
 @needs_assets
 def test_tiny_gpu_check_runs_every_step(tmp_path):
     proc = subprocess.run(
@@ -41,20 +42,77 @@ def test_tiny_gpu_check_runs_every_step(tmp_path):
         "preference",
         "estimate",
         "generate",
+        "grpo",
     ]
     base, *benches = summary["steps"]
     assert (base["status"], base["exit_status"], base["result"]) == ("ok", 0, "(the shared base)")
     for step in benches:
         assert (step["status"], step["exit_status"]) == ("ok", 0), step
-        # Every model step trains on the one base written first; generate runs the tests' tiny model.
+        # Every model step trains on the one base written first; generate runs the tests' tiny model, grpo its own.
         assert step["command"].endswith(" --base " + base["command"].split(" --save-base ")[1]) == (
-            step["step"] != "generate"
+            step["step"] not in ("generate", "grpo")
         )
         result = json.loads((tmp_path / step["result"]).read_text())
         assert RESULT_KEYS[step["result"]] <= result.keys(), step["result"]
         assert step["command"].startswith(f"python bench/{step['result'].removesuffix('.json')}.py ")
-    assert len(list(tmp_path.iterdir())) == 6  # five results and the summary: the device returns at most 8 files
+    assert len(list(tmp_path.iterdir())) == 7  # six results and the summary: the device returns at most 8 files
     assert "| throughput | ok |" in proc.stdout
+
+
+@pytest.mark.slow  # two GRPO workers (tuneforge, TRL) on the tiny shape: about 60 s on 2 shared cores
+@needs_assets
+def test_tiny_gpu_check_runs_the_grpo_step_alone_without_the_shared_base(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu_check.py",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--only",
+            "grpo",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (step,) = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]  # no base: GRPO writes its own
+    assert (step["step"], step["status"], step["result"]) == ("grpo", "ok", "grpo.json")
+    assert step["command"] == (
+        "python bench/grpo.py --device cpu --prompts 2 --batch 2 --generations 2 --completion 4 --steps 2 "
+        "--generation transformers"
+    )
+    result = json.loads((tmp_path / "grpo.json").read_text())
+    assert [r["side"] for r in result["results"]] == ["trl", "tuneforge"]
+    for row in result["results"]:
+        assert (row["generation"], row["completion"], row["batch"], len(row["step_times_s"])) == (
+            "transformers",
+            4,
+            2,
+            2,
+        )
+    assert result["ratios"]["memory"] > 0 and result["ratios"]["speed"] > 0
+
+
+@pytest.mark.parametrize(("vllm", "sampler", "min_s"), [(True, "vllm", 180), (False, "transformers", 90)])
+def test_the_gpu_grpo_step_samples_with_vllm_where_importable(monkeypatch, tmp_path, vllm, sampler, min_s):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import gpu_check
+
+    real = gpu_check.importlib.util.find_spec
+    monkeypatch.setattr(
+        gpu_check.importlib.util, "find_spec", lambda name: (vllm or None) if name == "vllm" else real(name)
+    )
+    grpo = gpu_check.steps("cuda", False, tmp_path / "c.json", tmp_path / "base")[-1]
+    assert (grpo.name, grpo.result, grpo.min_s) == ("grpo", "grpo.json", min_s)
+    assert grpo.args[grpo.args.index("--generation") + 1] == sampler and "--base" not in grpo.args
+    assert grpo.args[grpo.args.index("--shape") + 1] == "0.6B"
+    tiny = gpu_check.steps("cuda", True, tmp_path / "c.json", tmp_path / "base")[-1]
+    assert tiny.args[tiny.args.index("--generation") + 1] == sampler
 
 
 def test_timed_out_and_failed_steps_are_recorded_and_the_next_still_runs(tmp_path, monkeypatch):

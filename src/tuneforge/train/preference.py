@@ -30,6 +30,7 @@ from trl.trainer.kto_trainer import DataCollatorForUnpairedPreference
 from tuneforge.config import Config
 from tuneforge.constants import IGNORE
 from tuneforge.data.collate import PairCollator, PreferenceCollator
+from tuneforge.model.logprob import cpu_log_probs
 from tuneforge.objective import trl_experimental
 from tuneforge.quiet import no_datasets_bars
 from tuneforge.train.trainer import RunTrainerMixin
@@ -47,7 +48,7 @@ CPU_VOCAB_TILE = 4096
 
 class PreferenceMixin(RunTrainerMixin):
     """Token accounting on the stacked rows every preference batch carries (input_ids, attention_mask, and
-    completion_mask: each answer's trained tokens)."""
+    completion_mask: each answer's trained tokens); TRL's fused LM head through model/logprob.py on the CPU."""
 
     collator_class: ClassVar[Callable[[int], Any]]  # the layout of its batches, made from the pad token id
 
@@ -56,8 +57,19 @@ class PreferenceMixin(RunTrainerMixin):
         """The trainer with its collator on tuneforge's rendered preference data (`common`: the Trainer's keywords)."""
         if not torch.cuda.is_available():
             trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = CPU_VOCAB_TILE  # see CPU_VOCAB_TILE
-        with no_datasets_bars():  # the trainers map our columns into theirs: nothing worth a bar
+        # cpu_log_probs: DPO and KTO may precompute the reference log-probs while they are built.
+        with no_datasets_bars(), cpu_log_probs():  # the trainers map our columns into theirs: nothing worth a bar
             return cls(data_collator=cls.collator_class(pad_token_id), **common)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The stock step (GRPO's generation, the loss, backward) with model/logprob.py's log-probs on the CPU."""
+        with cpu_log_probs():
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The stock evaluation step, with model/logprob.py's log-probs on the CPU."""
+        with cpu_log_probs():
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
