@@ -79,8 +79,9 @@ def train_row(base: Path, method: str, checkpointing: bool, work: Path, idle: in
 def serve_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """In a fresh process: load the engine, generate `sequences` answers to the context's end, report the peak."""
     exec(IMPORTS)  # the same libraries as the idle interpreter, before the baseline
-    from machine import release_freed_heap
+    from qlora_memory import release_freed_heap
 
+    from tuneforge.data.conversation import Message
     from tuneforge.infer.backend import SamplingParams
     from tuneforge.infer.engine import load_engine
     from tuneforge.infer.spec import resolve_spec
@@ -89,7 +90,7 @@ def serve_worker(spec: dict[str, Any]) -> dict[str, Any]:
     before = peak_rss()
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here
     engine = load_engine(resolve_spec(model=spec["model"]), max_model_len=spec["context"])
-    prompts = [[{"role": "user", "content": f"Question {i}: what is {i} + {i}?"}] for i in range(spec["sequences"])]
+    prompts = [[Message("user", f"Question {i}: what is {i} + {i}?")] for i in range(spec["sequences"])]
     results = engine.generate_batch(prompts, SamplingParams(temperature=0), max_batch_size=spec["sequences"])
     reached = max(r.prompt_tokens + r.completion_tokens for r in results)
     return {"measured_bytes": peak_rss() - before, "baseline_rss_bytes": before, "reached_tokens": reached}
