@@ -1,8 +1,9 @@
 """The generation steps over all chunks: questions (per variation) → near-duplicate removal → grounded answers →
 judge → synthesized reasoning → follow-ups → tags → preference pairs (enrich.py, preference.py).
 
-Each step runs over every item at once (the client bounds the requests in flight), and every requested pair
-ends in exactly one fate: written, failed (a request or reply that gave nothing usable) or filtered (a
+Questions are asked of every chunk at once; after the near-duplicate removal, which needs them all, each pair goes
+through its own steps, all pairs at once (the client bounds the requests in flight). Every requested pair ends in
+exactly one fate: written, failed (a request or reply that gave nothing usable) or filtered (a
 duplicate, a low judge score, ...), each with its reason, so the report adds up.
 """
 
@@ -39,20 +40,26 @@ async def generate(
     pairs = [pair for group in slots for pair in group]
     if cfg.quality.dedup_threshold is not None:
         remove_near_duplicates([p for p in pairs if p.fate == "pending"], cfg.quality.dedup_threshold)
-    await each(pairs, lambda p: _answer(p, cfg, client, templates))
-    if cfg.quality.judge:
-        await each(pairs, lambda p: _judge(p, cfg, client, templates))
-    if gen.reasoning == "synthesize":
-        await each(pairs, lambda p: synthesize_reasoning(p, cfg, client, templates))
-    if gen.follow_ups:
-        await each(pairs, lambda p: follow_ups(p, cfg, client, templates))
-    if gen.tags is not None:
-        await each(pairs, lambda p: tag(p, cfg, client, templates))
-    for pair in pairs:
-        if pair.fate == "pending":
-            pair.fate = "written"
-    if cfg.preference is not None:
-        await asyncio.gather(*(prefer(p, cfg, client, templates) for p in pairs if p.fate == "written"))
+    steps = [
+        _answer,
+        *([_judge] if cfg.quality.judge else []),
+        *([synthesize_reasoning] if gen.reasoning == "synthesize" else []),
+        *([follow_ups] if gen.follow_ups else []),
+        *([tag] if gen.tags is not None else []),
+    ]
+
+    async def finish(pair: Pair) -> None:
+        # One pair's steps in order, all pairs at once: a pair's judge does not wait for the slowest answer of the
+        # others, so the request slots stay full up to the last pair (a round per step would end half empty).
+        for step in steps:
+            await step(pair, cfg, client, templates)
+            if pair.fate != "pending":
+                return
+        pair.fate = "written"
+        if cfg.preference is not None:
+            await prefer(pair, cfg, client, templates)
+
+    await each(pairs, finish)
     return pairs
 
 
