@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,23 @@ def test_a_requirement_without_a_wheel_for_the_target_is_named(tmp_path):
         "source: build a wheel on the target"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pure_python_source_only_requirement_is_built_into_a_wheel_any_target_installs(tmp_path):
+    """jieba (the eval extra) publishes only its source: the bundle carries a py3-none-any wheel built from it, which
+    pip then takes for a target other than this machine."""
+    try:
+        urllib.request.urlopen(wheels.INDEX + "/pip/", timeout=10).close()
+    except OSError as exc:
+        pytest.skip(f"the package index is not reachable ({exc}): the source archive is fetched from it")
+    constraints = ROOT / "constraints.txt"
+    pinned = wheels.pin(constraints, "jieba")
+    assert wheels.platforms_with_wheels("jieba", pinned) == []  # still source-only: otherwise this tests nothing
+    target = Target("3.12", "manylinux_2_17_aarch64", "cpu")  # not this machine
+    wheels.download([f"jieba=={pinned}"], constraints, target, tmp_path, ["--no-deps"])
+    assert [p.name for p in tmp_path.iterdir()] == [f"jieba-{pinned}-py3-none-any.whl"]
+    with zipfile.ZipFile(tmp_path / f"jieba-{pinned}-py3-none-any.whl") as wheel:
+        assert "jieba/__init__.py" in wheel.namelist() and "jieba/dict.txt" in wheel.namelist()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from dockerd import LABEL, Docker, base_image, running_dockerd
 from tuneforge.eval.suite import PROBE_QUESTIONS
 
 MODEL_ID = "tuneforge-test/tiny-qwen3"  # lives in a Hugging Face cache the test writes, as a downloaded model does
-EXTRAS = "serve,webui,tensorboard"  # the smallest set that runs demo, train, serve and webui; TensorBoard offline
+EXTRAS = "serve,webui,tensorboard,eval"  # demo, train, serve, webui; TensorBoard offline; eval (source-only jieba)
 # The first test to use a fixture pays for it (bundle ~3 min, base image ~1.5 min, image build ~3-5 min on 2 cores).
 pytestmark = pytest.mark.timeout(2400)
 TIMINGS = Path(os.environ.get("TUNEFORGE_ARTIFACTS", ROOT / "tests" / "artifacts")) / "deploy" / "timings.json"
@@ -133,6 +133,7 @@ python3 -c "import socket; socket.create_connection(('pypi.org', 443), timeout=5
 sh {bundle}/install.sh {tmp_path}/venv
 . {tmp_path}/venv/bin/activate
 python -c "import tuneforge; print('tuneforge from', tuneforge.__file__)"
+python -c "import jieba, rouge_score.rouge_scorer, math_verify; print('eval extra:', len(jieba.lcut('我是模型')) > 1)"
 tuneforge demo --workdir {tmp_path}/demo
 tuneforge train {tmp_path}/train.yaml
 tuneforge eval --run {tmp_path}/runs/offline --suite self-cognition
@@ -152,6 +153,7 @@ tuneforge eval --run {tmp_path}/runs/offline --suite self-cognition
     assert "offline check: ok" in done.stdout
     assert f"tuneforge from {tmp_path}/venv/lib/python3.11/site-packages/tuneforge/__init__.py" in done.stdout
     assert "the model should now say it is" in done.stdout  # the demo's before/after table
+    assert "eval extra: True" in done.stdout  # its source-only jieba and rouge-score came as wheels built outside
     run = tmp_path / "runs" / "offline"
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     assert (run / "adapter" / "adapter_model.safetensors").is_file()

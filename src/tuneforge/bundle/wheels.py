@@ -12,6 +12,7 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin
 
 from tuneforge.errors import UserError
 
@@ -19,6 +20,9 @@ from tuneforge.errors import UserError
 LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 TORCH_INDEX = "https://download.pytorch.org/whl/{variant}"
 INDEX = "https://pypi.org/simple"  # PEP 691's JSON listing: every file of a project, so every platform built
+SOURCE_ONLY = "the index has only its source: build a wheel on the target"
+# What a source archive compiles: a wheel built from it here would run on this machine's platform only.
+COMPILED = re.compile(r"\.(c|cc|cpp|cxx|h|pyx|rs|f|f90|cu)$|(^|/)(CMakeLists\.txt|meson\.build|Cargo\.toml)$")
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,31 @@ def torch_requirement(constraints: Path, target: Target) -> tuple[str, list[str]
 
 
 def download(requirements: list[str], constraints: Path, target: Target, out: Path, extra: list[str]) -> None:
-    """pip's download of `requirements` and all they need, through `constraints`, as wheels for the target."""
-    args = ["download", "-d", str(out), "-c", str(constraints), *target.pip_flags(), *extra, *requirements]
-    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
-    if result.returncode == 0:
-        return
+    """pip's download of `requirements` and all they need, through `constraints`, as wheels for the target.
+
+    A requirement published only as a pure-Python source archive (jieba, rouge-score: the eval extra) is built into
+    a py3-none-any wheel here, which installs on any target; one that compiles code is refused in one line.
+    """
+    built: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="tf-bundle-built-") as folder:
+        while True:
+            args = ["download", "-d", str(out), "-c", str(constraints), *target.pip_flags(), "--find-links", folder]
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", *args, *extra, *requirements], capture_output=True, text=True
+            )
+            if result.returncode == 0:
+                return
+            name, message = _refusal(result, constraints, target)
+            version = pin(constraints, name, required=False)
+            if name in built or not message.endswith(SOURCE_ONLY) or not version:
+                raise UserError(message)
+            if not build_pure_wheel(name, version, Path(folder)):
+                raise UserError(message)
+            built.add(name)
+
+
+def _refusal(result: subprocess.CompletedProcess, constraints: Path, target: Target) -> tuple[str, str]:
+    """The requirement pip could not meet and its one-line refusal (a generic one naming pip's error otherwise)."""
     # pip names the culprit as "No matching distribution found for X" or, where a pin is involved, as a conflict
     # with "The user requested (constraint) X==V": the first one without a wheel for the target is the refusal.
     names = re.findall(r"No matching distribution found for ([A-Za-z0-9._-]+)", result.stderr)
@@ -121,8 +145,41 @@ def download(requirements: list[str], constraints: Path, target: Target, out: Pa
     for name in dict.fromkeys(names):
         message = no_wheel_message(name, constraints, target)
         if message:
-            raise UserError(message)
+            return name, message
     raise UserError(f"pip download failed for the bundle: {_last_error(result.stderr)}")
+
+
+def build_pure_wheel(name: str, version: str, folder: Path) -> bool:
+    """Build name==version's source archive into a py3-none-any wheel in `folder`; False where it compiles code."""
+    import tarfile
+    import zipfile
+
+    from packaging.utils import parse_sdist_filename
+
+    sources = [
+        (filename, url) for filename, url in _index_files(name) or []
+        if filename.endswith((".tar.gz", ".zip")) and str(parse_sdist_filename(filename)[1]) == version
+    ]  # fmt: skip
+    if not sources:
+        return False
+    filename, url = sources[0]
+    with tempfile.TemporaryDirectory(prefix="tf-sdist-") as tmp:
+        archive = Path(tmp) / filename
+        with urllib.request.urlopen(url, timeout=60) as answer:
+            archive.write_bytes(answer.read())
+        if filename.endswith(".zip"):
+            members = zipfile.ZipFile(archive).namelist()
+        else:
+            with tarfile.open(archive) as tar:
+                members = tar.getnames()
+        if any(COMPILED.search(member) for member in members):
+            return False
+        _pip(["wheel", "-q", "--no-deps", "-w", tmp, str(archive)], f"building a wheel of {name}=={version}")
+        wheel = next(Path(tmp).glob("*.whl"))
+        if not wheel.name.endswith(("-py3-none-any.whl", "-py2.py3-none-any.whl")):
+            return False
+        shutil.move(wheel, folder / wheel.name)
+    return True
 
 
 def no_wheel_message(name: str, constraints: Path, target: Target) -> str | None:
@@ -136,7 +193,7 @@ def no_wheel_message(name: str, constraints: Path, target: Target) -> str | None
     if any(target.takes(*tag) for tag in found):
         return None
     if not found:
-        return f"no wheel of {spec} for {wanted}; the index has only its source: build a wheel on the target"
+        return f"no wheel of {spec} for {wanted}; {SOURCE_ONLY}"
     others = sorted({f"{interpreter} {platform}" for interpreter, _, platform in found})
     more = f" and {len(others) - 6} more" if len(others) > 6 else ""
     return f"no wheel of {spec} for {wanted}; wheels exist for: {', '.join(others[:6])}{more}"
@@ -144,24 +201,31 @@ def no_wheel_message(name: str, constraints: Path, target: Target) -> str | None
 
 def platforms_with_wheels(name: str, version: str) -> list[tuple[str, str, str]] | None:
     """The (interpreter, abi, platform) tags of the index's wheels of name==version; None if it cannot be asked."""
-    from packaging.utils import canonicalize_name, parse_wheel_filename
+    from packaging.utils import parse_wheel_filename
 
-    index = os.environ.get("PIP_INDEX_URL", INDEX).rstrip("/")
-    request = urllib.request.Request(
-        f"{index}/{canonicalize_name(name)}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=15) as answer:
-            files = [entry["filename"] for entry in json.load(answer)["files"]]
-    except (OSError, ValueError, KeyError):
+    files = _index_files(name)
+    if files is None:
         return None
     tags = set()
-    for filename in files:
+    for filename, _ in files:
         if filename.endswith(".whl"):
             _, found, _, wheel_tags = parse_wheel_filename(filename)
             if str(found) == version:
                 tags |= {(tag.interpreter, tag.abi, tag.platform) for tag in wheel_tags}
     return sorted(tags)
+
+
+def _index_files(name: str) -> list[tuple[str, str]] | None:
+    """(filename, URL) of every file the package index lists for `name` (PEP 691); None if it cannot be asked."""
+    from packaging.utils import canonicalize_name
+
+    page = f"{os.environ.get('PIP_INDEX_URL', INDEX).rstrip('/')}/{canonicalize_name(name)}/"
+    request = urllib.request.Request(page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            return [(entry["filename"], urljoin(page, entry["url"])) for entry in json.load(answer)["files"]]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def pin(constraints: Path, name: str, required: bool = True) -> str | None:
