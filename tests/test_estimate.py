@@ -257,6 +257,7 @@ def test_estimate_from_flags_alone(tmp_path):
     assert all("fits on" in v for v in verdicts)
 
 
+@pytest.mark.slow  # two `tuneforge train` processes, one training: 45 s on 2 cores
 @needs_assets
 def test_train_preflight_refuses_a_run_that_cannot_fit_in_one_line(tmp_path, tiny_qwen3_dir):
     config = tmp_path / "c.yaml"
@@ -277,6 +278,7 @@ def test_train_preflight_refuses_a_run_that_cannot_fit_in_one_line(tmp_path, tin
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
 
 
+@pytest.mark.slow  # the bench trains a row in a fresh process: 40 s on 2 cores
 @pytest.mark.skipif(
     not (ASSETS / "model-configs").is_dir() or not (ASSETS / "qwen3-tokenizer").is_dir(),
     reason=f"Qwen3 config.json files or tokenizer not found under {ASSETS} (../shared/assets)",
