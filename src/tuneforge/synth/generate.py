@@ -1,10 +1,10 @@
 """The generation steps over all chunks: questions (per variation) → near-duplicate removal → grounded answers →
 judge → synthesized reasoning → follow-ups → tags → preference pairs (enrich.py, preference.py).
 
-Questions are asked of every chunk at once; after the near-duplicate removal, which needs them all, each pair goes
-through its own steps, all pairs at once (the client bounds the requests in flight). Every requested pair ends in
-exactly one fate: written, failed (a request or reply that gave nothing usable) or filtered (a
-duplicate, a low judge score, ...), each with its reason, so the report adds up.
+Questions are asked of every chunk at once; each chunk's pairs, once the near-duplicate removal has seen the chunks
+before it, go through their own steps, all pairs at once (the client bounds the requests in flight). Every
+requested pair ends in exactly one fate: written, failed (a request or reply that gave nothing usable) or filtered
+(a duplicate, a low judge score, ...), each with its reason, so the report adds up.
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ async def generate(
     """Every pair requested from `chunks` ((chunk, question count) each), each with its fate."""
     gen = cfg.generate
     variations: list[Variation | None] = list(gen.variations) or [None]
-    slots = await asyncio.gather(*(_questions(c, n, v, cfg, client, templates) for c, n in chunks for v in variations))
-    pairs = [pair for group in slots for pair in group]
-    if cfg.quality.dedup_threshold is not None:
-        remove_near_duplicates([p for p in pairs if p.fate == "pending"], cfg.quality.dedup_threshold)
     steps = [
         _answer,
         *([_judge] if cfg.quality.judge else []),
@@ -59,7 +55,20 @@ async def generate(
         if cfg.preference is not None:
             await prefer(pair, cfg, client, templates)
 
-    await each(pairs, finish)
+    threshold = cfg.quality.dedup_threshold
+    duplicates = NearDuplicates(threshold) if threshold is not None else None
+    asked = [asyncio.ensure_future(_questions(c, n, v, cfg, client, templates)) for c, n in chunks for v in variations]
+    pairs: list[Pair] = []
+    finishing = []
+    for questions in asked:
+        # In chunk order, so that exactly the questions one pass over all of them would remove are removed; a
+        # chunk's pairs start their steps as soon as the chunks before it are in, while later questions still run.
+        group = await questions
+        if duplicates is not None:
+            duplicates.remove([p for p in group if p.fate == "pending"])
+        pairs += group
+        finishing.append(asyncio.ensure_future(each(group, finish)))
+    await asyncio.gather(*finishing)
     return pairs
 
 
@@ -105,19 +114,29 @@ async def _judge(pair: Pair, cfg: SynthConfig, client: Client, templates: Templa
         pair.fate, pair.reason = "filtered", f"judge: score below {cfg.quality.min_score}"
 
 
-def remove_near_duplicates(pairs: list[Pair], threshold: float) -> None:
-    """Mark as filtered every question nearly equal (MinHash Jaccard on character 3-grams) to an earlier one."""
-    from datasketch import MinHash, MinHashLSH
+class NearDuplicates:
+    """Marks as filtered every question nearly equal (MinHash Jaccard on character 3-grams) to one seen before, in
+    the order of `remove` calls and of the pairs in each."""
 
-    index = MinHashLSH(threshold=threshold, num_perm=128)
-    kept: dict[str, Any] = {}
-    for n, pair in enumerate(pairs):
-        text = re.sub(r"[\W_]+", "", pair.question.lower())
-        signature = MinHash(num_perm=128, seed=1)
-        signature.update_batch([text[i : i + 3].encode() for i in range(max(1, len(text) - 2))])
-        # LSH gives candidates; the estimate decides, so the threshold means what it says.
-        if any(kept[k].jaccard(signature) >= threshold for k in index.query(signature)):
-            pair.fate, pair.reason = "filtered", "near-duplicate question"
-            continue
-        index.insert(str(n), signature)
-        kept[str(n)] = signature
+    def __init__(self, threshold: float) -> None:
+        from datasketch import MinHashLSH
+
+        self.threshold = threshold
+        self.index = MinHashLSH(threshold=threshold, num_perm=128)
+        self.kept: dict[str, Any] = {}
+
+    def remove(self, pairs: list[Pair]) -> None:
+        """Filter the near-duplicates among `pairs` and of those kept before; remember the rest."""
+        from datasketch import MinHash
+
+        for pair in pairs:
+            text = re.sub(r"[\W_]+", "", pair.question.lower())
+            signature = MinHash(num_perm=128, seed=1)
+            signature.update_batch([text[i : i + 3].encode() for i in range(max(1, len(text) - 2))])
+            # LSH gives candidates; the estimate decides, so the threshold means what it says.
+            if any(self.kept[k].jaccard(signature) >= self.threshold for k in self.index.query(signature)):
+                pair.fate, pair.reason = "filtered", "near-duplicate question"
+                continue
+            key = str(len(self.kept))
+            self.index.insert(key, signature)
+            self.kept[key] = signature
