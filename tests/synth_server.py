@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import json
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from tuneforge.serve.app import tcp_listener
 
 MODEL = "scripted"
 WEAK = "weak"
@@ -87,8 +88,7 @@ class ScriptedServer:
     def __enter__(self) -> ScriptedServer:
         import uvicorn
 
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        sock = tcp_listener()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         config = uvicorn.Config(self.app(), log_level="error", access_log=False, timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
