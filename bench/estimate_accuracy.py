@@ -56,6 +56,14 @@ METHODS = ("lora", "qlora", "full")
 ROW_KEYS = ("shape", "method", "checkpointing", "packing", "max_length", "batch", "steps")
 
 
+def add_shape_flags(parser: argparse.ArgumentParser, max_length: int | None = 512) -> None:
+    """--shape (one of SHAPES) and --device, and --max-length unless None: the flags of the one-shape benches."""
+    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    if max_length is not None:
+        parser.add_argument("--max-length", type=int, default=max_length)
+
+
 def job_raw(spec: dict[str, Any]) -> dict[str, Any]:
     """The tuneforge config of one measured configuration."""
     return {

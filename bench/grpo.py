@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from estimate_accuracy import SHAPES, rss, shape_config
+from estimate_accuracy import add_shape_flags, rss, shape_config
 from machine import command, machine
 from qlora_memory import TOKENIZER, add_base_flag, release_freed_heap, training_peak, write_base
 from worker import run_worker
@@ -189,8 +189,7 @@ def table(rows: list[dict[str, Any]], ratios: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_shape_flags(parser, max_length=None)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8, help="completions per device and step")
     parser.add_argument("--generations", type=int, default=4, help="completions per prompt")

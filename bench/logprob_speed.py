@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from estimate_accuracy import SHAPES, rss, shape_config
+from estimate_accuracy import add_shape_flags, rss, shape_config
 from machine import command, machine
 from preference_memory import job_raw, random_data
 from qlora_memory import TOKENIZER, add_base_flag, release_freed_heap, training_peak, write_base
@@ -168,9 +168,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--max-length", type=int, default=512)
+    add_shape_flags(parser)
     parser.add_argument("--rows", type=int, default=4, help="rows per micro-batch (twice the DPO pairs)")
     parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is not timed")
     parser.add_argument("--beta", type=float, default=0.04, help="GRPO's KL weight (0: no reference forward)")

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from estimate_accuracy import SHAPES, rss, shape_config
+from estimate_accuracy import add_shape_flags, rss, shape_config
 from machine import machine
 from qlora_memory import TOKENIZER, add_base_flag, release_freed_heap, training_peak, write_base
 from worker import run_worker
@@ -137,9 +137,7 @@ def table(rows: list[dict[str, Any]], ratio: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--max-length", type=int, default=512)
+    add_shape_flags(parser)
     parser.add_argument("--rows", type=int, default=4, help="rows per micro-batch (SFT samples; twice the DPO pairs)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on")

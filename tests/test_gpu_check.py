@@ -22,11 +22,28 @@ RESULT_KEYS = {
 }
 
 
-@pytest.mark.slow  # 440 s on 2 loaded cores (2026-12-07): six benches, a dozen fresh Python processes
+@pytest.mark.slow  # 240 s on 2 cores (2026-12-07): five benches, a dozen fresh Python processes
 @needs_assets
-def test_tiny_gpu_check_runs_every_step(tmp_path):
+def test_tiny_gpu_check_runs_every_step(tmp_path, monkeypatch):
+    # GRPO is the test below (it writes no shared base); the default run is every step, in this order.
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import gpu_check
+
+    shared = ["throughput", "qlora", "preference", "estimate", "generate"]
+    every = [step.name for step in gpu_check.steps("cpu", True, tmp_path / "c.json", tmp_path / "base")]
+    assert every == ["base", *shared, "grpo"]
     proc = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--tiny", "--out-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "bench/gpu_check.py",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--out-dir",
+            str(tmp_path),
+            "--only",
+            *shared,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,27 +52,19 @@ def test_tiny_gpu_check_runs_every_step(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["versions"]["torch"] and summary["versions"]["transformers"]
-    assert [s["step"] for s in summary["steps"]] == [
-        "base",
-        "throughput",
-        "qlora",
-        "preference",
-        "estimate",
-        "generate",
-        "grpo",
-    ]
+    assert [s["step"] for s in summary["steps"]] == ["base", *shared]
     base, *benches = summary["steps"]
     assert (base["status"], base["exit_status"], base["result"]) == ("ok", 0, "(the shared base)")
     for step in benches:
         assert (step["status"], step["exit_status"]) == ("ok", 0), step
-        # Every model step trains on the one base written first; generate runs the tests' tiny model, grpo its own.
+        # Every model step trains on the one base written first; generate runs the tests' tiny model.
         assert step["command"].endswith(" --base " + base["command"].split(" --save-base ")[1]) == (
-            step["step"] not in ("generate", "grpo")
+            step["step"] != "generate"
         )
         result = json.loads((tmp_path / step["result"]).read_text())
         assert RESULT_KEYS[step["result"]] <= result.keys(), step["result"]
         assert step["command"].startswith(f"python bench/{step['result'].removesuffix('.json')}.py ")
-    assert len(list(tmp_path.iterdir())) == 7  # six results and the summary: the device returns at most 8 files
+    assert len(list(tmp_path.iterdir())) == 6  # five results and the summary (with grpo's, 7: the device returns 8)
     assert "| throughput | ok |" in proc.stdout
 
 
