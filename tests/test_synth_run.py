@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import fastapi
 import pytest
 import yaml
 from synth_server import ScriptedServer, journal_request_id
@@ -22,6 +23,7 @@ from tuneforge.config import DatasetConfig
 from tuneforge.data.sources import load_conversations
 from tuneforge.errors import UserError
 from tuneforge.eval.suite import load_suite
+from tuneforge.serve.app import serve_in_background
 from tuneforge.synth.chunk import chunk_document, token_counter
 from tuneforge.synth.config import ChunkConfig, validate_synth
 from tuneforge.synth.documents import convert
@@ -282,3 +284,21 @@ def test_shards_merge_through_their_journals(tmp_path):
     assert (tmp_path / "out/shards/0-of-2/train.jsonl").is_file()
     with pytest.raises(UserError, match="--shard 2/2: expected I/N with 0 <= I < N"):
         parse_shard("2/2")
+
+
+def test_a_reply_that_is_not_a_chat_completion_fails_its_item_with_the_reason(tmp_path):
+    """A server (or proxy) answering 200 with something else: the item fails with one reason, the run goes on."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nThe filter is replaced every spring by the night shift.\n", encoding="utf-8")
+    app = fastapi.FastAPI()
+    app.post("/v1/chat/completions")(lambda: {"status": "queued"})
+    with serve_in_background(app) as url:
+        raw = _config(url, docs, tmp_path / "out", budget={"max_failure_rate": 1.0})
+        report = synth(validate_synth(raw, "test"), "EMPTY", log=lambda *_: None)
+    assert report["failed"] == {
+        "total": 3,
+        "by_reason": {"questions: the server's reply is not a chat completion": 3},
+    }
+    assert (report["requested"], report["written"]["total"]) == (3, 0)
+    assert (tmp_path / "out/train.jsonl").read_text() == ""
