@@ -115,3 +115,15 @@ def test_a_synth_model_is_an_endpoint_or_a_local_path_and_a_local_one_serves_onl
         validate_synth({**local, **weak}, "s.yaml")
     with pytest.raises(UserError, match="model.path p: not served"):
         synth(validate_synth(local, "s.yaml"), "EMPTY")
+
+
+def test_synth_without_its_extra_says_what_to_install_in_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("aiohttp", "pptx") else real(name)
+    )
+    result = CliRunner().invoke(app, ["synth", "--docs", str(_docs(tmp_path / "d")), "--endpoint", "http://x"])
+    assert result.exit_code == 2
+    assert result.output.strip() == "error: synth needs pptx, aiohttp: pip install 'tuneforge[synth]'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,9 @@ from typing import Annotated
 import typer
 
 from tuneforge.commands.common import user_errors
+
+# The import names of the [synth] extra's packages (pyproject.toml), checked before a run starts.
+SYNTH_MODULES = ("pypdf", "docx", "pptx", "openpyxl", "markdownify", "bs4", "datasketch", "openai", "aiohttp")
 
 
 @user_errors
@@ -42,6 +46,9 @@ def synth_command(
     from tuneforge.synth.output import train_snippet
     from tuneforge.synth.run import parse_shard, synth
 
+    missing = [name for name in SYNTH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:  # one line here, rather than a traceback once the first document or request needs it
+        raise UserError(f"synth needs {', '.join(missing)}: pip install 'tuneforge[synth]'")
     if config is not None and "=" in str(config) and not config.exists():
         overrides, config = [str(config), *(overrides or [])], None  # only overrides were given
     flags = {
