@@ -5,3 +5,6 @@ IGNORE = -100
 
 # The thinking block's tags, as Qwen3, QwQ and the R1 distills write them.
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# A prepared dataset's splits by name (`tuneforge data render|preview --split`); here so the CLI needs no data imports.
+SPLITS = ("train", "validation")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuneforge.commands.common import choice, user_errors
-from tuneforge.importers.convert import TOOLS
+from tuneforge.importers import TOOLS
 
 
 @user_errors

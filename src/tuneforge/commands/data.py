@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tuneforge.commands.common import choice, err_console, user_errors
-from tuneforge.data.prepare import SPLITS
+from tuneforge.constants import SPLITS
 from tuneforge.errors import UserError
 
 

@@ -9,8 +9,8 @@ import typer
 
 from tuneforge.commands.common import choice, user_errors
 from tuneforge.errors import UserError
+from tuneforge.export import MERGE_DTYPES, ONTO
 from tuneforge.export.gguf_types import GGUF_TYPES, RUN_TYPE
-from tuneforge.export.merge import MERGE_DTYPES, ONTO
 
 _GGUF_TYPE_HELP = "GGUF type (k-quants need tuneforge\\[llamacpp])."
 _FORCE_HELP = "Replace existing outputs."

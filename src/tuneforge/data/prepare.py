@@ -24,7 +24,6 @@ CACHE_VERSION = "2"
 MULTIPROCESS_ABOVE = 5000
 # Warn when data.max_length drops (or truncates) more than this share of the samples.
 OVER_LENGTH_WARN_PERCENT = 5
-SPLITS = ("train", "validation")  # Prepared's splits by name (`tuneforge data render|preview --split`)
 
 
 @dataclass

@@ -13,6 +13,10 @@ from pathlib import Path
 from tuneforge.errors import UserError
 from tuneforge.io import check_writable, remove_stale_temporaries
 
+# Merge choices, here rather than in merge.py so the CLI lists them without merge's imports (pydantic, peft).
+MERGE_DTYPES = ("bf16", "fp16", "fp32")
+ONTO = ("16bit", "dequantized")  # the bases a (Q)LoRA adapter can be merged onto
+
 
 def refuse_existing(path: Path, force: bool, folder: bool = False) -> None:
     """Stop before any work when `path` cannot be written (as a folder, or a file) or exists without --force.

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from tuneforge.config import MethodConfig, ModelConfig
 from tuneforge.errors import UserError
-from tuneforge.export import interrupt_as_user_error, refuse_existing
+from tuneforge.export import MERGE_DTYPES, ONTO, interrupt_as_user_error, refuse_existing
 from tuneforge.io import atomic_dir
 from tuneforge.model.adapters import check_adapter_fits
 from tuneforge.rundir import Run
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-MERGE_DTYPES = ("bf16", "fp16", "fp32")
-ONTO = ("16bit", "dequantized")  # the bases a (Q)LoRA adapter can be merged onto
 # How far a merged model's logits may be from what they must equal, as a share of the largest logit (so the
 # bound holds for any model size): the merge dtype's rounding of the summed weights, measured at 1.5e-6 (fp32),
 # 3e-3 (fp16) and 2.2e-2 (bf16) on the tiny test model.

@@ -4,18 +4,17 @@ the report of every key beside it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from tuneforge.config import Config, apply_overrides, read_yaml, validate
 from tuneforge.errors import UserError
+from tuneforge.importers import Tool
 from tuneforge.importers.draft import Draft, parse_command
 from tuneforge.importers.report import ImportReport, report_paths
 from tuneforge.io import atomic_write_text
 
-Tool = Literal["llamafactory", "swift"]
-TOOLS: tuple[Tool, ...] = ("llamafactory", "swift")
 # Command lines the importer reads, by their leading words → (tool, kind of run).
 PROGRAMS = {
     ("llamafactory-cli", "train"): "llamafactory",
