@@ -636,12 +636,14 @@ def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_e
                 lambda: _choose(page, elem_id("data.datasets[0].path"), "self_cognition.json"),
                 in_yaml(f"path: {data / 'self_cognition.json'}"),
             ),
-            # The preset's 3 epochs of 38 records at 4 a step, no accumulation: 30 steps, long enough to stop and
-            # resume in the middle on a busy machine, short enough for a test.
+            # 10 epochs of 38 records at 4 a step, no accumulation: 100 steps (about 17 s on 2 cores), so the run
+            # is still in its middle once the curve has grown and the test stops it (the preset's 30 steps took 5 s,
+            # and CI's run once finished before the stop reached it).
             (
                 lambda: typed("train.gradient_accumulation", "1"),  # the default: the key leaves the YAML
                 lambda: sync_api.expect(editor).not_to_contain_text("gradient_accumulation", timeout=60_000),
             ),
+            (lambda: typed("train.epochs", "10"), in_yaml("epochs: 10")),
             (lambda: typed("train.learning_rate", "0.01"), in_yaml("learning_rate: 0.01")),
             (
                 lambda: page.locator("#group-logging .label-wrap").first.click(),
@@ -672,16 +674,15 @@ def test_browser_preset_pickers_launch_watch_stop_resume_restart_chat_evaluate_e
         _wait("the loss curve's first points", lambda: _line_points(page, "plot-loss") >= 2, 300)
         first = _line_points(page, "plot-loss")
         _wait("the loss curve to grow", lambda: _line_points(page, "plot-loss") > first, 300)
-        sync_api.expect(page.locator("#watch-progress progress")).to_have_attribute("max", re.compile(r"^\d+$"))
-        sync_api.expect(page.locator("#watch-progress")).to_contain_text("ETA")
-
         # Stop: SIGINT, so training saves a checkpoint where it is and exits 130; Resume continues from it.
-        # The training process is frozen while the stop is sent, so that on a fast machine the run cannot reach its
-        # last step between the click and the signal (it would then finish, exit 0, and not be "stopped").
+        # The training process is frozen from here until the stop is sent, so that on a fast machine the run cannot
+        # reach its last step before the signal (it would then finish, exit 0, and not be "stopped").
         trainer = psutil.Process(json.loads(Run(run).job_status("train").read_text(encoding="utf-8"))["child"])
-        page.get_by_role("tab", name="Train").click()
         trainer.suspend()
         try:
+            sync_api.expect(page.locator("#watch-progress progress")).to_have_attribute("max", re.compile(r"^\d+$"))
+            sync_api.expect(page.locator("#watch-progress")).to_contain_text("ETA")
+            page.get_by_role("tab", name="Train").click()
             page.locator("#stop").click()
             sync_api.expect(page.locator("#train-message")).to_contain_text("stop sent", timeout=30_000)
         finally:
