@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import re
+from importlib.metadata import packages_distributions
 
 import pytest
 import yaml
+from conftest import ROOT
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from synth_server import ScriptedServer
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
+from tuneforge.commands.synth import SYNTH_MODULES
 from tuneforge.errors import UserError
 from tuneforge.synth.config import validate_synth
 from tuneforge.synth.run import synth
@@ -127,3 +132,13 @@ def test_synth_without_its_extra_says_what_to_install_in_one_line(tmp_path, monk
     result = CliRunner().invoke(app, ["synth", "--docs", str(_docs(tmp_path / "d")), "--endpoint", "http://x"])
     assert result.exit_code == 2
     assert result.output.strip() == "error: synth needs pptx, aiohttp: pip install 'tuneforge[synth]'"
+
+
+def test_the_extra_check_covers_every_package_of_the_synth_extra():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extra = [Requirement(line) for line in pyproject["project"]["optional-dependencies"]["synth"]]
+    # openai[aiohttp]: the client's aiohttp transport is a package of its own.
+    wanted = {canonicalize_name(r.name) for r in extra} | {"aiohttp"}
+    installed = packages_distributions()
+    assert {canonicalize_name(dist) for module in SYNTH_MODULES for dist in installed[module]} == wanted

@@ -49,6 +49,12 @@ def _docs(folder: Path) -> Path:
     return folder
 
 
+def _one_document(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "a.md").write_text("# A\n\nThe filter is replaced every spring by the night shift.\n", encoding="utf-8")
+    return folder
+
+
 def _config(url: str, docs: Path, out: Path, **extra: object) -> dict:
     return {
         "docs": str(docs),
@@ -229,9 +235,7 @@ def test_kill9_at_five_moments_then_resume(tmp_path):
 
 def test_failure_threshold_exit_status_and_key_from_environment(tmp_path):
     """Above budget.max_failure_rate the command exits 1 after writing everything; the key comes from the env."""
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.md").write_text("# A\n\nThe filter is replaced every spring by the night shift.\n", encoding="utf-8")
+    docs = _one_document(tmp_path / "docs")
     with ScriptedServer(faults=False) as server:
         config = tmp_path / "synth.yaml"
         raw = _config(server.url, docs, tmp_path / "out", budget={"max_failure_rate": 0.0, "max_tokens": 1})
@@ -288,9 +292,7 @@ def test_shards_merge_through_their_journals(tmp_path):
 
 def test_a_reply_that_is_not_a_chat_completion_fails_its_item_with_the_reason(tmp_path):
     """A server (or proxy) answering 200 with something else: the item fails with one reason, the run goes on."""
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.md").write_text("# A\n\nThe filter is replaced every spring by the night shift.\n", encoding="utf-8")
+    docs = _one_document(tmp_path / "docs")
     app = fastapi.FastAPI()
     app.post("/v1/chat/completions")(lambda: {"status": "queued"})
     with serve_in_background(app) as url:
